@@ -1,0 +1,1 @@
+//! TLS ClientHello detection and SNI location (being written).
