@@ -1,0 +1,530 @@
+//! The engine: packets in, actions out.
+//!
+//! Ownership rule for callers: a packet given to [`Engine::process`] either
+//! passes at once ([`Disposition::Pass`]: the caller accepts it unmodified and
+//! no action was produced), or the engine takes it ([`Disposition::Taken`]):
+//! its fate — [`Action::Release`] or [`Action::Drop`] — is then given exactly
+//! once, in this call's actions or in a later call's (`process` or `expire`).
+//! Actions are to be carried out in order.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::config::{EngineConfig, SplitMode, SplitPos};
+use crate::error::ConfigError;
+use crate::flow::{Collector, FlowState, FlowTable, HeldPacket, SplitMemo};
+use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
+use crate::plan;
+use crate::reassembly::{Added, Assembler};
+use crate::segment::{self, Tail};
+use crate::stats::{FailReason, Stats};
+use crate::tls::{self, Detect};
+
+/// What the caller must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<T> {
+    /// Let this held packet go out exactly as it was captured.
+    Release(T),
+    /// Discard this held packet: its bytes go out in `Send` segments.
+    Drop(T),
+    /// Send this new packet (IP header first, checksums valid).
+    Send(Vec<u8>),
+}
+
+/// The fate of the packet given to `process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Accept it unmodified now; no actions were produced.
+    Pass,
+    /// The engine owns it; see the module documentation.
+    Taken,
+}
+
+/// Holds the caller's token for the current packet until the engine stores it.
+struct Slot<F> {
+    make: Option<F>,
+}
+
+impl<F> Slot<F> {
+    fn take<T>(&mut self) -> T
+    where
+        F: FnOnce() -> T,
+    {
+        match self.make.take() {
+            Some(f) => f(),
+            None => unreachable!("the current packet's token was taken twice"),
+        }
+    }
+}
+
+pub struct Engine<T> {
+    cfg: EngineConfig,
+    ports: Box<[u64; 1024]>,
+    sni_positions: bool,
+    flows: FlowTable<T>,
+    stats: Stats,
+    last_sweep: u64,
+    panic_armed: bool,
+}
+
+impl<T> Engine<T> {
+    pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut ports = Box::new([0u64; 1024]);
+        for p in &cfg.ports {
+            ports[usize::from(*p) / 64] |= 1 << (p % 64);
+        }
+        let sni_positions = cfg.split_positions.iter().any(|p| !matches!(p, SplitPos::Abs(_)));
+        Ok(Engine {
+            cfg,
+            ports,
+            sni_positions,
+            flows: FlowTable::default(),
+            stats: Stats::default(),
+            last_sweep: 0,
+            panic_armed: false,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats { flows_now: self.flows.len() as u64, ..self.stats.clone() }
+    }
+
+    /// Makes the next `process` call panic inside the engine, to exercise the
+    /// recovery path from tests.
+    pub fn arm_panic(&mut self) {
+        self.panic_armed = true;
+    }
+
+    #[inline]
+    fn watched(&self, port: u16) -> bool {
+        self.ports[usize::from(port) / 64] & (1 << (port % 64)) != 0
+    }
+
+    /// Handles one captured packet (bytes from the IP header). `now` is a
+    /// monotonic time in microseconds; `token` makes the caller's handle for
+    /// the packet and is called only if the engine takes the packet.
+    pub fn process<F>(
+        &mut self,
+        packet: &[u8],
+        now: u64,
+        token: F,
+        out: &mut Vec<Action<T>>,
+    ) -> Disposition
+    where
+        F: FnOnce() -> T,
+    {
+        self.stats.packets += 1;
+        if let Some(dport) = packet::quick_ipv4_dport(packet) {
+            if !self.watched(dport) {
+                self.stats.passed += 1;
+                return Disposition::Pass;
+            }
+        }
+        let mark = out.len();
+        let mut slot = Slot { make: Some(token) };
+        let result = catch_unwind(AssertUnwindSafe(|| self.step(packet, now, &mut slot, out)));
+        let disposition = match result {
+            Ok(d) => d,
+            Err(_) => self.recover(packet, mark, out),
+        };
+        match (disposition, slot.make.is_some()) {
+            (Disposition::Pass, true) if out.len() == mark => {
+                self.stats.passed += 1;
+                Disposition::Pass
+            }
+            (_, true) => {
+                // Earlier packets were released: the current one follows them.
+                out.push(Action::Release(slot.take()));
+                Disposition::Taken
+            }
+            (_, false) => Disposition::Taken,
+        }
+    }
+
+    /// After a caught panic: undo this call's actions (their packets are
+    /// released instead, new segments are discarded) and fail the flow open.
+    fn recover(&mut self, packet: &[u8], mark: usize, out: &mut Vec<Action<T>>) -> Disposition {
+        self.stats.fail(FailReason::Internal);
+        let partial: Vec<Action<T>> = out.drain(mark..).collect();
+        for action in partial {
+            match action {
+                Action::Release(t) | Action::Drop(t) => out.push(Action::Release(t)),
+                Action::Send(_) => {}
+            }
+        }
+        let key = catch_unwind(|| packet::parse(packet).ok().map(|p| p.key)).ok().flatten();
+        if let Some(key) = key {
+            if let Some(flow) = self.flows.map.remove(&key) {
+                if let FlowState::Collecting(c) = flow.state {
+                    release_all(*c, &mut self.stats, out);
+                }
+            }
+        }
+        Disposition::Pass
+    }
+
+    fn step<F>(
+        &mut self,
+        packet: &[u8],
+        now: u64,
+        slot: &mut Slot<F>,
+        out: &mut Vec<Action<T>>,
+    ) -> Disposition
+    where
+        F: FnOnce() -> T,
+    {
+        if std::mem::take(&mut self.panic_armed) {
+            panic!("armed panic");
+        }
+        let p = match packet::parse(packet) {
+            Ok(p) => p,
+            Err(Skip::Truncated(Some(key))) => {
+                self.fail_flow(key, FailReason::Truncated, out);
+                return Disposition::Pass;
+            }
+            Err(_) => return Disposition::Pass,
+        };
+        if !self.watched(p.key.dport) {
+            return Disposition::Pass;
+        }
+        let timeout = self.cfg.flow_timeout_us;
+        let state = match self.flows.map.get_mut(&p.key) {
+            Some(flow) if flow.last_seen.saturating_add(timeout) > now => {
+                flow.last_seen = now;
+                &mut flow.state
+            }
+            Some(_) => {
+                // Idle too long: forget it and treat this packet as new.
+                self.remove_flow(p.key, FailReason::Timeout, out);
+                return self.new_flow(&p, now, slot, out);
+            }
+            None => return self.new_flow(&p, now, slot, out),
+        };
+        match state {
+            FlowState::PassThrough => {
+                if p.has(flags::FIN | flags::RST) {
+                    self.flows.map.remove(&p.key);
+                }
+                Disposition::Pass
+            }
+            FlowState::Injected(memo) => {
+                let d = resplit(memo, &p, slot, &mut self.stats, out);
+                if p.has(flags::FIN | flags::RST) {
+                    self.flows.map.remove(&p.key);
+                }
+                d
+            }
+            FlowState::Collecting(c) => {
+                let collect_deadline = c.started.saturating_add(self.cfg.collect_timeout_us);
+                let reason = if now >= collect_deadline {
+                    Some(FailReason::Timeout)
+                } else if p.has(flags::FIN | flags::RST) {
+                    Some(FailReason::FinRst)
+                } else if p.has(flags::SYN) {
+                    Some(FailReason::SynData)
+                } else if p.payload_len() == 0 {
+                    return Disposition::Pass;
+                } else if c.held.len() >= self.cfg.max_held_pkts as usize {
+                    Some(FailReason::TooManyPackets)
+                } else {
+                    match c.stream.add(p.seq, p.payload()) {
+                        Added::Ok => None,
+                        Added::Overflow => Some(FailReason::Overflow),
+                        Added::Ambiguous => Some(FailReason::Ambiguous),
+                    }
+                };
+                if let Some(reason) = reason {
+                    let closing = reason == FailReason::FinRst;
+                    self.fail_flow(p.key, reason, out);
+                    if closing {
+                        self.flows.map.remove(&p.key);
+                    }
+                    return Disposition::Pass;
+                }
+                self.stats.hold(p.bytes.len());
+                c.max_payload = c.max_payload.max(p.payload_len());
+                c.held.push(HeldPacket::new(slot.take(), &p));
+                self.advance(p.key, out);
+                Disposition::Taken
+            }
+        }
+    }
+
+    /// First payload packet of a flow (or the first after the flow was forgotten).
+    fn new_flow<F>(
+        &mut self,
+        p: &TcpPacket<'_>,
+        now: u64,
+        slot: &mut Slot<F>,
+        out: &mut Vec<Action<T>>,
+    ) -> Disposition
+    where
+        F: FnOnce() -> T,
+    {
+        if p.payload_len() == 0 || p.has(flags::RST | flags::FIN) && !p.has(flags::SYN) {
+            return Disposition::Pass;
+        }
+        if p.has(flags::SYN) {
+            // Data on a SYN (TCP Fast Open): never touched.
+            self.stats.fail(FailReason::SynData);
+            self.insert(p.key, now, FlowState::PassThrough, out);
+            return Disposition::Pass;
+        }
+        self.stats.flows += 1;
+        let payload = p.payload();
+        match tls::detect_client_hello(payload) {
+            Detect::Mismatch => {
+                self.stats.fail(FailReason::NotTls);
+                self.insert(p.key, now, FlowState::PassThrough, out);
+                Disposition::Pass
+            }
+            Detect::Match { record_len } if record_len > self.cfg.max_buffer as usize => {
+                self.stats.fail(FailReason::Overflow);
+                self.insert(p.key, now, FlowState::PassThrough, out);
+                Disposition::Pass
+            }
+            Detect::Match { record_len } if window_len(self.cfg.split_mode, record_len, payload.len()) <= payload.len() => {
+                // The whole window is in this packet: split without buffering.
+                let window = window_len(self.cfg.split_mode, record_len, payload.len());
+                let held = vec![HeldPacket::new(slot.take(), p)];
+                let state = match self.split(p.key, held, payload, window, payload.len(), out) {
+                    Some(memo) => FlowState::Injected(Box::new(memo)),
+                    None => FlowState::PassThrough,
+                };
+                self.insert(p.key, now, state, out);
+                Disposition::Taken
+            }
+            _ => {
+                let mut stream = Assembler::new(p.seq, self.cfg.max_buffer);
+                stream.add(p.seq, payload);
+                self.stats.hold(p.bytes.len());
+                let collector = Collector {
+                    started: now,
+                    held: vec![HeldPacket::new(slot.take(), p)],
+                    stream,
+                    max_payload: payload.len(),
+                    first_payload: Some(payload.len()),
+                };
+                let id = self.insert(p.key, now, FlowState::Collecting(Box::new(collector)), out);
+                let deadline = now.saturating_add(self.cfg.collect_timeout_us);
+                self.flows.set_deadline(p.key, id, deadline);
+                Disposition::Taken
+            }
+        }
+    }
+
+    /// Re-examines a collecting flow after new bytes arrived.
+    fn advance(&mut self, key: FlowKey, out: &mut Vec<Action<T>>) {
+        let mode = self.cfg.split_mode;
+        let Some(flow) = self.flows.map.get_mut(&key) else { return };
+        let FlowState::Collecting(c) = &flow.state else { return };
+        let prefix = c.stream.contiguous();
+        let window = match tls::detect_client_hello(prefix) {
+            Detect::NeedMore => return,
+            Detect::Mismatch => return self.fail_flow(key, FailReason::NotTls, out),
+            Detect::Match { record_len } if record_len > self.cfg.max_buffer as usize => {
+                return self.fail_flow(key, FailReason::Overflow, out);
+            }
+            Detect::Match { record_len } => {
+                window_len(mode, record_len, c.first_payload.unwrap_or(usize::MAX))
+            }
+        };
+        if prefix.len() < window {
+            return;
+        }
+        let FlowState::Collecting(c) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
+        else {
+            return;
+        };
+        let c = *c;
+        for h in &c.held {
+            self.stats.unhold(h.bytes.len());
+        }
+        let memo = self.split(key, c.held, c.stream.contiguous(), window, c.max_payload, out);
+        if let (Some(memo), Some(flow)) = (memo, self.flows.map.get_mut(&key)) {
+            flow.state = FlowState::Injected(Box::new(memo));
+        }
+    }
+
+    /// Cuts the first `window` bytes of `stream` (which starts at the flow's
+    /// first byte) into segments and decides the fate of every held packet.
+    /// Returns `None` (after releasing everything) when no cut applies.
+    fn split(
+        &mut self,
+        key: FlowKey,
+        mut held: Vec<HeldPacket<T>>,
+        stream: &[u8],
+        window: usize,
+        max_payload: usize,
+        out: &mut Vec<Action<T>>,
+    ) -> Option<SplitMemo> {
+        let window_bytes = &stream[..window];
+        let host = if self.sni_positions { plan::host_span(window_bytes) } else { None };
+        let w = window as u32;
+        let cuts = plan::cut_points(self.cfg.split_chunk, &self.cfg.split_positions, host, w);
+        if cuts.is_empty() {
+            self.stats.fail(FailReason::NoCut);
+            out.extend(held.into_iter().map(|h| Action::Release(h.token)));
+            return None;
+        }
+        let base = held[0].seq;
+        let seg_limit = self.cfg.max_seg_payload.min(max_payload as u32);
+        held.sort_by_key(|h| h.seq.offset_from(base));
+        let offset = |h: &HeldPacket<T>| h.seq.offset_from(base);
+        let ranges = plan::pieces(0, w, &cuts, seg_limit);
+        let last = ranges.len() - 1;
+        for (i, (a, b)) in ranges.into_iter().enumerate() {
+            // Headers (options included) come from the packet that carried
+            // the segment's first byte.
+            let carrier = held
+                .iter()
+                .find(|h| (offset(h)..offset(h) + h.payload_len() as i64).contains(&i64::from(a)))
+                .unwrap_or(&held[0]);
+            let tail = if i == last { Tail::LastPush } else { Tail::Inner };
+            let bytes = &stream[a as usize..b as usize];
+            out.push(Action::Send(segment::build(&carrier.view(key), base.plus(a), bytes, tail)));
+            self.stats.segments += 1;
+        }
+        // Originals inside the window are replaced; bytes beyond the window
+        // go out unchanged, in stream order.
+        for h in held {
+            let off = offset(&h);
+            let end = off + h.payload_len() as i64;
+            if end <= i64::from(w) {
+                out.push(Action::Drop(h.token));
+            } else if off >= i64::from(w) {
+                out.push(Action::Release(h.token));
+            } else {
+                let view = h.view(key);
+                let skip = (i64::from(w) - off) as usize;
+                let seg = segment::build(&view, base.plus(w), &view.payload()[skip..], Tail::Last);
+                out.push(Action::Drop(h.token));
+                out.push(Action::Send(seg));
+                self.stats.segments += 1;
+            }
+        }
+        self.stats.splits += 1;
+        Some(SplitMemo { base, window: w, cuts: cuts.into_boxed_slice(), seg_limit })
+    }
+
+    fn insert(&mut self, key: FlowKey, now: u64, state: FlowState<T>, out: &mut Vec<Action<T>>) -> u64 {
+        while self.flows.len() >= self.cfg.max_flows as usize {
+            let Some((_, oldest)) = self.flows.pop_oldest() else { break };
+            self.stats.evicted += 1;
+            if let FlowState::Collecting(c) = oldest.state {
+                self.stats.fail(FailReason::Evicted);
+                release_all(*c, &mut self.stats, out);
+            }
+        }
+        self.flows.insert(key, now, state)
+    }
+
+    /// Releases what a collecting flow holds and lets the rest of it pass.
+    fn fail_flow(&mut self, key: FlowKey, reason: FailReason, out: &mut Vec<Action<T>>) {
+        let Some(flow) = self.flows.map.get_mut(&key) else { return };
+        if let FlowState::Collecting(_) = flow.state {
+            let FlowState::Collecting(c) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
+            else {
+                return;
+            };
+            self.stats.fail(reason);
+            release_all(*c, &mut self.stats, out);
+        }
+    }
+
+    /// Forgets a flow, releasing what it holds.
+    fn remove_flow(&mut self, key: FlowKey, reason: FailReason, out: &mut Vec<Action<T>>) {
+        self.fail_flow(key, reason, out);
+        self.flows.map.remove(&key);
+    }
+
+    /// Timer call: fails open the flows whose collect-timeout passed, and
+    /// forgets flows idle for longer than the flow timeout.
+    pub fn expire(&mut self, now: u64, out: &mut Vec<Action<T>>) {
+        for key in self.flows.due(now) {
+            self.fail_flow(key, FailReason::Timeout, out);
+        }
+        let interval = (self.cfg.flow_timeout_us / 4).min(1_000_000);
+        if now.saturating_sub(self.last_sweep) < interval {
+            return;
+        }
+        self.last_sweep = now;
+        let timeout = self.cfg.flow_timeout_us;
+        let stale: Vec<FlowKey> = self
+            .flows
+            .map
+            .iter()
+            .filter(|(_, f)| f.last_seen.saturating_add(timeout) <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.remove_flow(key, FailReason::Timeout, out);
+        }
+    }
+
+    /// Releases every held packet and forgets all flows (shutdown).
+    pub fn release_all(&mut self, out: &mut Vec<Action<T>>) {
+        for (_, flow) in self.flows.map.drain() {
+            if let FlowState::Collecting(c) = flow.state {
+                release_all(*c, &mut self.stats, out);
+            }
+        }
+    }
+}
+
+/// The number of first-record bytes that are reshaped.
+fn window_len(mode: SplitMode, record_len: usize, first_payload: usize) -> usize {
+    match mode {
+        SplitMode::TlsHello => record_len,
+        SplitMode::Immediate => record_len.min(first_payload),
+    }
+}
+
+fn release_all<T>(c: Collector<T>, stats: &mut Stats, out: &mut Vec<Action<T>>) {
+    for h in c.held {
+        stats.unhold(h.bytes.len());
+        out.push(Action::Release(h.token));
+    }
+}
+
+/// A packet of an already split flow: when it carries bytes of the split
+/// record (a retransmission), it is cut at the same places again.
+fn resplit<T, F>(
+    memo: &SplitMemo,
+    p: &TcpPacket<'_>,
+    slot: &mut Slot<F>,
+    stats: &mut Stats,
+    out: &mut Vec<Action<T>>,
+) -> Disposition
+where
+    F: FnOnce() -> T,
+{
+    let len = p.payload_len() as i64;
+    let start = p.seq.offset_from(memo.base);
+    let window = i64::from(memo.window);
+    if len == 0 || start < 0 || start >= window || p.has(flags::SYN) {
+        return Disposition::Pass;
+    }
+    let (s, e) = (start as u32, (start + len) as u32);
+    let mut cuts: Vec<u32> = memo.cuts.to_vec();
+    cuts.push(memo.window);
+    let ranges = plan::pieces(s, e, &cuts, memo.seg_limit);
+    if ranges.len() <= 1 {
+        return Disposition::Pass;
+    }
+    let last = ranges.len() - 1;
+    let payload = p.payload();
+    for (i, (a, b)) in ranges.into_iter().enumerate() {
+        let tail = if i == last { Tail::Last } else { Tail::Inner };
+        let bytes = &payload[(a - s) as usize..(b - s) as usize];
+        out.push(Action::Send(segment::build(p, memo.base.plus(a), bytes, tail)));
+        stats.segments += 1;
+    }
+    out.push(Action::Drop(slot.take()));
+    stats.resplits += 1;
+    Disposition::Taken
+}

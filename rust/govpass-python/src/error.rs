@@ -1,0 +1,16 @@
+//! The one place where Rust errors become Python exceptions. The exception
+//! classes themselves live in `govpass.errors`.
+
+use pyo3::prelude::*;
+
+pyo3::import_exception!(govpass.errors, ConfigError);
+
+/// `ConfigError(message, field)` from a core configuration error.
+pub fn config_error(err: govpass_core::ConfigError) -> PyErr {
+    ConfigError::new_err((err.to_string(), err.field))
+}
+
+/// A configuration value the binding itself rejects before the core sees it.
+pub fn bad_value(field: &'static str, got: impl std::fmt::Display, accepted: &str) -> PyErr {
+    config_error(govpass_core::ConfigError::new(field, got, accepted))
+}

@@ -1,0 +1,21 @@
+//! `govpass._core`: the Python face of the govpass engine. Everything here is
+//! conversion; the behaviour lives in the `govpass-core` crate.
+
+use pyo3::prelude::*;
+
+mod config;
+mod engine;
+mod error;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<config::PyEngineConfig>()?;
+    m.add_class::<engine::PyEngine>()?;
+    m.add_class::<engine::PyAction>()?;
+    m.add("RELEASE", engine::RELEASE)?;
+    m.add("DROP", engine::DROP)?;
+    m.add("SEND", engine::SEND)?;
+    m.add("FAIL_REASONS", govpass_core::FailReason::ALL.map(|r| r.as_str()).to_vec())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
