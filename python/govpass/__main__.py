@@ -1,0 +1,3 @@
+from govpass.cli import main
+
+main()

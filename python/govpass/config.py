@@ -1,0 +1,276 @@
+"""The daemon's configuration: seed defaults < TOML file < environment < flags.
+
+Every setting has one spelling (``split-chunk``) used as the TOML key, the CLI
+flag (``--split-chunk``) and, upper-cased with ``GOVPASS_`` in front and
+dashes as underscores, the environment variable (``GOVPASS_SPLIT_CHUNK``).
+Values are checked once, here and in the engine; an error names the setting
+and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from govpass._core import EngineConfig
+from govpass.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "GOVPASS_"
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its name, default, meaning and parser."""
+
+    name: str
+    default: Any
+    help: str
+    kind: str  # "int" | "float" | "str" | "list" | "bool" | "choice"
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.attr.upper()
+
+    def accepted(self) -> str:
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "list":
+            return "a comma-separated list"
+        lo = "" if self.minimum is None else _num(self.minimum)
+        hi = "" if self.maximum is None else _num(self.maximum)
+        what = "an integer" if self.kind == "int" else "a number"
+        return f"{what} in {lo}..={hi}" if lo or hi else what
+
+    def parse(self, value: Any) -> Any:
+        """Turns a TOML value or a string from the environment/CLI into the typed value."""
+        bad = ConfigError(
+            f"invalid {self.name}: {value!r} (accepted: {self.accepted()})", field=self.name
+        )
+        if self.kind == "list":
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, list | tuple):
+                return tuple(str(v).strip() for v in value)
+            raise bad
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise bad
+        if self.kind == "choice":
+            if str(value) not in self.choices:
+                raise bad
+            return str(value)
+        if self.kind == "str":
+            return str(value)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            if self.kind == "int":
+                number: float = int(value, 0) if isinstance(value, str) else int(value)
+                if isinstance(value, float) and value != int(value):
+                    raise ValueError
+            else:
+                number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if (self.minimum is not None and number < self.minimum) or (
+            self.maximum is not None and number > self.maximum
+        ):
+            raise bad
+        return number
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Engine (checked again, authoritatively, by the engine itself).
+    Setting("split-mode", "tls-hello", "Which bytes are split: the whole first TLS record "
+            "(tls-hello) or only the first payload packet (immediate)", "choice",
+            choices=("tls-hello", "immediate")),
+    Setting("split-chunk", 5, "Size in bytes of the first segment (0: positions only)",
+            "int", minimum=0, maximum=16384),
+    Setting("split-pos", (), "Further cut positions: N, sni, sniend, midsld, each with "
+            "an optional +N/-N (e.g. 'sni+1,midsld')", "list"),
+    Setting("collect-timeout", 250.0, "Milliseconds a flow may hold packets while its "
+            "first record is incomplete", "float", minimum=1, maximum=60000),
+    Setting("max-buffer", 65536, "Most bytes of a first record that are buffered", "int",
+            minimum=64, maximum=16 * 1024 * 1024),
+    Setting("max-held-pkts", 32, "Most packets of one flow held at once", "int",
+            minimum=1, maximum=4096),
+    Setting("max-seg-payload", 1460, "Largest payload of a generated segment", "int",
+            minimum=1, maximum=65475),
+    Setting("flow-timeout", 30.0, "Seconds after which an idle flow is forgotten", "float",
+            minimum=1, maximum=86400),
+    Setting("max-flows", 131072, "Most flows tracked per worker; the oldest is evicted",
+            "int", minimum=1, maximum=16777216),
+    Setting("ports", ("443",), "Destination TCP ports whose flows are reshaped", "list"),
+    # Capture and rules.
+    Setting("backend", "nfqueue", "Capture backend", "choice", choices=("nfqueue", "divert")),
+    Setting("workers", 0, "Worker processes, one queue each (0: one per CPU core)", "int",
+            minimum=0, maximum=256),
+    Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
+    Setting("queue-len", 4096, "Kernel queue length (packets) per queue", "int",
+            minimum=16, maximum=1_048_576),
+    Setting("mark", 0x10000000, "Firewall mark on injected and released packets "
+            "(the rules skip it)", "int", minimum=1, maximum=0xFFFFFFFF),
+    Setting("watch-mark", 0x20000000, "Conntrack mark bit for flows still watched",
+            "int", minimum=1, maximum=0xFFFFFFFF),
+    Setting("mode", "host", "host: this machine's own traffic; router: forwarded traffic",
+            "choice", choices=("host", "router")),
+    Setting("iface", (), "Interfaces to act on (router mode: the WAN side)", "list"),
+    Setting("exclude-iface", (), "Interfaces never touched", "list"),
+    Setting("firewall", "auto", "Rule backend", "choice",
+            choices=("auto", "nftables", "iptables", "none")),
+    Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
+    Setting("stats-interval", 2.0, "Seconds between status updates / log lines", "float",
+            minimum=0.1, maximum=3600),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Typed, validated settings. Build with :func:`load`."""
+
+    split_mode: str = "tls-hello"
+    split_chunk: int = 5
+    split_pos: tuple[str, ...] = ()
+    collect_timeout: float = 250.0
+    max_buffer: int = 65536
+    max_held_pkts: int = 32
+    max_seg_payload: int = 1460
+    flow_timeout: float = 30.0
+    max_flows: int = 131072
+    ports: tuple[str, ...] = ("443",)
+    backend: str = "nfqueue"
+    workers: int = 0
+    queue_num: int = 200
+    queue_len: int = 4096
+    mark: int = 0x10000000
+    watch_mark: int = 0x20000000
+    mode: str = "host"
+    iface: tuple[str, ...] = ()
+    exclude_iface: tuple[str, ...] = ()
+    firewall: str = "auto"
+    ipv6: bool = True
+    stats_interval: float = 2.0
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or _cpu_count()
+
+    @property
+    def port_numbers(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.ports)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's part of the settings (validated by the engine too)."""
+        return EngineConfig(
+            ports=list(self.port_numbers),
+            split_mode=self.split_mode,
+            split_chunk=self.split_chunk,
+            split_positions=list(self.split_pos),
+            collect_timeout_ms=self.collect_timeout,
+            max_buffer=self.max_buffer,
+            max_held_pkts=self.max_held_pkts,
+            max_seg_payload=self.max_seg_payload,
+            flow_timeout_s=self.flow_timeout,
+            max_flows=self.max_flows,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {s.name: getattr(self, s.attr) for s in SETTINGS}
+
+
+def _check_ports(values: tuple[str, ...]) -> None:
+    for p in values:
+        if not p.isdigit() or not 1 <= int(p) <= 65535:
+            raise ConfigError(
+                f"invalid ports: {p!r} (accepted: a comma-separated list of ports in 1..=65535)",
+                field="ports",
+            )
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Reads a TOML config file; unknown keys are errors (they are usually typos)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}", field="config") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from e
+    table = data.get("govpass", data)
+    unknown = sorted(set(table) - set(BY_NAME))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r} in {path} (accepted: {', '.join(BY_NAME)})",
+            field=unknown[0],
+        )
+    return dict(table)
+
+
+def load(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merges the layers and validates the result (engine fields included)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if file is not None:
+        layers.append((f"file {file}", read_file(file)))
+    environ = os.environ if env is None else env
+    layers.append(("environment", {s.name: environ[s.env] for s in SETTINGS if s.env in environ}))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for origin, layer in layers:
+        for name, raw in layer.items():
+            setting = BY_NAME.get(name.replace("_", "-"))
+            if setting is None:
+                raise ConfigError(f"unknown setting {name!r}", field=name)
+            values[setting.attr] = setting.parse(raw)
+            sources[setting.name] = origin
+    _check_ports(values.get("ports", ("443",)))
+    config = Config(**values, sources=sources)
+    config.engine_config()  # the engine's own validation, same messages
+    return config
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, **changes)
+
