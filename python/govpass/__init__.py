@@ -5,7 +5,7 @@ The engine (``govpass._core``) is sans-I/O: capture backends feed it packets and
 carry out the actions it returns.
 """
 
-from govpass._core import DROP, RELEASE, SEND, Action, Engine, EngineConfig
+from govpass._core import ACCEPT, DROP, RELEASE, SEND, Action, Engine, EngineConfig
 from govpass._core import __version__ as __version__
 
-__all__ = ["DROP", "RELEASE", "SEND", "Action", "Engine", "EngineConfig"]
+__all__ = ["ACCEPT", "DROP", "RELEASE", "SEND", "Action", "Engine", "EngineConfig"]

@@ -22,6 +22,10 @@ use crate::tls::{self, Detect};
 /// What the caller must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action<T> {
+    /// Let this packet go out unchanged now, while its flow is still being
+    /// collected (it carries no payload). Backends that steer the kernel's
+    /// queueing by marks keep the flow watched for this one.
+    Accept(T),
     /// Let this held packet go out exactly as it was captured.
     Release(T),
     /// Discard this held packet: its bytes go out in `Send` segments.
@@ -152,7 +156,9 @@ impl<T> Engine<T> {
         let partial: Vec<Action<T>> = out.drain(mark..).collect();
         for action in partial {
             match action {
-                Action::Release(t) | Action::Drop(t) => out.push(Action::Release(t)),
+                Action::Release(t) | Action::Drop(t) | Action::Accept(t) => {
+                    out.push(Action::Release(t))
+                }
                 Action::Send(_) => {}
             }
         }
@@ -227,7 +233,8 @@ impl<T> Engine<T> {
                 } else if p.has(flags::SYN) {
                     Some(FailReason::SynData)
                 } else if p.payload_len() == 0 {
-                    return Disposition::Pass;
+                    out.push(Action::Accept(slot.take()));
+                    return Disposition::Taken;
                 } else if c.held.len() >= self.cfg.max_held_pkts as usize {
                     Some(FailReason::TooManyPackets)
                 } else {

@@ -10,13 +10,16 @@ use crate::config::PyEngineConfig;
 pub const RELEASE: u8 = 0;
 pub const DROP: u8 = 1;
 pub const SEND: u8 = 2;
+pub const ACCEPT: u8 = 3;
 
 /// What the caller keeps for a held packet: its handle and original bytes.
 type Token = (Py<PyAny>, Py<PyBytes>);
 
-/// One thing for the backend to do. `kind` is RELEASE, DROP or SEND; `handle`
-/// is the caller's handle for RELEASE/DROP (None for SEND); `packet` is the
-/// original bytes for RELEASE/DROP and the new packet for SEND.
+/// One thing for the backend to do. `kind` is RELEASE, DROP, SEND or ACCEPT;
+/// `handle` is the caller's handle (None for SEND); `packet` is the original
+/// bytes for RELEASE/DROP/ACCEPT and the new packet for SEND. RELEASE and
+/// ACCEPT both mean "send the original unchanged"; ACCEPT adds that the
+/// flow is still being collected.
 #[pyclass(name = "Action", module = "govpass._core", frozen, get_all)]
 pub struct PyAction {
     kind: u8,
@@ -27,7 +30,7 @@ pub struct PyAction {
 #[pymethods]
 impl PyAction {
     fn __repr__(&self, py: Python<'_>) -> String {
-        let name = ["RELEASE", "DROP", "SEND"][usize::from(self.kind)];
+        let name = ["RELEASE", "DROP", "SEND", "ACCEPT"][usize::from(self.kind)];
         let len = self.packet.bind(py).as_bytes().len();
         format!("Action({name}, handle={}, {len} bytes)", self.handle.bind(py))
     }
@@ -54,6 +57,7 @@ impl PyEngine {
             let a = match action {
                 Action::Release((handle, packet)) => PyAction { kind: RELEASE, handle, packet },
                 Action::Drop((handle, packet)) => PyAction { kind: DROP, handle, packet },
+                Action::Accept((handle, packet)) => PyAction { kind: ACCEPT, handle, packet },
                 Action::Send(bytes) => PyAction {
                     kind: SEND,
                     handle: py.None(),

@@ -15,6 +15,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;
+    m.add("ACCEPT", engine::ACCEPT)?;
     m.add("FAIL_REASONS", govpass_core::FailReason::ALL.map(|r| r.as_str()).to_vec())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
