@@ -1,0 +1,198 @@
+"""Linux NFQUEUE backend: one worker per queue, fed by ``netfilterqueue``.
+
+Held packets stay in the kernel without a verdict and are accepted
+unmodified on fail-open. Two queue settings that ``netfilterqueue`` does not
+expose are set over its own netlink socket: the fail-open flag (a full queue
+accepts instead of dropping) and NETLINK_NO_ENOBUFS (an overrun does not
+surface as an error storm).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
+from govpass.backends.inject import RawInjector
+from govpass.errors import BackendError
+
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_CONFIG = 2
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x1
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLMSG_ERROR = 0x2
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+
+
+def config_flags_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
+    """An NFQNL_MSG_CONFIG netlink message setting queue flags (with ACK request)."""
+    # Attribute headers are host-endian; the values are big-endian u32.
+    attrs = struct.pack("=HH", 8, NFQA_CFG_MASK) + struct.pack("!I", mask)
+    attrs += struct.pack("=HH", 8, NFQA_CFG_FLAGS) + struct.pack("!I", flags)
+    nfgen = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", queue_num)
+    body = nfgen + attrs
+    msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
+    header = struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+    return header + body
+
+
+def tune_queue_socket(fd: int, queue_num: int) -> None:
+    """Sets fail-open and NO_ENOBUFS on the bound queue's netlink socket."""
+    sock = socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW)
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+        sock.send(config_flags_message(queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN))
+        sock.settimeout(1.0)
+        try:
+            reply = sock.recv(4096)
+        except TimeoutError as e:
+            raise BackendError(f"queue {queue_num}: no answer to the fail-open request") from e
+        if len(reply) >= 20:
+            _, rtype = struct.unpack_from("=IH", reply)
+            (err,) = struct.unpack_from("=i", reply, 16)
+            if rtype == NLMSG_ERROR and err != 0:
+                msg = os.strerror(-err)
+                raise BackendError(f"queue {queue_num}: kernel refused the fail-open flag: {msg}")
+    finally:
+        sock.close()
+
+
+def queue_table() -> dict[int, dict[str, int]]:
+    """Bound queues from /proc: queue number -> portid, length, kernel drops, user drops."""
+    out: dict[int, dict[str, int]] = {}
+    try:
+        with open(PROC_QUEUES, encoding="ascii") as f:
+            for line in f:
+                cols = line.split()
+                if len(cols) < 7:
+                    continue
+                out[int(cols[0])] = {
+                    "portid": int(cols[1]),
+                    "queued": int(cols[2]),
+                    "queue_dropped": int(cols[5]),
+                    "user_dropped": int(cols[6]),
+                }
+    except OSError:
+        pass
+    return out
+
+
+class NfqueueWorker:
+    """Binds one queue and runs the engine on its packets until stopped."""
+
+    def __init__(
+        self,
+        queue_num: int,
+        engine_config: EngineConfig,
+        mark: int,
+        queue_len: int = 4096,
+        ipv6: bool = True,
+        injector: RawInjector | None = None,
+    ) -> None:
+        self.queue_num = queue_num
+        self.mark = mark
+        self.queue_len = queue_len
+        self.engine = Engine(engine_config)
+        self.injector = injector or RawInjector(mark, ipv6=ipv6)
+        self.errors = 0
+        tick_ms = min(max(engine_config.collect_timeout_ms / 5, 5.0), 50.0)
+        self.tick = tick_ms / 1000.0
+        self._nfq: Any = None
+
+    def bind(self) -> None:
+        from netfilterqueue import COPY_PACKET, NetfilterQueue
+
+        nfq = NetfilterQueue()
+        try:
+            nfq.bind(self.queue_num, self._on_packet, max_len=self.queue_len,
+                     mode=COPY_PACKET, range=0xFFFF)
+        except OSError as e:
+            owner = queue_table().get(self.queue_num)
+            if owner is not None:
+                raise BackendError(
+                    f"queue {self.queue_num} is already bound by another process "
+                    f"(netlink portid {owner['portid']}); stop it or choose --queue-num"
+                ) from e
+            raise BackendError(f"cannot bind NFQUEUE {self.queue_num}: {e}") from e
+        self._nfq = nfq
+        tune_queue_socket(nfq.get_fd(), self.queue_num)
+
+    def _on_packet(self, pkt: Any) -> None:
+        try:
+            result = self.engine.process(pkt.get_payload(), time.monotonic(), pkt)
+        except Exception:
+            # Never leave a packet without a verdict.
+            self.errors += 1
+            pkt.accept()
+            return
+        if result is None:
+            pkt.set_mark(pkt.get_mark() | self.mark)
+            pkt.accept()
+        else:
+            self.apply(result)
+
+    def apply(self, actions: list[Any]) -> None:
+        """Carries out engine actions in order."""
+        for a in actions:
+            kind = a.kind
+            if kind == SEND:
+                self.injector.send(a.packet)
+            elif kind == RELEASE:
+                h = a.handle
+                h.set_mark(h.get_mark() | self.mark)
+                h.accept()
+            elif kind == DROP:
+                a.handle.drop()
+            elif kind == ACCEPT:
+                a.handle.accept()
+
+    def run(self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
+        """Receives packets and fires the engine's timer until `should_stop()`."""
+        if self._nfq is None:
+            self.bind()
+        nfq = self._nfq
+        fd = nfq.get_fd()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        next_tick = time.monotonic() + self.tick
+        while not should_stop():
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                ready = poller.poll(timeout * 1000)
+            except InterruptedError:
+                continue
+            if ready:
+                nfq.run(block=False)
+            now = time.monotonic()
+            if now >= next_tick:
+                self.apply(self.engine.expire(now))
+                next_tick = now + self.tick
+                if on_tick is not None:
+                    on_tick()
+
+    def close(self) -> None:
+        """Releases every held packet, then unbinds the queue."""
+        try:
+            self.apply(self.engine.release_all())
+        finally:
+            if self._nfq is not None:
+                self._nfq.unbind()
+                self._nfq = None
+            self.injector.close()
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self.engine.stats())
+        s["inject_sent"] = self.injector.sent
+        s["inject_errors"] = self.injector.errors
+        s["callback_errors"] = self.errors
+        return s

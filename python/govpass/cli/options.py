@@ -1,0 +1,80 @@
+"""CLI flags generated from the settings table, so every setting is a flag
+with its default in the help, and flags stay in step with config keys."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from govpass.config import BY_NAME, SETTINGS, Setting
+
+
+def _default_text(s: Setting) -> str:
+    d = s.default
+    if isinstance(d, tuple):
+        return ",".join(d) if d else "none"
+    if s.name in ("mark", "watch-mark"):
+        return hex(d)
+    if s.name == "workers":
+        return "0 = one per CPU core"
+    if isinstance(d, bool):
+        return "on" if d else "off"
+    return str(d)
+
+
+def _option(s: Setting) -> tuple[Any, Any]:
+    help_text = escape(f"{s.help}. [default: {_default_text(s)}; env {s.env}]")
+    if s.kind == "bool":
+        return Optional[bool], typer.Option(None, f"--{s.name}/--no-{s.name}", help=help_text,
+                                            show_default=False)
+    return Optional[str], typer.Option(None, f"--{s.name}", help=help_text, show_default=False,
+                                       metavar=_metavar(s))
+
+
+def _metavar(s: Setting) -> str:
+    if s.kind == "choice":
+        return "[" + "|".join(s.choices) + "]"
+    return {"int": "INT", "float": "NUM", "list": "LIST", "str": "TEXT"}.get(s.kind, "TEXT")
+
+
+def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Adds one option per setting (plus --config) to a command; the command
+    receives them as `flags` (setting name -> raw value, None when not given)
+    and `config_file`."""
+    chosen = [BY_NAME[n] for n in names] if names is not None else list(SETTINGS)
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        sig = inspect.signature(fn)
+        own = [p for n, p in sig.parameters.items() if n not in ("flags", "config_file")]
+        params = list(own)
+        annotations: dict[str, Any] = {p.name: p.annotation for p in own}
+        params.append(inspect.Parameter(
+            "config_file", inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", help=escape("TOML config file: keys spelled as the flags "
+                                 "(split-chunk = 5), optionally under a [govpass] table"),
+                                 exists=False, dir_okay=False),
+            annotation=Optional[Path]))
+        annotations["config_file"] = Optional[Path]
+        for s in chosen:
+            annotation, default = _option(s)
+            params.append(inspect.Parameter(s.attr, inspect.Parameter.KEYWORD_ONLY,
+                                            default=default, annotation=annotation))
+            annotations[s.attr] = annotation
+        attrs = {s.attr: s.name for s in chosen}
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            flags = {attrs[k]: kwargs.pop(k) for k in list(kwargs) if k in attrs}
+            return fn(flags=flags, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = annotations
+        return wrapper
+
+    return deco

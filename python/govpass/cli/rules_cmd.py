@@ -1,0 +1,62 @@
+"""`govpass rules install | remove | show`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from govpass import config as config_mod
+from govpass.cli import app
+from govpass.cli.options import with_settings
+from govpass.errors import FirewallError
+
+rules_app = typer.Typer(help="Install, remove or show the kernel interception rules.",
+                        no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+RULE_SETTINGS = ("queue-num", "workers", "mark", "watch-mark", "ports", "mode", "iface",
+                 "exclude-iface", "firewall", "ipv6")
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise FirewallError("managing firewall rules needs root (or CAP_NET_ADMIN)")
+
+
+@rules_app.command("install")
+@with_settings(RULE_SETTINGS)
+def install(flags: dict[str, Any], config_file: Path | None) -> None:
+    """Install the rules (idempotent: replaces what govpass installed before)."""
+    from govpass import rules
+    from govpass.daemon import rule_spec
+
+    config = config_mod.load(config_file, flags=flags)
+    _need_root()
+    backend = None if config.firewall in ("auto", "none") else config.firewall
+    result = rules.install(rule_spec(config), backend=backend)  # type: ignore[arg-type]
+    typer.echo(f"installed with {result.backend} ({', '.join(result.families)}): {result.reason}")
+
+
+@rules_app.command("remove")
+def remove() -> None:
+    """Remove every rule govpass installed, including leftovers of a crashed run."""
+    from govpass import rules
+
+    _need_root()
+    result = rules.remove()
+    if result.nothing_installed:
+        typer.echo("nothing installed")
+    else:
+        typer.echo("removed: " + ", ".join(result.removed))
+
+
+@rules_app.command("show")
+def show() -> None:
+    """Show the rules govpass has installed now."""
+    from govpass import rules
+
+    _need_root()
+    typer.echo(rules.show())

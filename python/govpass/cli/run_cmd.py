@@ -1,0 +1,78 @@
+"""`govpass run`: the daemon."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from govpass import config as config_mod
+from govpass.cli import app, err_console
+from govpass.cli.options import with_settings
+from govpass.cli.status import line, table
+from govpass.errors import BackendError, ConfigError
+
+
+def _log(msg: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} govpass: {msg}", file=sys.stderr, flush=True)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise BackendError("govpass run needs root (or CAP_NET_ADMIN and CAP_NET_RAW)")
+
+
+@app.command("run")
+@with_settings()
+def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
+    """Capture outbound TLS flows and split their first ClientHello (Linux: NFQUEUE)."""
+    config = config_mod.load(config_file, flags=flags)
+    if config.backend == "divert":
+        from govpass.backends.divert_run import run_divert
+
+        run_divert(config, _log)
+        return
+    if not sys.platform.startswith("linux"):
+        raise ConfigError("backend nfqueue runs only on Linux (accepted here: divert)",
+                          field="backend")
+    require_root()
+    from govpass.backends import unavailable_reason
+    from govpass.daemon import Daemon, signals_raise
+
+    reason = unavailable_reason("nfqueue")
+    if reason:
+        raise BackendError(f"nfqueue backend unusable: {reason}")
+    if config.mode == "router" and not config.iface:
+        raise ConfigError("router mode needs --iface WAN (accepted: one or more interface "
+                          "names)", field="iface")
+    daemon = Daemon(config, _log)
+    interactive = sys.stdout.isatty()
+    try:
+        with signals_raise():
+            daemon.start()
+            _log(f"running: split-chunk={config.split_chunk} split-pos="
+                 f"{','.join(config.split_pos) or '-'} mode={config.mode}")
+            if interactive:
+                from rich.live import Live
+
+                live: Any = Live(table(daemon.stats()), refresh_per_second=2)
+            else:
+                live = nullcontext()
+            with live:
+                while True:
+                    time.sleep(config.stats_interval)
+                    daemon.check_workers()
+                    stats = daemon.stats()
+                    if interactive:
+                        live.update(table(stats))
+                    else:
+                        _log(line(stats))
+    except KeyboardInterrupt:
+        _log("stopping")
+    finally:
+        daemon.stop()
+    err_console.print(line(daemon.stats()), markup=False)
