@@ -117,46 +117,133 @@ def _num(x: float) -> str:
 
 SETTINGS: tuple[Setting, ...] = (
     # Engine (checked again, authoritatively, by the engine itself).
-    Setting("split-mode", "tls-hello", "Which bytes are split: the whole first TLS record "
-            "(tls-hello) or only the first payload packet (immediate)", "choice",
-            choices=("tls-hello", "immediate")),
-    Setting("split-chunk", 5, "Size in bytes of the first segment (0: positions only)",
-            "int", minimum=0, maximum=16384),
-    Setting("split-pos", (), "Further cut positions: N, sni, sniend, midsld, each with "
-            "an optional +N/-N (e.g. 'sni+1,midsld')", "list"),
-    Setting("collect-timeout", 250.0, "Milliseconds a flow may hold packets while its "
-            "first record is incomplete", "float", minimum=1, maximum=60000),
-    Setting("max-buffer", 65536, "Most bytes of a first record that are buffered", "int",
-            minimum=64, maximum=16 * 1024 * 1024),
-    Setting("max-held-pkts", 32, "Most packets of one flow held at once", "int",
-            minimum=1, maximum=4096),
-    Setting("max-seg-payload", 1460, "Largest payload of a generated segment", "int",
-            minimum=1, maximum=65475),
-    Setting("flow-timeout", 30.0, "Seconds after which an idle flow is forgotten", "float",
-            minimum=1, maximum=86400),
-    Setting("max-flows", 131072, "Most flows tracked per worker; the oldest is evicted",
-            "int", minimum=1, maximum=16777216),
+    Setting(
+        "split-mode",
+        "tls-hello",
+        "Which bytes are split: the whole first TLS record "
+        "(tls-hello) or only the first payload packet (immediate)",
+        "choice",
+        choices=("tls-hello", "immediate"),
+    ),
+    Setting(
+        "split-chunk",
+        5,
+        "Size in bytes of the first segment (0: positions only)",
+        "int",
+        minimum=0,
+        maximum=16384,
+    ),
+    Setting(
+        "split-pos",
+        (),
+        "Further cut positions: N, sni, sniend, midsld, each with "
+        "an optional +N/-N (e.g. 'sni+1,midsld')",
+        "list",
+    ),
+    Setting(
+        "collect-timeout",
+        250.0,
+        "Milliseconds a flow may hold packets while its first record is incomplete",
+        "float",
+        minimum=1,
+        maximum=60000,
+    ),
+    Setting(
+        "max-buffer",
+        65536,
+        "Most bytes of a first record that are buffered",
+        "int",
+        minimum=64,
+        maximum=16 * 1024 * 1024,
+    ),
+    Setting(
+        "max-held-pkts", 32, "Most packets of one flow held at once", "int", minimum=1, maximum=4096
+    ),
+    Setting(
+        "max-seg-payload",
+        1460,
+        "Largest payload of a generated segment",
+        "int",
+        minimum=1,
+        maximum=65475,
+    ),
+    Setting(
+        "flow-timeout",
+        30.0,
+        "Seconds after which an idle flow is forgotten",
+        "float",
+        minimum=1,
+        maximum=86400,
+    ),
+    Setting(
+        "max-flows",
+        131072,
+        "Most flows tracked per worker; the oldest is evicted",
+        "int",
+        minimum=1,
+        maximum=16777216,
+    ),
     Setting("ports", ("443",), "Destination TCP ports whose flows are reshaped", "list"),
     # Capture and rules.
     Setting("backend", "nfqueue", "Capture backend", "choice", choices=("nfqueue", "divert")),
-    Setting("workers", 0, "Worker processes, one queue each (0: one per CPU core)", "int",
-            minimum=0, maximum=256),
+    Setting(
+        "workers",
+        0,
+        "Worker processes, one queue each (0: one per CPU core)",
+        "int",
+        minimum=0,
+        maximum=256,
+    ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
-    Setting("queue-len", 4096, "Kernel queue length (packets) per queue", "int",
-            minimum=16, maximum=1_048_576),
-    Setting("mark", 0x10000000, "Firewall mark on injected and released packets "
-            "(the rules skip it)", "int", minimum=1, maximum=0xFFFFFFFF),
-    Setting("watch-mark", 0x20000000, "Conntrack mark bit for flows still watched",
-            "int", minimum=1, maximum=0xFFFFFFFF),
-    Setting("mode", "host", "host: this machine's own traffic; router: forwarded traffic",
-            "choice", choices=("host", "router")),
+    Setting(
+        "queue-len",
+        4096,
+        "Kernel queue length (packets) per queue",
+        "int",
+        minimum=16,
+        maximum=1_048_576,
+    ),
+    Setting(
+        "mark",
+        0x10000000,
+        "Firewall mark on injected and released packets (the rules skip it)",
+        "int",
+        minimum=1,
+        maximum=0xFFFFFFFF,
+    ),
+    Setting(
+        "watch-mark",
+        0x20000000,
+        "Conntrack mark bit for flows still watched",
+        "int",
+        minimum=1,
+        maximum=0xFFFFFFFF,
+    ),
+    Setting(
+        "mode",
+        "host",
+        "host: this machine's own traffic; router: forwarded traffic",
+        "choice",
+        choices=("host", "router"),
+    ),
     Setting("iface", (), "Interfaces to act on (router mode: the WAN side)", "list"),
     Setting("exclude-iface", (), "Interfaces never touched", "list"),
-    Setting("firewall", "auto", "Rule backend", "choice",
-            choices=("auto", "nftables", "iptables", "none")),
+    Setting(
+        "firewall",
+        "auto",
+        "Rule backend",
+        "choice",
+        choices=("auto", "nftables", "iptables", "none"),
+    ),
     Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
-    Setting("stats-interval", 2.0, "Seconds between status updates / log lines", "float",
-            minimum=0.1, maximum=3600),
+    Setting(
+        "stats-interval",
+        2.0,
+        "Seconds between status updates / log lines",
+        "float",
+        minimum=0.1,
+        maximum=3600,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -273,4 +360,3 @@ def load(
 
 def with_overrides(config: Config, **changes: Any) -> Config:
     return dataclasses.replace(config, **changes)
-

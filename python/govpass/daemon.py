@@ -181,9 +181,14 @@ class Daemon:
         self.directory.mkdir(parents=True, exist_ok=True)
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
-        write_json_atomic(self.directory / "daemon.json", {
-            "pid": os.getpid(), "started": time.time(), "config": _jsonable(self.config.as_dict()),
-        })
+        write_json_atomic(
+            self.directory / "daemon.json",
+            {
+                "pid": os.getpid(),
+                "started": time.time(),
+                "config": _jsonable(self.config.as_dict()),
+            },
+        )
         for i in range(self.config.worker_count):
             self.workers.append(self._start_worker(i))
         last = self.config.queue_num + self.config.worker_count - 1

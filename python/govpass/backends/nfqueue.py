@@ -114,8 +114,13 @@ class NfqueueWorker:
 
         nfq = NetfilterQueue()
         try:
-            nfq.bind(self.queue_num, self._on_packet, max_len=self.queue_len,
-                     mode=COPY_PACKET, range=0xFFFF)
+            nfq.bind(
+                self.queue_num,
+                self._on_packet,
+                max_len=self.queue_len,
+                mode=COPY_PACKET,
+                range=0xFFFF,
+            )
         except OSError as e:
             owner = queue_table().get(self.queue_num)
             if owner is not None:
@@ -156,7 +161,9 @@ class NfqueueWorker:
             elif kind == ACCEPT:
                 a.handle.accept()
 
-    def run(self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
+    def run(
+        self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None = None
+    ) -> None:
         """Receives packets and fires the engine's timer until `should_stop()`."""
         if self._nfq is None:
             self.bind()

@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -31,10 +31,12 @@ def _default_text(s: Setting) -> str:
 def _option(s: Setting) -> tuple[Any, Any]:
     help_text = escape(f"{s.help}. [default: {_default_text(s)}; env {s.env}]")
     if s.kind == "bool":
-        return Optional[bool], typer.Option(None, f"--{s.name}/--no-{s.name}", help=help_text,
-                                            show_default=False)
-    return Optional[str], typer.Option(None, f"--{s.name}", help=help_text, show_default=False,
-                                       metavar=_metavar(s))
+        return bool | None, typer.Option(
+            None, f"--{s.name}/--no-{s.name}", help=help_text, show_default=False
+        )
+    return str | None, typer.Option(
+        None, f"--{s.name}", help=help_text, show_default=False, metavar=_metavar(s)
+    )
 
 
 def _metavar(s: Setting) -> str:
@@ -54,17 +56,31 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
         own = [p for n, p in sig.parameters.items() if n not in ("flags", "config_file")]
         params = list(own)
         annotations: dict[str, Any] = {p.name: p.annotation for p in own}
-        params.append(inspect.Parameter(
-            "config_file", inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", help=escape("TOML config file: keys spelled as the flags "
-                                 "(split-chunk = 5), optionally under a [govpass] table"),
-                                 exists=False, dir_okay=False),
-            annotation=Optional[Path]))
-        annotations["config_file"] = Optional[Path]
+        params.append(
+            inspect.Parameter(
+                "config_file",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    None,
+                    "--config",
+                    help=escape(
+                        "TOML config file: keys spelled as the flags "
+                        "(split-chunk = 5), optionally under a [govpass] table"
+                    ),
+                    exists=False,
+                    dir_okay=False,
+                ),
+                annotation=Path | None,
+            )
+        )
+        annotations["config_file"] = Path | None
         for s in chosen:
             annotation, default = _option(s)
-            params.append(inspect.Parameter(s.attr, inspect.Parameter.KEYWORD_ONLY,
-                                            default=default, annotation=annotation))
+            params.append(
+                inspect.Parameter(
+                    s.attr, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+            )
             annotations[s.attr] = annotation
         attrs = {s.attr: s.name for s in chosen}
 

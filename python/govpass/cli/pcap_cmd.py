@@ -16,8 +16,16 @@ from govpass.config import BY_NAME
 
 # The engine's settings, each a flag spelled as its config key.
 ENGINE_SETTINGS = (
-    "split-mode", "split-chunk", "split-pos", "collect-timeout", "max-buffer",
-    "max-held-pkts", "max-seg-payload", "flow-timeout", "max-flows", "ports",
+    "split-mode",
+    "split-chunk",
+    "split-pos",
+    "collect-timeout",
+    "max-buffer",
+    "max-held-pkts",
+    "max-seg-payload",
+    "flow-timeout",
+    "max-flows",
+    "ports",
 )
 
 
@@ -35,10 +43,13 @@ def _opt(name: str, metavar: str) -> Any:
 
 @app.command("pcap")
 def pcap_command(
-    input_path: Annotated[Path, typer.Argument(metavar="IN", show_default=False,
-                                               help="Capture to read (pcap or pcapng)")],
-    output_path: Annotated[Path, typer.Argument(metavar="OUT", show_default=False,
-                                                help="pcap file to write")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(metavar="IN", show_default=False, help="Capture to read (pcap or pcapng)"),
+    ],
+    output_path: Annotated[
+        Path, typer.Argument(metavar="OUT", show_default=False, help="pcap file to write")
+    ],
     split_mode: Annotated[str | None, _opt("split-mode", "[tls-hello|immediate]")] = None,
     split_chunk: Annotated[str | None, _opt("split-chunk", "BYTES")] = None,
     split_pos: Annotated[str | None, _opt("split-pos", "LIST")] = None,
@@ -49,17 +60,33 @@ def pcap_command(
     flow_timeout: Annotated[str | None, _opt("flow-timeout", "SECONDS")] = None,
     max_flows: Annotated[str | None, _opt("max-flows", "N")] = None,
     ports: Annotated[str | None, _opt("ports", "LIST")] = None,
-    config_file: Annotated[Path | None, typer.Option(
-        "--config", metavar="FILE", show_default=False,
-        help="TOML config file (keys spelled as the flags, optionally under [govpass])")] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            show_default=False,
+            help="TOML config file (keys spelled as the flags, optionally under [govpass])",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Run the engine over a capture; write what would go on the wire to OUT.
 
     Settings come from defaults < --config file < GOVPASS_* environment < flags.
     """
-    values = (split_mode, split_chunk, split_pos, collect_timeout, max_buffer,
-              max_held_pkts, max_seg_payload, flow_timeout, max_flows, ports)
+    values = (
+        split_mode,
+        split_chunk,
+        split_pos,
+        collect_timeout,
+        max_buffer,
+        max_held_pkts,
+        max_seg_payload,
+        flow_timeout,
+        max_flows,
+        ports,
+    )
     flags = dict(zip(ENGINE_SETTINGS, values, strict=True))
     cfg = config.load(file=config_file, flags=flags)
     summary = pcap.rewrite(input_path, output_path, cfg.engine_config())
@@ -73,8 +100,10 @@ def pcap_command(
         typer.echo(_plain(summary))
     if summary.input_truncated:
         Console(stderr=True, highlight=False).print(
-            f"govpass: warning: {input_path} ends mid-packet; "
-            f"read {summary.packets_in} packets", style="yellow", markup=False)
+            f"govpass: warning: {input_path} ends mid-packet; read {summary.packets_in} packets",
+            style="yellow",
+            markup=False,
+        )
 
 
 def _rows(summary: pcap.Summary) -> list[tuple[str, str]]:

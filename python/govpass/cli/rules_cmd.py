@@ -13,12 +13,23 @@ from govpass.cli import app
 from govpass.cli.options import with_settings
 from govpass.errors import FirewallError
 
-rules_app = typer.Typer(help="Install, remove or show the kernel interception rules.",
-                        no_args_is_help=True)
+rules_app = typer.Typer(
+    help="Install, remove or show the kernel interception rules.", no_args_is_help=True
+)
 app.add_typer(rules_app, name="rules")
 
-RULE_SETTINGS = ("queue-num", "workers", "mark", "watch-mark", "ports", "mode", "iface",
-                 "exclude-iface", "firewall", "ipv6")
+RULE_SETTINGS = (
+    "queue-num",
+    "workers",
+    "mark",
+    "watch-mark",
+    "ports",
+    "mode",
+    "iface",
+    "exclude-iface",
+    "firewall",
+    "ipv6",
+)
 
 
 def _need_root() -> None:

@@ -37,8 +37,9 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         run_divert(config, _log)
         return
     if not sys.platform.startswith("linux"):
-        raise ConfigError("backend nfqueue runs only on Linux (accepted here: divert)",
-                          field="backend")
+        raise ConfigError(
+            "backend nfqueue runs only on Linux (accepted here: divert)", field="backend"
+        )
     require_root()
     from govpass.backends import unavailable_reason
     from govpass.daemon import Daemon, signals_raise
@@ -47,15 +48,18 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     if reason:
         raise BackendError(f"nfqueue backend unusable: {reason}")
     if config.mode == "router" and not config.iface:
-        raise ConfigError("router mode needs --iface WAN (accepted: one or more interface "
-                          "names)", field="iface")
+        raise ConfigError(
+            "router mode needs --iface WAN (accepted: one or more interface names)", field="iface"
+        )
     daemon = Daemon(config, _log)
     interactive = sys.stdout.isatty()
     try:
         with signals_raise():
             daemon.start()
-            _log(f"running: split-chunk={config.split_chunk} split-pos="
-                 f"{','.join(config.split_pos) or '-'} mode={config.mode}")
+            _log(
+                f"running: split-chunk={config.split_chunk} split-pos="
+                f"{','.join(config.split_pos) or '-'} mode={config.mode}"
+            )
             if interactive:
                 from rich.live import Live
 
