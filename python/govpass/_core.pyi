@@ -1,0 +1,78 @@
+"""Type stubs of the Rust extension ``govpass._core``."""
+
+from typing import Any, Final
+
+__version__: Final[str]
+
+RELEASE: Final[int]
+"""Send the held original unchanged (its flow's decision is made)."""
+DROP: Final[int]
+"""Discard the held original: its bytes go out in SEND segments."""
+SEND: Final[int]
+"""Inject the new packet in ``Action.packet``."""
+ACCEPT: Final[int]
+"""Send the original unchanged; its flow is still being collected."""
+FAIL_REASONS: Final[list[str]]
+
+class EngineConfig:
+    """Engine settings with the seed defaults. Invalid values raise
+    ``govpass.errors.ConfigError`` naming the field and the accepted range."""
+
+    def __init__(
+        self,
+        *,
+        ports: list[int] = ...,
+        split_mode: str = "tls-hello",
+        split_chunk: int = 5,
+        split_positions: list[str] = ...,
+        collect_timeout_ms: float = 250.0,
+        max_buffer: int = 65536,
+        max_held_pkts: int = 32,
+        max_seg_payload: int = 1460,
+        flow_timeout_s: float = 30.0,
+        max_flows: int = 131072,
+    ) -> None: ...
+    @property
+    def ports(self) -> list[int]: ...
+    @property
+    def split_mode(self) -> str: ...
+    @property
+    def split_chunk(self) -> int: ...
+    @property
+    def split_positions(self) -> list[str]: ...
+    @property
+    def collect_timeout_ms(self) -> float: ...
+    @property
+    def max_buffer(self) -> int: ...
+    @property
+    def max_held_pkts(self) -> int: ...
+    @property
+    def max_seg_payload(self) -> int: ...
+    @property
+    def flow_timeout_s(self) -> float: ...
+    @property
+    def max_flows(self) -> int: ...
+
+class Action:
+    """One thing for a backend to do, in order."""
+
+    @property
+    def kind(self) -> int: ...
+    @property
+    def handle(self) -> Any: ...
+    @property
+    def packet(self) -> bytes: ...
+
+class Engine:
+    """The sans-I/O engine. A packet given to ``process`` either passes at once
+    (``None``) or the engine owns it and gives its fate (RELEASE, DROP or
+    ACCEPT) exactly once, in the returned list or a later call's."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None: ...
+    def process(self, packet: bytes, now: float, handle: Any = None) -> list[Action] | None: ...
+    def expire(self, now: float) -> list[Action]: ...
+    def release_all(self) -> list[Action]: ...
+    @property
+    def config(self) -> EngineConfig: ...
+    def stats(self) -> dict[str, Any]: ...
+    def _arm_panic(self) -> None: ...
