@@ -1,8 +1,19 @@
 """Type stubs of the Rust extension ``govpass._core``."""
 
-from typing import Any, Final
+from typing import Any, Final, final
 
 __version__: Final[str]
+__all__ = [
+    "EngineConfig",
+    "Engine",
+    "Action",
+    "RELEASE",
+    "DROP",
+    "SEND",
+    "ACCEPT",
+    "FAIL_REASONS",
+    "__version__",
+]
 
 RELEASE: Final[int]
 """Send the held original unchanged (its flow's decision is made)."""
@@ -14,15 +25,16 @@ ACCEPT: Final[int]
 """Send the original unchanged; its flow is still being collected."""
 FAIL_REASONS: Final[list[str]]
 
+@final
 class EngineConfig:
     """Engine settings with the seed defaults. Invalid values raise
     ``govpass.errors.ConfigError`` naming the field and the accepted range."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         ports: list[int] = ...,
-        split_mode: str = "tls-hello",
+        split_mode: str = ...,
         split_chunk: int = 5,
         split_positions: list[str] = ...,
         collect_timeout_ms: float = 250.0,
@@ -31,7 +43,7 @@ class EngineConfig:
         max_seg_payload: int = 1460,
         flow_timeout_s: float = 30.0,
         max_flows: int = 131072,
-    ) -> None: ...
+    ) -> EngineConfig: ...
     @property
     def ports(self) -> list[int]: ...
     @property
@@ -53,6 +65,7 @@ class EngineConfig:
     @property
     def max_flows(self) -> int: ...
 
+@final
 class Action:
     """One thing for a backend to do, in order."""
 
@@ -63,12 +76,13 @@ class Action:
     @property
     def packet(self) -> bytes: ...
 
+@final
 class Engine:
     """The sans-I/O engine. A packet given to ``process`` either passes at once
     (``None``) or the engine owns it and gives its fate (RELEASE, DROP or
     ACCEPT) exactly once, in the returned list or a later call's."""
 
-    def __init__(self, config: EngineConfig | None = None) -> None: ...
+    def __new__(cls, config: EngineConfig | None = None) -> Engine: ...
     def process(self, packet: bytes, now: float, handle: Any = None) -> list[Action] | None: ...
     def expire(self, now: float) -> list[Action]: ...
     def release_all(self) -> list[Action]: ...
