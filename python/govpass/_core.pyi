@@ -4,14 +4,14 @@ from typing import Any, Final, final
 
 __version__: Final[str]
 __all__ = [
-    "EngineConfig",
-    "Engine",
-    "Action",
-    "RELEASE",
-    "DROP",
-    "SEND",
     "ACCEPT",
+    "DROP",
     "FAIL_REASONS",
+    "RELEASE",
+    "SEND",
+    "Action",
+    "Engine",
+    "EngineConfig",
     "__version__",
 ]
 
