@@ -24,7 +24,7 @@ err_console = Console(stderr=True, highlight=False)
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
-    from govpass.cli import pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
+    from govpass.cli import doctor_cmd, pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

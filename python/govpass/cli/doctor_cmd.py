@@ -1,0 +1,41 @@
+"""`govpass doctor`: what works here, what does not, and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from govpass import config as config_mod
+from govpass.cli import app
+from govpass.cli.options import with_settings
+
+MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+
+
+@app.command("doctor")
+@with_settings(("queue-num", "workers", "mode", "iface", "exclude-iface", "ports", "ipv6"))
+def doctor(
+    flags: dict[str, Any],
+    config_file: Path | None,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check privileges, NFQUEUE, firewall backends, leftover rules, offloads and backends."""
+    from rich.markup import escape
+
+    from govpass.doctor import run_checks
+
+    config = config_mod.load(config_file, flags=flags)
+    results = run_checks(config)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        console = Console(highlight=False)
+        for r in results:
+            fix = f"  [dim]fix: {escape(r.fix)}[/dim]" if r.fix else ""
+            console.print(f"{MARKS[r.status]} {escape(r.name)}: {escape(r.detail)}{fix}")
+    if any(r.status == "fail" for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,253 @@
+"""Checks behind `govpass doctor`: one result per question, each with a fix.
+
+Each check returns data; the CLI prints it. Nothing here changes the system
+(the firewall probe loads a spare chain or an `nft -c` dry run and removes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from govpass.config import Config
+
+Status = Literal["ok", "warn", "fail"]
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _capabilities() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_privileges() -> Check:
+    if os.geteuid() == 0:
+        return Check("privileges", "ok", "running as root")
+    caps = _capabilities()
+    missing = [
+        n
+        for n, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_NET_RAW", CAP_NET_RAW))
+        if not caps >> bit & 1
+    ]
+    if not missing:
+        return Check("privileges", "ok", "CAP_NET_ADMIN and CAP_NET_RAW present")
+    return Check(
+        "privileges",
+        "fail",
+        f"missing {', '.join(missing)}",
+        "run as root, or use scripts/govpass.service (grants exactly these two)",
+    )
+
+
+def check_nfqueue() -> Check:
+    if not sys.platform.startswith("linux"):
+        return Check("nfqueue", "warn", "not Linux: NFQUEUE unavailable", "use --backend divert")
+    if os.path.exists("/proc/net/netfilter/nfnetlink_queue"):
+        return Check("nfqueue", "ok", "kernel module nfnetlink_queue loaded")
+    probe = shutil.which("modprobe")
+    if (
+        probe
+        and subprocess.run(
+            [probe, "-n", "nfnetlink_queue"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        return Check("nfqueue", "ok", "nfnetlink_queue available (loads on first use)")
+    return Check(
+        "nfqueue",
+        "fail",
+        "kernel has no nfnetlink_queue",
+        "enable CONFIG_NETFILTER_NETLINK_QUEUE or install the module",
+    )
+
+
+def check_queues(config: Config) -> Check:
+    from govpass.backends.nfqueue import queue_table
+
+    table = queue_table()
+    ours = range(config.queue_num, config.queue_num + config.worker_count)
+    taken = [q for q in ours if q in table]
+    if taken:
+        owners = ", ".join(f"{q} (portid {table[q]['portid']})" for q in taken)
+        return Check(
+            "queues",
+            "warn",
+            f"queue(s) already bound: {owners}",
+            "another govpass or NFQUEUE program runs; stop it or pick --queue-num",
+        )
+    return Check("queues", "ok", f"queues {ours.start}..{ours.stop - 1} are free")
+
+
+def check_firewall(config: Config) -> list[Check]:
+    from govpass import rules
+    from govpass.daemon import rule_spec
+    from govpass.errors import GovpassError
+
+    out: list[Check] = []
+    try:
+        spec = rule_spec(config)
+        detection = rules.detect(spec, rules.Runner())
+    except GovpassError as e:
+        return [Check("firewall", "fail", str(e), "install iptables (and nftables)")]
+    for s in detection.statuses:
+        chosen = detection.chosen is not None and s.name == detection.chosen.name
+        status: Status = "ok" if s.usable else "warn"
+        label = " (will be used)" if chosen else ""
+        out.append(Check(f"firewall {s.name}", status, s.reason + label))
+    if detection.chosen is None:
+        out.append(
+            Check(
+                "firewall",
+                "fail",
+                "no usable firewall backend",
+                "apt install iptables; load xt_u32, xt_connbytes, xt_NFQUEUE",
+            )
+        )
+    try:
+        installed = rules.inventory()
+    except GovpassError as e:
+        out.append(Check("installed rules", "warn", str(e)))
+        return out
+    if installed:
+        where = ", ".join(i.where for i in installed)
+        running = _daemon_running()
+        if running:
+            out.append(Check("installed rules", "ok", f"present in {where} (daemon running)"))
+        else:
+            out.append(
+                Check(
+                    "installed rules",
+                    "warn",
+                    f"leftovers in {where}, no daemon runs",
+                    "govpass rules remove",
+                )
+            )
+    else:
+        out.append(Check("installed rules", "ok", "none installed"))
+    return out
+
+
+def _daemon_running() -> bool:
+    from govpass.daemon import run_dir
+
+    try:
+        info = json.loads((run_dir() / "daemon.json").read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def default_interfaces() -> list[str]:
+    """Interfaces of the default routes (IPv4 and IPv6)."""
+    names: list[str] = []
+    ip = shutil.which("ip")
+    if ip is None:
+        return names
+    for family in ("-4", "-6"):
+        res = subprocess.run(
+            [ip, "-j", family, "route", "show", "default"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            for route in json.loads(res.stdout or "[]"):
+                dev = route.get("dev")
+                if dev and dev not in names:
+                    names.append(dev)
+        except ValueError:
+            continue
+    return names
+
+
+def check_offload(iface: str) -> Check:
+    ethtool = shutil.which("ethtool")
+    if ethtool is None:
+        return Check(
+            f"offload {iface}",
+            "warn",
+            "ethtool not installed: cannot read GRO/GSO/TSO",
+            "apt install ethtool",
+        )
+    res = subprocess.run([ethtool, "-k", iface], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        return Check(f"offload {iface}", "warn", f"ethtool -k {iface} failed")
+    wanted = {
+        "tcp-segmentation-offload": "tso",
+        "generic-segmentation-offload": "gso",
+        "generic-receive-offload": "gro",
+    }
+    state = {}
+    for line in res.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in wanted:
+            state[wanted[key.strip()]] = value.split()[0] if value.split() else "?"
+    on = [k for k, v in state.items() if v == "on"]
+    detail = " ".join(f"{k}={v}" for k, v in state.items())
+    if on:
+        return Check(
+            f"offload {iface}",
+            "warn",
+            detail + " (packets seen in the queue are "
+            "segmented by the kernel first; captures on this host may show "
+            "merged segments)",
+            f"ethtool -K {iface} {' '.join(k + ' off' for k in on)}"
+            " (only needed for exact packet captures)",
+        )
+    return Check(f"offload {iface}", "ok", detail)
+
+
+def check_backends() -> list[Check]:
+    from govpass.backends import NAMES, unavailable_reason
+
+    out = []
+    for name in NAMES:
+        reason = unavailable_reason(name)
+        if reason is None:
+            out.append(Check(f"backend {name}", "ok", "usable"))
+        else:
+            out.append(Check(f"backend {name}", "warn", reason))
+    return out
+
+
+def run_checks(config: Config) -> list[Check]:
+    checks: list[Callable[[], list[Check]]] = [
+        lambda: [check_privileges()],
+        lambda: [check_nfqueue()],
+        lambda: [check_queues(config)],
+        lambda: check_firewall(config),
+        lambda: (
+            [check_offload(i) for i in default_interfaces()]
+            or [Check("default route", "warn", "no default route found")]
+        ),
+        check_backends,
+    ]
+    results: list[Check] = []
+    for check in checks:
+        try:
+            results.extend(check())
+        except Exception as e:  # a broken probe is a finding, not a crash
+            results.append(Check("doctor", "warn", f"probe failed: {type(e).__name__}: {e}"))
+    return results
