@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from govpass.config import Config
+from govpass.privileges import missing_capabilities
 
 Status = Literal["ok", "warn", "fail"]
-CAP_NET_ADMIN = 12
-CAP_NET_RAW = 13
 
 
 @dataclass(frozen=True)
@@ -30,26 +29,10 @@ class Check:
     fix: str = ""
 
 
-def _capabilities() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
 def check_privileges() -> Check:
     if os.geteuid() == 0:
         return Check("privileges", "ok", "running as root")
-    caps = _capabilities()
-    missing = [
-        n
-        for n, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_NET_RAW", CAP_NET_RAW))
-        if not caps >> bit & 1
-    ]
+    missing = missing_capabilities()
     if not missing:
         return Check("privileges", "ok", "CAP_NET_ADMIN and CAP_NET_RAW present")
     return Check(

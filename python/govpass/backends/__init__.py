@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 
 NAMES = ("nfqueue", "divert")
@@ -20,8 +19,11 @@ def unavailable_reason(name: str) -> str | None:
                 "Python package netfilterqueue is missing "
                 "(apt install libnetfilter-queue-dev; pip install netfilterqueue)"
             )
-        if os.geteuid() != 0:
-            return "needs root (or CAP_NET_ADMIN and CAP_NET_RAW)"
+        from govpass.privileges import missing_capabilities
+
+        missing = missing_capabilities()
+        if missing:
+            return f"needs root or CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
         return None
     if name == "divert":
         if importlib.util.find_spec("pydivert") is None:

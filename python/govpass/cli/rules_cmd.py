@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,10 @@ RULE_SETTINGS = (
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        raise FirewallError("managing firewall rules needs root (or CAP_NET_ADMIN)")
+    from govpass.privileges import missing_capabilities
+
+    if "CAP_NET_ADMIN" in missing_capabilities():
+        raise FirewallError("managing firewall rules needs root or CAP_NET_ADMIN")
 
 
 @rules_app.command("install")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -21,9 +20,15 @@ def _log(msg: str) -> None:
     print(f"{stamp} govpass: {msg}", file=sys.stderr, flush=True)
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise BackendError("govpass run needs root (or CAP_NET_ADMIN and CAP_NET_RAW)")
+def require_privileges() -> None:
+    from govpass.privileges import missing_capabilities
+
+    missing = missing_capabilities()
+    if missing:
+        raise BackendError(
+            "govpass run needs root or CAP_NET_ADMIN and CAP_NET_RAW "
+            f"(missing {', '.join(missing)})"
+        )
 
 
 @app.command("run")
@@ -40,7 +45,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         raise ConfigError(
             "backend nfqueue runs only on Linux (accepted here: divert)", field="backend"
         )
-    require_root()
+    require_privileges()
     from govpass.backends import unavailable_reason
     from govpass.daemon import Daemon, signals_raise
 
