@@ -1,0 +1,221 @@
+"""Install, remove and show the govpass interception rules.
+
+* install: picks a backend (see :mod:`govpass.rules.detect`), removes whatever an
+  earlier run left behind, then applies the plan.  nftables applies in one
+  transaction; iptables runs command by command and on a failure removes what
+  it added before raising.
+* remove: finds govpass state by name (table ``inet govpass``, chains
+  ``GOVPASS*`` in ``mangle``) in every backend present, so leftovers of a crashed
+  run or of another backend are removed too.  Removing nothing is success.
+* show: the same inventory, as text.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from govpass.errors import FirewallError
+from govpass.rules import iptables as ipt
+from govpass.rules import nftables as nft
+from govpass.rules.detect import (
+    BackendName,
+    BackendStatus,
+    detect,
+    is_permission_error,
+    nft_error_summary,
+)
+from govpass.rules.runner import CommandResult, Runner
+from govpass.rules.spec import Family, RuleSpec
+
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    backend: BackendName
+    reason: str  # why this backend: its probe result and why better ones were skipped
+    families: tuple[Family, ...]
+    commands: tuple[tuple[str, ...], ...]  # what was executed, in order
+    nft_script: str | None = None
+
+
+@dataclass(frozen=True)
+class Installed:
+    """govpass state found in one place (one backend, one family)."""
+
+    where: str  # "nftables" or e.g. "iptables-nft ipv4"
+    binary: str  # command that manages it: "nft" or the iptables binary
+    lines: tuple[str, ...]  # human-readable rules
+    state: ipt.MangleState | None = None  # iptables only
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    removed: tuple[str, ...]  # the `where` of each place that had govpass state
+    commands: tuple[tuple[str, ...], ...]
+
+    @property
+    def nothing_installed(self) -> bool:
+        return not self.removed
+
+
+def _raise_if_denied(result: CommandResult) -> None:
+    if not result.ok and is_permission_error(result):
+        raise FirewallError(result.error_line())
+
+
+def _iptables_binaries(runner: Runner) -> list[tuple[str, Family, str]]:
+    """(label, family, binary) for every iptables flavour installed."""
+    found: list[tuple[str, Family, str]] = []
+    for family in FAMILIES:
+        variants = [v for v in ("legacy", "nft") if runner.which(ipt.binary_for(family, v))]
+        for variant in variants:
+            found.append((f"iptables-{variant} {family}", family, ipt.binary_for(family, variant)))
+        if not variants and runner.which(ipt.binary_for(family)):
+            found.append((f"iptables {family}", family, ipt.binary_for(family)))
+    return found
+
+
+def _nft_inventory(runner: Runner) -> Installed | None:
+    if runner.which("nft") is None:
+        return None
+    tables = runner.run(["nft", "list", "tables"], check=False)
+    _raise_if_denied(tables)
+    if not tables.ok or f"table {nft.TABLE}" not in tables.stdout.splitlines():
+        return None
+    listing = runner.run(["nft", "list", "table", nft.TABLE_FAMILY, nft.TABLE_NAME])
+    return Installed("nftables", "nft", tuple(listing.stdout.rstrip().splitlines()))
+
+
+def _iptables_inventory(label: str, binary: str, runner: Runner) -> Installed | None:
+    # Without -t, iptables-save lists only tables that already exist, so looking
+    # does not create (and hook) an empty legacy mangle table.
+    res = runner.run([f"{binary}-save"], check=False)
+    _raise_if_denied(res)
+    if not res.ok:
+        return None  # this backend cannot run here, so nothing of ours can be in it
+    state = ipt.parse_save(res.stdout)
+    if state.empty:
+        return None
+    return Installed(label, binary, tuple(ipt.describe(state)), state)
+
+
+def inventory(runner: Runner | None = None) -> list[Installed]:
+    """Everything govpass-named that is installed now, in any backend."""
+    runner = runner or Runner()
+    found: list[Installed] = []
+    nft_state = _nft_inventory(runner)
+    if nft_state:
+        found.append(nft_state)
+    for label, _family, binary in _iptables_binaries(runner):
+        item = _iptables_inventory(label, binary, runner)
+        if item:
+            found.append(item)
+    return found
+
+
+def show(runner: Runner | None = None) -> str:
+    items = inventory(runner)
+    if not items:
+        return "govpass: no interception rules installed\n"
+    blocks = []
+    for item in items:
+        title = item.where if item.where == "nftables" else f"{item.where} (table mangle)"
+        blocks.append("\n".join([f"{title}:", *(f"  {line}" for line in item.lines)]))
+    return "\n".join(blocks) + "\n"
+
+
+def _remove_item(item: Installed, runner: Runner) -> list[tuple[str, ...]]:
+    if item.state is None:  # the nft table: one transaction removes all of it
+        argv = ["nft", "-f", "-"]
+        runner.run(argv, input_text=nft.render_remove())
+        return [tuple(argv)]
+    cmds = ipt.plan_remove(item.state, item.binary)
+    for argv in cmds:
+        runner.run(argv)
+    return [tuple(c) for c in cmds]
+
+
+def remove(runner: Runner | None = None) -> RemoveResult:
+    """Remove all govpass rules from every backend; succeed when there are none."""
+    runner = runner or Runner()
+    removed: list[str] = []
+    commands: list[tuple[str, ...]] = []
+    for item in inventory(runner):
+        commands += _remove_item(item, runner)
+        removed.append(item.where)
+    leftover = inventory(runner)
+    if leftover:
+        where = ", ".join(item.where for item in leftover)
+        raise FirewallError(f"govpass rules still present after remove in: {where}")
+    return RemoveResult(tuple(removed), tuple(commands))
+
+
+def _install_nft(spec: RuleSpec, runner: Runner) -> tuple[list[tuple[str, ...]], str]:
+    script = nft.render_install(spec)
+    argv = ["nft", "-f", "-"]
+    res = runner.run(argv, input_text=script, check=False)
+    if not res.ok:
+        raise FirewallError(
+            f"`nft -f -` failed (exit {res.returncode}): {nft_error_summary(res.stderr)}"
+        )
+    return [tuple(argv)], script
+
+
+def _install_iptables(
+    spec: RuleSpec, status: BackendStatus, runner: Runner
+) -> tuple[list[tuple[str, ...]], tuple[Family, ...]]:
+    executed: list[tuple[str, ...]] = []
+    families: list[Family] = []
+    for family in spec.families:
+        binary = status.binary(family)
+        if binary is None:
+            continue
+        for argv in ipt.plan_install(spec, family, binary):
+            res = runner.run(argv, check=False)
+            if not res.ok:
+                try:
+                    remove(runner)
+                    undo = "rolled back"
+                except FirewallError as exc:
+                    undo = f"rollback also failed: {exc}"
+                raise FirewallError(f"{res.error_line()}; {undo}")
+            executed.append(tuple(argv))
+        families.append(family)
+    return executed, tuple(families)
+
+
+def render_plan(spec: RuleSpec, backend: BackendName) -> str:
+    """What `install` would apply with `backend`, as text (for dry runs); pure."""
+    if backend == "nftables":
+        return nft.render_install(spec)
+    variant = backend.removeprefix("iptables-")
+    lines = [
+        shlex.join(argv)
+        for family in spec.families
+        for argv in ipt.plan_install(spec, family, ipt.binary_for(family, variant))
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def install(
+    spec: RuleSpec, runner: Runner | None = None, backend: BackendName | None = None
+) -> InstallResult:
+    """Install the rules for `spec`; installing again replaces, never duplicates."""
+    runner = runner or Runner()
+    detection = detect(spec, runner, prefer=backend)
+    chosen = detection.chosen
+    if chosen is None:
+        raise FirewallError(f"no usable firewall backend: {detection.summary()}")
+    skipped = [s for s in detection.statuses if s is not chosen]
+    reason = chosen.reason
+    if skipped:
+        reason += " (skipped " + "; ".join(f"{s.name}: {s.reason}" for s in skipped) + ")"
+
+    remove(runner)  # leftovers of an earlier or crashed run, in any backend
+    if chosen.name == "nftables":
+        commands, script = _install_nft(spec, runner)
+        return InstallResult("nftables", reason, spec.families, tuple(commands), script)
+    commands_ipt, families = _install_iptables(spec, chosen, runner)
+    return InstallResult(chosen.name, reason, families, tuple(commands_ipt))

@@ -1,0 +1,122 @@
+"""The same interception logic as :mod:`govpass.rules.iptables`, as one nft script.
+
+Everything lives in its own table ``inet govpass``.  The install script first
+declares, deletes and then re-creates the table, so ``nft -f -`` replaces any
+earlier copy in a single kernel transaction: applying it twice leaves one copy,
+and a failure leaves the previous state untouched.
+
+``@ih`` is the payload after the TCP header (the kernel computes the offset from
+the data offset, and it skips IPv6 extension headers, unlike u32).  Non-first
+fragments have no inner header and therefore never match.
+"""
+
+from __future__ import annotations
+
+from govpass.rules.spec import RuleSpec
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "govpass"
+TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+CHAIN = "govpass"
+
+# payload byte 0 = 0x16 (handshake), byte 1 = 0x03, byte 5 = 0x01 (ClientHello)
+NFT_CLIENT_HELLO = "@ih,0,16 0x1603 @ih,40,8 0x1"
+
+
+def _quote(ifname: str) -> str:
+    # iptables' "eth+" wildcard is "eth*" in nft.
+    return '"' + (ifname[:-1] + "*" if ifname.endswith("+") else ifname) + '"'
+
+
+def _ports(spec: RuleSpec) -> str:
+    if len(spec.ports) == 1:
+        return f"tcp dport {spec.ports[0]}"
+    return "tcp dport { " + ", ".join(str(p) for p in spec.ports) + " }"
+
+
+def _family_match(spec: RuleSpec) -> str:
+    if spec.ipv4 and spec.ipv6:
+        return ""
+    return "meta nfproto ipv4 " if spec.ipv4 else "meta nfproto ipv6 "
+
+
+def queue_statement(spec: RuleSpec) -> str:
+    if spec.queue_count == 1:
+        stmt = f"queue num {spec.queue_num}"
+        flags = ["bypass"] if spec.bypass else []
+    else:
+        stmt = f"queue num {spec.queue_num}-{spec.queue_last}"
+        flags = ["fanout", "bypass"] if spec.bypass else ["fanout"]
+    return f"{stmt} {','.join(flags)}" if flags else stmt
+
+
+def _has(what: str, value: int) -> str:
+    return f"{what} & {value:#x} == {value:#x}"
+
+
+def chain_body(spec: RuleSpec) -> list[str]:
+    """Rules of the regular chain ``govpass`` (same order as the iptables chain)."""
+    queue = queue_statement(spec)
+    rules = [f"{_has('meta mark', spec.mark)} return"]
+    if spec.mode == "host":
+        rules.append('oifname "lo" return')
+    rules += [f"oifname {_quote(name)} return" for name in spec.exclude_interfaces]
+    rules += [
+        "tcp flags & syn == syn return",
+        f"ct original packets >= {spec.max_packets} return",
+        f"{_has('ct mark', spec.watch_mark)} {queue}",
+        f"{NFT_CLIENT_HELLO} ct mark set ct mark | {spec.watch_mark:#x} {queue}",
+    ]
+    return rules
+
+
+def hook_rules(spec: RuleSpec) -> list[str]:
+    match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec)}"
+    outs = [f"oifname {_quote(name)} " for name in spec.interfaces] or [""]
+    return [f"{out}{match} jump {CHAIN}" for out in outs]
+
+
+def post_rules(spec: RuleSpec) -> list[str]:
+    match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec)}"
+    return [
+        f"{match} {_has('meta mark', spec.mark)} {_has('ct mark', spec.watch_mark)}"
+        f" ct mark set ct mark & {spec.watch_clear_mask:#x}"
+    ]
+
+
+def _chain(name: str, header: str | None, rules: list[str]) -> list[str]:
+    lines = [f"\tchain {name} {{"]
+    if header:
+        lines.append(f"\t\t{header}")
+    lines += [f"\t\t{rule}" for rule in rules]
+    lines.append("\t}")
+    return lines
+
+
+def render_table(spec: RuleSpec) -> str:
+    """The `table inet govpass { ... }` block alone."""
+    hook = "output" if spec.mode == "host" else "forward"
+    lines = [f"table {TABLE} {{"]
+    lines += _chain(
+        hook, f"type filter hook {hook} priority mangle; policy accept;", hook_rules(spec)
+    )
+    lines += _chain(CHAIN, None, chain_body(spec))
+    lines += _chain(
+        "postrouting",
+        "type filter hook postrouting priority mangle; policy accept;",
+        post_rules(spec),
+    )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_install(spec: RuleSpec) -> str:
+    """Script for `nft -f -`: replace the govpass table atomically."""
+    return render_remove() + render_table(spec)
+
+
+def render_remove() -> str:
+    """Script for `nft -f -` that removes the table, and succeeds when it is absent."""
+    # Declaring an existing table is a no-op, so the delete never fails (nft < 1.0.8
+    # has no `destroy`).
+    return f"table {TABLE}\ndelete table {TABLE}\n"

@@ -1,0 +1,118 @@
+"""What the interception rules must do, as one validated, immutable value.
+
+Every rule generator (iptables, nftables) takes a :class:`RuleSpec` and nothing
+else, so the same spec always plans the same commands.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from govpass.errors import FirewallError
+
+Mode = Literal["host", "router"]
+Family = Literal["ipv4", "ipv6"]
+
+U32_MAX = 0xFFFFFFFF
+DEFAULT_QUEUE_NUM = 200
+DEFAULT_MARK = 0x10000000
+DEFAULT_WATCH_MARK = 0x20000000
+DEFAULT_MAX_PACKETS = 12
+MULTIPORT_MAX = 15  # xt_multiport accepts at most 15 ports per rule
+
+# Kernel interface names are at most 15 bytes (IFNAMSIZ - 1).  A trailing "+" is
+# the iptables wildcard ("eth+" = every name starting with "eth"); nft spells it "*".
+_IFNAME = re.compile(r"^[^\s/\"'+*\\]{1,15}\+?$")
+
+
+class RuleSpecError(FirewallError, ValueError):
+    """A RuleSpec field is out of range; raised at construction, never later."""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """Which packets to send to NFQUEUE, and with which marks.
+
+    ``mark`` is the fwmark govpass puts on the segments it injects (and on the
+    originals it accepts); the rules let such packets through untouched.
+    ``watch_mark`` is a conntrack-mark bit meaning "govpass is still collecting
+    this flow": while it is set, every packet of the flow is queued.
+    """
+
+    queue_num: int = DEFAULT_QUEUE_NUM
+    queue_count: int = 1
+    mark: int = DEFAULT_MARK
+    watch_mark: int = DEFAULT_WATCH_MARK
+    ports: tuple[int, ...] = (443,)
+    mode: Mode = "host"
+    interfaces: tuple[str, ...] = ()
+    exclude_interfaces: tuple[str, ...] = ()
+    ipv4: bool = True
+    ipv6: bool = True
+    max_packets: int = DEFAULT_MAX_PACKETS
+    bypass: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.
+        for name in ("ports", "interfaces", "exclude_interfaces"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.mode not in ("host", "router"):
+            raise RuleSpecError(f"mode must be 'host' or 'router', got {self.mode!r}")
+        if not 0 <= self.queue_num <= 0xFFFF:
+            raise RuleSpecError(f"queue_num must be in 0..65535, got {self.queue_num}")
+        if self.queue_count < 1 or self.queue_num + self.queue_count - 1 > 0xFFFF:
+            raise RuleSpecError(
+                f"queue_count must be >= 1 and keep the last queue <= 65535, "
+                f"got queue_num={self.queue_num} queue_count={self.queue_count}"
+            )
+        for name in ("mark", "watch_mark"):
+            value = getattr(self, name)
+            if not 0 < value <= U32_MAX:
+                raise RuleSpecError(f"{name} must be a non-zero 32-bit value, got {value:#x}")
+        if not self.ports:
+            raise RuleSpecError("ports must not be empty")
+        if len(self.ports) > MULTIPORT_MAX:
+            raise RuleSpecError(f"at most {MULTIPORT_MAX} ports, got {len(self.ports)}")
+        if len(set(self.ports)) != len(self.ports):
+            raise RuleSpecError(f"ports contain duplicates: {self.ports}")
+        for port in self.ports:
+            if not 1 <= port <= 0xFFFF:
+                raise RuleSpecError(f"port must be in 1..65535, got {port}")
+        for name in ("interfaces", "exclude_interfaces"):
+            for ifname in getattr(self, name):
+                if not _IFNAME.match(ifname):
+                    raise RuleSpecError(f"{name}: invalid interface name {ifname!r}")
+        overlap = set(self.interfaces) & set(self.exclude_interfaces)
+        if overlap:
+            raise RuleSpecError(f"interfaces both included and excluded: {sorted(overlap)}")
+        if self.mode == "router" and not self.interfaces:
+            raise RuleSpecError("router mode needs at least one WAN interface in interfaces")
+        if not (self.ipv4 or self.ipv6):
+            raise RuleSpecError("at least one of ipv4 / ipv6 must be enabled")
+        if not 1 <= self.max_packets <= U32_MAX:
+            raise RuleSpecError(f"max_packets must be >= 1, got {self.max_packets}")
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        out: list[Family] = []
+        if self.ipv4:
+            out.append("ipv4")
+        if self.ipv6:
+            out.append("ipv6")
+        return tuple(out)
+
+    @property
+    def queue_last(self) -> int:
+        return self.queue_num + self.queue_count - 1
+
+    @property
+    def watch_clear_mask(self) -> int:
+        """AND-mask that clears ``watch_mark`` in a 32-bit ct mark."""
+        return ~self.watch_mark & U32_MAX
