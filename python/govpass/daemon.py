@@ -63,6 +63,9 @@ def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
     """Entry point of a worker process: bind queue `queue_num + index`, run."""
     from govpass.backends.nfqueue import NfqueueWorker
 
+    # A parent killed with SIGKILL cannot stop its workers; without this check they
+    # would keep the queue bound, so the next `govpass run` could not start.
+    parent = os.getppid()
     stop = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -99,7 +102,7 @@ def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
                 write_json_atomic(stats_path, {"queue": queue, **worker.stats()})
 
     try:
-        worker.run(lambda: stop, on_tick)
+        worker.run(lambda: stop or os.getppid() != parent, on_tick)
     finally:
         worker.close()
         with suppress(OSError):
