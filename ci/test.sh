@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine of this kind and
+# runs all of them: Rust (unit, property, fuzz-harness), lints, stub check,
+# Python (unit, property, pcap, rules, lab and end-to-end in network
+# namespaces), and a bounded fuzz pass. Run as root. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "system packages (apt) and lab tools"
+bash ci/lab-deps.sh
+
+step "build and install govpass with test extras"
+"$PYTHON" -m pip install -q -e '.[test]'
+
+step "rust: fmt, clippy, tests"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --quiet
+
+step "python: ruff, stubs"
+"$PYTHON" -m ruff check python tests ci
+"$PYTHON" -m mypy.stubtest govpass._core
+
+step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests
+
+step "fuzz: bounded pass"
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash ci/fuzz.sh
+
+step "all tests passed"
