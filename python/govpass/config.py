@@ -204,6 +204,15 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=1_048_576,
     ),
     Setting(
+        "copy-range",
+        65535,
+        "Bytes of each queued packet copied to govpass (the netfilterqueue binding caps it "
+        "at 4016); a packet cut short is passed untouched",
+        "int",
+        minimum=64,
+        maximum=65535,
+    ),
+    Setting(
         "mark",
         0x10000000,
         "Firewall mark on injected and released packets (the rules skip it)",
@@ -267,6 +276,7 @@ class Config:
     workers: int = 0
     queue_num: int = 200
     queue_len: int = 4096
+    copy_range: int = 65535
     mark: int = 0x10000000
     watch_mark: int = 0x20000000
     mode: str = "host"

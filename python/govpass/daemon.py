@@ -80,7 +80,12 @@ def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
     queue = config.queue_num + index
     try:
         worker = NfqueueWorker(
-            queue, config.engine_config(), config.mark, config.queue_len, config.ipv6
+            queue,
+            config.engine_config(),
+            config.mark,
+            config.queue_len,
+            config.ipv6,
+            copy_range=config.copy_range,
         )
         worker.bind()
     except GovpassError as e:

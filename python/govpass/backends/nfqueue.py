@@ -98,10 +98,12 @@ class NfqueueWorker:
         queue_len: int = 4096,
         ipv6: bool = True,
         injector: RawInjector | None = None,
+        copy_range: int = 0xFFFF,
     ) -> None:
         self.queue_num = queue_num
         self.mark = mark
         self.queue_len = queue_len
+        self.copy_range = copy_range
         self.engine = Engine(engine_config)
         self.injector = injector or RawInjector(mark, ipv6=ipv6)
         self.errors = 0
@@ -119,7 +121,7 @@ class NfqueueWorker:
                 self._on_packet,
                 max_len=self.queue_len,
                 mode=COPY_PACKET,
-                range=0xFFFF,
+                range=self.copy_range,
             )
         except OSError as e:
             owner = queue_table().get(self.queue_num)
