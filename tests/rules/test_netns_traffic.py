@@ -227,3 +227,39 @@ def test_hello_larger_than_mss_reaches_queue_whole(topo: Lab, installed: str) ->
     assert sum(p["payload_len"] for p in flow) == len(record)
     for prev, nxt in itertools.pairwise(flow):
         assert nxt["seq"] == (prev["seq"] + prev["payload_len"]) % 2**32
+
+
+def test_connbytes_bound_holds_when_verdicts_carry_no_mark(lab: Lab) -> None:
+    """A daemon that never marks its verdicts leaves the watch bit set; the
+    connbytes bound still stops queueing at packet N of each connection.
+    Per connection: #1 SYN returns, #2 ACK passes, #3 ClientHello (u32) and
+    #4..#N-1 (watch bit) are queued, #N onwards return."""
+    bound = 6
+    spec = RuleSpec(queue_num=QUEUE, mark=MARK, watch_mark=WATCH, max_packets=bound, ipv6=False)
+    install(spec, lab.client.runner, "iptables-nft")
+    try:
+        log = lab.workdir / "nomark.jsonl"
+        log.touch()
+        lab.client.spawn(sys.executable, str(HERE / "nfq_consumer.py"), str(QUEUE), "0", str(log))
+        bulk = run_client(lab, "bulk", lab.v4_server, "443", lab.cafile, str(BULK_BYTES))
+        assert bulk["upload_reply"] == f"GOT {BULK_BYTES}"
+        assert bulk["downloaded"] == BULK_BYTES
+        dump = lab.client.run("iptables-nft", "-t", "mangle", "-L", "GOVPASS", "-v", "-x", "-n")
+        rows = [ln.split() for ln in dump.stdout.splitlines()[2:]]
+        hits = {" ".join(r[2:]): int(r[0]) for r in rows}
+        by_kind = {
+            kind: sum(n for text, n in hits.items() if kind(text))
+            for kind in (
+                lambda t: t.startswith("RETURN") and "connbytes" in t,
+                lambda t: t.startswith("NFQUEUE") and "connmark" in t,
+                lambda t: t.startswith("NFQUEUE") and "u32" in t,
+            )
+        }
+        connbytes_returns, watch_queued, hello_queued = by_kind.values()
+        conns = len(bulk["ports"])
+        assert hello_queued == conns
+        assert watch_queued == conns * (bound - 4)
+        assert connbytes_returns > 0
+        assert all(m & WATCH for m in ct_marks(lab))  # nobody cleared it
+    finally:
+        remove(lab.client.runner)
