@@ -90,6 +90,13 @@ def pcap_command(
     flags = dict(zip(ENGINE_SETTINGS, values, strict=True))
     cfg = config.load(file=config_file, flags=flags)
     summary = pcap.rewrite(input_path, output_path, cfg.engine_config())
+    if summary.input_truncated:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"govpass: warning: {input_path} ends mid-packet; "
+            f"used the {summary.packets_in} packets before the cut",
+            style="yellow",
+            markup=False,
+        )
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -98,12 +105,6 @@ def pcap_command(
         console.print(_table(summary))
     else:
         typer.echo(_plain(summary))
-    if summary.input_truncated:
-        Console(stderr=True, highlight=False).print(
-            f"govpass: warning: {input_path} ends mid-packet; read {summary.packets_in} packets",
-            style="yellow",
-            markup=False,
-        )
 
 
 def _rows(summary: pcap.Summary) -> list[tuple[str, str]]:
