@@ -411,6 +411,23 @@ fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
 }
 
 #[test]
+fn ipv4_options_are_kept_in_every_segment() {
+    // Router alert (kind 148, length 4): an IP option etherparse accepts.
+    let flow = V4 { ip_options: vec![148, 4, 0, 0], ..V4::default() }.with_options(ts_option(5, 6));
+    let hello = chromium();
+    let mut d = Driver::default_cfg();
+    d.take(&flow.packet(ISN, 0, &hello[..1000]), 0);
+    let out = d.take(&flow.packet(ISN + 1000, PSH, &hello[1000..]), 1);
+    assert_eq!(shape(&out), "S S S D0 D1");
+    let s = sends(&out);
+    assert_eq!(s[0], &flow.packet(ISN, 0, &hello[..5]));
+    assert_eq!(s[1], &flow.packet(ISN + 5, 0, &hello[5..1005]));
+    assert_eq!(s[2], &flow.packet(ISN + 1005, PSH, &hello[1005..]));
+    assert_eq!(view(s[0]).tcp_offset, 24);
+    d.assert_all_fated();
+}
+
+#[test]
 fn eviction_with_one_flow_releases_the_oldest_collecting_flow() {
     let hello = chromium();
     let a = V4::port(1001);

@@ -90,7 +90,10 @@ pub struct V4 {
     pub window: u16,
     pub ip_id: u16,
     pub ttl: u8,
+    /// TCP options.
     pub options: Vec<u8>,
+    /// IPv4 options (IHL > 5).
+    pub ip_options: Vec<u8>,
 }
 
 impl Default for V4 {
@@ -105,6 +108,7 @@ impl Default for V4 {
             ip_id: 0x1234,
             ttl: 64,
             options: Vec::new(),
+            ip_options: Vec::new(),
         }
     }
 }
@@ -121,10 +125,12 @@ impl V4 {
     /// A packet with valid checksums; the ACK flag is always set.
     pub fn packet(&self, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
         assert_eq!(self.options.len() % 4, 0);
+        assert_eq!(self.ip_options.len() % 4, 0);
+        let ihl = 20 + self.ip_options.len();
         let tcp_len = 20 + self.options.len();
-        let total = 20 + tcp_len + payload.len();
+        let total = ihl + tcp_len + payload.len();
         let mut p = vec![0u8; total];
-        p[0] = 0x45;
+        p[0] = 0x40 | (ihl / 4) as u8;
         p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         p[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
         p[6] = 0x40;
@@ -132,7 +138,8 @@ impl V4 {
         p[9] = 6;
         p[12..16].copy_from_slice(&self.src);
         p[16..20].copy_from_slice(&self.dst);
-        let t = 20;
+        p[20..ihl].copy_from_slice(&self.ip_options);
+        let t = ihl;
         p[t..t + 2].copy_from_slice(&self.sport.to_be_bytes());
         p[t + 2..t + 4].copy_from_slice(&self.dport.to_be_bytes());
         p[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
@@ -142,7 +149,7 @@ impl V4 {
         p[t + 14..t + 16].copy_from_slice(&self.window.to_be_bytes());
         p[t + 20..t + tcp_len].copy_from_slice(&self.options);
         p[t + tcp_len..].copy_from_slice(payload);
-        let c = fold(ones_sum(0, &p[..20]));
+        let c = fold(ones_sum(0, &p[..ihl]));
         p[10..12].copy_from_slice(&c.to_be_bytes());
         let c = tcp_sum(&p[12..20], &p[t..]);
         p[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
