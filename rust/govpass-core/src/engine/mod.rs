@@ -11,13 +11,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::{EngineConfig, SplitMode, SplitPos};
 use crate::error::ConfigError;
-use crate::flow::{Collector, FlowState, FlowTable, HeldPacket, SplitMemo};
+use crate::flow::{Collector, FlowState, FlowTable, HeldPacket};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
-use crate::plan;
 use crate::reassembly::{Added, Assembler};
-use crate::segment::{self, Tail};
 use crate::stats::{FailReason, Stats};
 use crate::tls::{self, Detect};
+
+mod split;
+use split::resplit;
 
 /// What the caller must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,7 +78,10 @@ impl<T> Engine<T> {
         for p in &cfg.ports {
             ports[usize::from(*p) / 64] |= 1 << (p % 64);
         }
-        let sni_positions = cfg.split_positions.iter().any(|p| !matches!(p, SplitPos::Abs(_)));
+        let sni_positions = cfg
+            .split_positions
+            .iter()
+            .any(|p| !matches!(p, SplitPos::Abs(_)));
         Ok(Engine {
             cfg,
             ports,
@@ -94,7 +98,10 @@ impl<T> Engine<T> {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats { flows_now: self.flows.len() as u64, ..self.stats.clone() }
+        Stats {
+            flows_now: self.flows.len() as u64,
+            ..self.stats.clone()
+        }
     }
 
     /// Makes the next `process` call panic inside the engine, to exercise the
@@ -162,7 +169,9 @@ impl<T> Engine<T> {
                 Action::Send(_) => {}
             }
         }
-        let key = catch_unwind(|| packet::parse(packet).ok().map(|p| p.key)).ok().flatten();
+        let key = catch_unwind(|| packet::parse(packet).ok().map(|p| p.key))
+            .ok()
+            .flatten();
         if let Some(key) = key {
             if let Some(flow) = self.flows.map.remove(&key) {
                 if let FlowState::Collecting(c) = flow.state {
@@ -294,7 +303,9 @@ impl<T> Engine<T> {
                 self.insert(p.key, now, FlowState::PassThrough, out);
                 Disposition::Pass
             }
-            Detect::Match { record_len } if window_len(self.cfg.split_mode, record_len, payload.len()) <= payload.len() => {
+            Detect::Match { record_len }
+                if window_len(self.cfg.split_mode, record_len, payload.len()) <= payload.len() =>
+            {
                 // The whole window is in this packet: split without buffering.
                 let window = window_len(self.cfg.split_mode, record_len, payload.len());
                 let held = vec![HeldPacket::new(slot.take(), p)];
@@ -327,8 +338,12 @@ impl<T> Engine<T> {
     /// Re-examines a collecting flow after new bytes arrived.
     fn advance(&mut self, key: FlowKey, out: &mut Vec<Action<T>>) {
         let mode = self.cfg.split_mode;
-        let Some(flow) = self.flows.map.get_mut(&key) else { return };
-        let FlowState::Collecting(c) = &flow.state else { return };
+        let Some(flow) = self.flows.map.get_mut(&key) else {
+            return;
+        };
+        let FlowState::Collecting(c) = &flow.state else {
+            return;
+        };
         let prefix = c.stream.contiguous();
         let window = match tls::detect_client_hello(prefix) {
             Detect::NeedMore => return,
@@ -351,76 +366,30 @@ impl<T> Engine<T> {
         for h in &c.held {
             self.stats.unhold(h.bytes.len());
         }
-        let memo = self.split(key, c.held, c.stream.contiguous(), window, c.max_payload, out);
+        let memo = self.split(
+            key,
+            c.held,
+            c.stream.contiguous(),
+            window,
+            c.max_payload,
+            out,
+        );
         if let (Some(memo), Some(flow)) = (memo, self.flows.map.get_mut(&key)) {
             flow.state = FlowState::Injected(Box::new(memo));
         }
     }
 
-    /// Cuts the first `window` bytes of `stream` (which starts at the flow's
-    /// first byte) into segments and decides the fate of every held packet.
-    /// Returns `None` (after releasing everything) when no cut applies.
-    fn split(
+    fn insert(
         &mut self,
         key: FlowKey,
-        mut held: Vec<HeldPacket<T>>,
-        stream: &[u8],
-        window: usize,
-        max_payload: usize,
+        now: u64,
+        state: FlowState<T>,
         out: &mut Vec<Action<T>>,
-    ) -> Option<SplitMemo> {
-        let window_bytes = &stream[..window];
-        let host = if self.sni_positions { plan::host_span(window_bytes) } else { None };
-        let w = window as u32;
-        let cuts = plan::cut_points(self.cfg.split_chunk, &self.cfg.split_positions, host, w);
-        if cuts.is_empty() {
-            self.stats.fail(FailReason::NoCut);
-            out.extend(held.into_iter().map(|h| Action::Release(h.token)));
-            return None;
-        }
-        let base = held[0].seq;
-        let seg_limit = self.cfg.max_seg_payload.min(max_payload as u32);
-        held.sort_by_key(|h| h.seq.offset_from(base));
-        let offset = |h: &HeldPacket<T>| h.seq.offset_from(base);
-        let ranges = plan::pieces(0, w, &cuts, seg_limit);
-        let last = ranges.len() - 1;
-        for (i, (a, b)) in ranges.into_iter().enumerate() {
-            // Headers (options included) come from the packet that carried
-            // the segment's first byte.
-            let carrier = held
-                .iter()
-                .find(|h| (offset(h)..offset(h) + h.payload_len() as i64).contains(&i64::from(a)))
-                .unwrap_or(&held[0]);
-            let tail = if i == last { Tail::LastPush } else { Tail::Inner };
-            let bytes = &stream[a as usize..b as usize];
-            out.push(Action::Send(segment::build(&carrier.view(key), base.plus(a), bytes, tail)));
-            self.stats.segments += 1;
-        }
-        // Originals inside the window are replaced; bytes beyond the window
-        // go out unchanged, in stream order.
-        for h in held {
-            let off = offset(&h);
-            let end = off + h.payload_len() as i64;
-            if end <= i64::from(w) {
-                out.push(Action::Drop(h.token));
-            } else if off >= i64::from(w) {
-                out.push(Action::Release(h.token));
-            } else {
-                let view = h.view(key);
-                let skip = (i64::from(w) - off) as usize;
-                let seg = segment::build(&view, base.plus(w), &view.payload()[skip..], Tail::Last);
-                out.push(Action::Drop(h.token));
-                out.push(Action::Send(seg));
-                self.stats.segments += 1;
-            }
-        }
-        self.stats.splits += 1;
-        Some(SplitMemo { base, window: w, cuts: cuts.into_boxed_slice(), seg_limit })
-    }
-
-    fn insert(&mut self, key: FlowKey, now: u64, state: FlowState<T>, out: &mut Vec<Action<T>>) -> u64 {
+    ) -> u64 {
         while self.flows.len() >= self.cfg.max_flows as usize {
-            let Some((_, oldest)) = self.flows.pop_oldest() else { break };
+            let Some((_, oldest)) = self.flows.pop_oldest() else {
+                break;
+            };
             self.stats.evicted += 1;
             if let FlowState::Collecting(c) = oldest.state {
                 self.stats.fail(FailReason::Evicted);
@@ -432,9 +401,12 @@ impl<T> Engine<T> {
 
     /// Releases what a collecting flow holds and lets the rest of it pass.
     fn fail_flow(&mut self, key: FlowKey, reason: FailReason, out: &mut Vec<Action<T>>) {
-        let Some(flow) = self.flows.map.get_mut(&key) else { return };
+        let Some(flow) = self.flows.map.get_mut(&key) else {
+            return;
+        };
         if let FlowState::Collecting(_) = flow.state {
-            let FlowState::Collecting(c) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
+            let FlowState::Collecting(c) =
+                std::mem::replace(&mut flow.state, FlowState::PassThrough)
             else {
                 return;
             };
@@ -496,42 +468,4 @@ fn release_all<T>(c: Collector<T>, stats: &mut Stats, out: &mut Vec<Action<T>>) 
         stats.unhold(h.bytes.len());
         out.push(Action::Release(h.token));
     }
-}
-
-/// A packet of an already split flow: when it carries bytes of the split
-/// record (a retransmission), it is cut at the same places again.
-fn resplit<T, F>(
-    memo: &SplitMemo,
-    p: &TcpPacket<'_>,
-    slot: &mut Slot<F>,
-    stats: &mut Stats,
-    out: &mut Vec<Action<T>>,
-) -> Disposition
-where
-    F: FnOnce() -> T,
-{
-    let len = p.payload_len() as i64;
-    let start = p.seq.offset_from(memo.base);
-    let window = i64::from(memo.window);
-    if len == 0 || start < 0 || start >= window || p.has(flags::SYN) {
-        return Disposition::Pass;
-    }
-    let (s, e) = (start as u32, (start + len) as u32);
-    let mut cuts: Vec<u32> = memo.cuts.to_vec();
-    cuts.push(memo.window);
-    let ranges = plan::pieces(s, e, &cuts, memo.seg_limit);
-    if ranges.len() <= 1 {
-        return Disposition::Pass;
-    }
-    let last = ranges.len() - 1;
-    let payload = p.payload();
-    for (i, (a, b)) in ranges.into_iter().enumerate() {
-        let tail = if i == last { Tail::Last } else { Tail::Inner };
-        let bytes = &payload[(a - s) as usize..(b - s) as usize];
-        out.push(Action::Send(segment::build(p, memo.base.plus(a), bytes, tail)));
-        stats.segments += 1;
-    }
-    out.push(Action::Drop(slot.take()));
-    stats.resplits += 1;
-    Disposition::Taken
 }
