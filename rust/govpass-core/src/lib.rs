@@ -16,6 +16,7 @@ pub mod reassembly;
 pub mod segment;
 pub mod seq;
 pub mod stats;
+pub mod target;
 pub mod tls;
 
 pub use config::{EngineConfig, SplitMode, SplitPos};

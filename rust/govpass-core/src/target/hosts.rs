@@ -1,0 +1,158 @@
+//! Host name lists: a name matches an entry equal to it or to one of its
+//! parent domains (`example.com` matches `www.example.com`), unless the entry
+//! was written `^example.com`, which matches only that exact name.
+
+use hashbrown::HashSet;
+
+use crate::target::ListError;
+
+/// Longest DNS name, in bytes.
+const MAX_NAME: usize = 253;
+
+#[derive(Debug, Default, Clone)]
+pub struct HostSet {
+    suffix: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    exact: HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+}
+
+/// Lower-cases `name` into `buf` and drops one trailing dot.
+fn normalize<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME + 1]) -> Option<&'a [u8]> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_NAME {
+        return None;
+    }
+    for (d, s) in buf.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(&buf[..name.len()])
+}
+
+fn valid_label_bytes(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with(b".")
+        && !name.windows(2).any(|w| w == b"..")
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl HostSet {
+    /// Builds a set from list lines. Blank lines and lines starting with `#`
+    /// are skipped; anything after `#` on a line is a comment. A line that is
+    /// not a host name is an error naming the line.
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<HostSet, ListError> {
+        let mut set = HostSet::default();
+        for (i, raw) in lines.into_iter().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (exact, name) = match line.strip_prefix('^') {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+            if !valid_label_bytes(name.as_bytes()) {
+                return Err(ListError {
+                    line: i + 1,
+                    text: raw.trim().to_string(),
+                });
+            }
+            let entry = name.into_bytes().into_boxed_slice();
+            if exact {
+                set.exact.insert(entry);
+            } else {
+                set.suffix.insert(entry);
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.suffix.len() + self.exact.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one name (suffix entry); used for names learned at run time.
+    pub fn insert(&mut self, name: &[u8]) -> bool {
+        let mut buf = [0u8; MAX_NAME + 1];
+        match normalize(name, &mut buf) {
+            Some(n) => self.suffix.insert(n.to_vec().into_boxed_slice()),
+            None => false,
+        }
+    }
+
+    /// Whether `host` (as sent in the SNI, any case) is in the set.
+    pub fn contains(&self, host: &[u8]) -> bool {
+        let mut buf = [0u8; MAX_NAME + 1];
+        let Some(name) = normalize(host, &mut buf) else {
+            return false;
+        };
+        if self.exact.contains(name) {
+            return true;
+        }
+        if self.suffix.is_empty() {
+            return false;
+        }
+        let mut rest = name;
+        loop {
+            if self.suffix.contains(rest) {
+                return true;
+            }
+            match rest.iter().position(|b| *b == b'.') {
+                Some(dot) => rest = &rest[dot + 1..],
+                None => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(lines: &[&str]) -> HostSet {
+        HostSet::parse(lines.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn subdomains_match_unless_exact() {
+        let s = set(&[
+            "example.com",
+            "^only.org",
+            "# comment",
+            "",
+            "  spaced.net  # trailing",
+        ]);
+        assert!(s.contains(b"example.com"));
+        assert!(s.contains(b"www.Example.COM"));
+        assert!(s.contains(b"a.b.example.com."));
+        assert!(!s.contains(b"badexample.com"));
+        assert!(!s.contains(b"com"));
+        assert!(s.contains(b"only.org"));
+        assert!(!s.contains(b"www.only.org"));
+        assert!(s.contains(b"x.spaced.net"));
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn invalid_lines_are_errors_with_line_numbers() {
+        let err = HostSet::parse(["ok.example", "not a host"]).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(HostSet::parse(["a..b"]).is_err());
+        assert!(HostSet::parse(["*.example.com"]).is_err());
+        assert!(HostSet::parse([".example.com"]).is_err());
+    }
+
+    #[test]
+    fn runtime_insert() {
+        let mut s = HostSet::default();
+        assert!(!s.contains(b"x.example"));
+        s.insert(b"Example.");
+        assert!(s.contains(b"x.example"));
+    }
+}
