@@ -204,6 +204,23 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=1_048_576,
     ),
     Setting(
+        "queue-time",
+        2000,
+        "Divert backend: milliseconds a captured packet may wait in the WinDivert queue "
+        "before it is dropped",
+        "int",
+        minimum=100,
+        maximum=16000,
+    ),
+    Setting(
+        "queue-size",
+        32 * 1024 * 1024,
+        "Divert backend: most bytes held in the WinDivert queue",
+        "int",
+        minimum=65535,
+        maximum=32 * 1024 * 1024,
+    ),
+    Setting(
         "copy-range",
         65535,
         "Bytes of each queued packet copied to govpass (the netfilterqueue binding caps it "
@@ -276,6 +293,8 @@ class Config:
     workers: int = 0
     queue_num: int = 200
     queue_len: int = 4096
+    queue_time: int = 2000
+    queue_size: int = 32 * 1024 * 1024
     copy_range: int = 65535
     mark: int = 0x10000000
     watch_mark: int = 0x20000000

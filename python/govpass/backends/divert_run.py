@@ -1,0 +1,230 @@
+"""`govpass run --backend divert`: one divert worker, status, clean shutdown.
+
+There is nothing to install or remove around it: the capture lives and dies
+with the handle (WinDivert's driver state, or libebpfdivert's TC programs).
+On Linux a process killed with SIGKILL leaves its TC programs attached. For
+up to 3 s they still divert into a ring nobody reads (new connections stall
+until a retransmission), then pass everything (libebpfdivert's owner
+heartbeat). At start we detach such leftovers: libebpfdivert's registry
+reaper, plus a sweep for the ones it cannot see (see :func:`sweep_orphans`).
+
+One worker only: WinDivert cannot spread a filter's flows over several
+handles by flow hash, and one flow must always meet one engine.
+
+Stats go where the NFQUEUE daemon puts them (``GOVPASS_RUN_DIR``:
+``daemon.json`` + ``worker-0.json``), so ``govpass stats`` reads them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from pathlib import Path
+from typing import Any
+
+from govpass.backends import divert
+from govpass.config import Config
+from govpass.errors import BackendError
+
+TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
+
+
+def live_bpf_prog_ids(proc: Path = Path("/proc")) -> set[int]:
+    """Ids of the BPF programs some process still holds a descriptor to."""
+    ids: set[int] = set()
+    for fdinfo in proc.glob("[0-9]*/fdinfo/*"):
+        try:
+            text = fdinfo.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        for row in text.splitlines():
+            if row.startswith("prog_id:"):
+                with suppress(ValueError):
+                    ids.add(int(row.split()[1]))
+    return ids
+
+
+def orphaned_filters(
+    filters: dict[tuple[str, str], list[dict[str, Any]]], live: set[int]
+) -> list[tuple[str, str, int, str]]:
+    """From `tc -j filter show` output per (interface, hook): the libebpfdivert
+    filters whose program no process holds, as (interface, hook, pref, handle)."""
+    out = []
+    for (ifname, hook), entries in sorted(filters.items()):
+        for entry in entries:
+            options = entry.get("options") or {}
+            prog = options.get("prog") or {}
+            if entry.get("kind") != "bpf" or "handle" not in options:
+                continue
+            if not str(prog.get("name", "")).startswith(TC_PROGRAM_PREFIX):
+                continue
+            if prog.get("id") in live:
+                continue
+            out.append((ifname, hook, int(entry["pref"]), str(options["handle"])))
+    return out
+
+
+def sweep_orphans(run: Callable[..., Any] = subprocess.run) -> list[str]:
+    """Linux: detach the TC programs of divert handles whose process died.
+
+    libebpfdivert's own reaper (``EBPFDivert.unregister()``, also run on every
+    open) only knows handles recorded in its registry pinned under
+    /sys/fs/bpf, which is missing where bpffs is not mounted (e.g. under
+    ``ip netns exec``, which mounts a fresh /sys). A libebpfdivert program that
+    no process holds any more can only be such a leftover. They already pass
+    everything (their owner's heartbeat is gone), but still run per packet.
+    """
+    if shutil.which("tc") is None:
+        return []
+    filters: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for _, ifname in socket.if_nameindex():
+        for hook in ("ingress", "egress"):
+            res = run(
+                ["tc", "-j", "filter", "show", "dev", ifname, hook],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            with suppress(ValueError):
+                filters[(ifname, hook)] = json.loads(res.stdout or "[]")
+    removed = []
+    for ifname, hook, pref, handle in orphaned_filters(filters, live_bpf_prog_ids()):
+        argv = ["tc", "filter", "del", "dev", ifname, hook, "protocol", "all"]
+        argv += ["pref", str(pref), "handle", handle, "bpf"]
+        if run(argv, capture_output=True, text=True, check=False).returncode == 0:
+            removed.append(f"{ifname} {hook} pref {pref} handle {handle}")
+    return removed
+
+
+def _clean_leftovers(log: Callable[[str], None]) -> None:
+    """Linux: remove what divert handles of crashed runs left attached."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        from pydivert import EBPFDivert
+
+        EBPFDivert.unregister()
+        removed = sweep_orphans()
+    except Exception as e:  # best effort: a failure here must not stop the run
+        log(f"could not clean leftover divert programs: {type(e).__name__}: {e}")
+        return
+    if removed:
+        log(
+            f"removed {len(removed)} divert program(s) left by a dead process: {'; '.join(removed)}"
+        )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM/SIGHUP (SIGBREAK on Windows) ask the loop to stop.
+
+    A flag, not an exception: an exception raised in the middle of a batch
+    could lose a packet that was received but not yet sent back.
+    """
+    requested: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        requested.append(signum)
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
+    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write_stats(directory: Path, worker: divert.DivertWorker) -> dict[str, Any]:
+    from govpass.daemon import write_json_atomic
+
+    stats = worker.stats()
+    with suppress(OSError):
+        write_json_atomic(
+            directory / "worker-0.json", {"backend": "divert", "filter": worker.filter, **stats}
+        )
+    return stats
+
+
+def run_divert(config: Config, log: Callable[[str], None]) -> None:
+    """The divert daemon: runs until SIGINT/SIGTERM, then releases and closes."""
+    from govpass.cli.status import line, table
+    from govpass.daemon import _jsonable, run_dir, write_json_atomic
+
+    if not (sys.platform.startswith("linux") or sys.platform == "win32"):
+        raise BackendError(f"backend divert runs on Windows and Linux only, not {sys.platform}")
+    reason = divert.unavailable_reason()
+    if reason:
+        raise BackendError(f"divert backend unusable: {reason}")
+    divert.check_privileges()
+    if config.workers > 1:
+        log(f"workers={config.workers} ignored: the divert backend runs one worker")
+    worker = divert.DivertWorker(config)  # validates filter and queue settings
+    _clean_leftovers(log)
+    worker.open()
+    directory = run_dir()
+    interactive = sys.stdout.isatty()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("worker-*.json"):
+            old.unlink(missing_ok=True)
+        write_json_atomic(
+            directory / "daemon.json",
+            {
+                "pid": os.getpid(),
+                "started": time.time(),
+                "backend": "divert",
+                "config": _jsonable(config.as_dict()),
+            },
+        )
+        q = worker.queue_applied
+        log(
+            f"divert handle open ({divert.implementation()}): filter {worker.filter!r}; "
+            f"queue-len={q['queue-len']} queue-time={q['queue-time']}ms "
+            f"queue-size={q['queue-size']}"
+        )
+        log(
+            f"running: split-chunk={config.split_chunk} split-pos="
+            f"{','.join(config.split_pos) or '-'} backend=divert workers=1"
+        )
+        if interactive:
+            from rich.live import Live
+
+            live: Any = Live(table(worker.stats()), refresh_per_second=2)
+        else:
+            live = nullcontext()
+        last = time.monotonic()
+
+        def on_tick() -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < config.stats_interval:
+                return
+            last = now
+            stats = _write_stats(directory, worker)
+            if interactive:
+                live.update(table(stats))
+            else:
+                log(line(stats))
+
+        with stop_on_signals() as stop_requested, live:
+            _write_stats(directory, worker)
+            worker.run(stop_requested, on_tick)
+        if worker.error:
+            raise BackendError(worker.error)
+        log("stopped: held packets released, divert handle closed")
+    finally:
+        if worker.handle is not None:  # an error before run() closed it
+            worker.close()
+        final = _write_stats(directory, worker)
+        (directory / "daemon.json").unlink(missing_ok=True)
+        log(line(final))
