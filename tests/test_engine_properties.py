@@ -25,6 +25,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,13 @@ def csum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def build(v6: bool, seq: int, payload: bytes, tsval: int | None) -> bytes:
+def build(v6: bool, seq: int, payload: bytes, tsval: int | None, sport: int = 40000) -> bytes:
     """An IPv4 or IPv6 (behind a destination-options header) TCP packet to port 443."""
     opts = b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, 99) if tsval is not None else b""
     tcp = bytearray(
         struct.pack(
             "!HHIIBBHHH",
-            40000,
+            sport,
             443,
             seq % 2**32,
             31337,
@@ -106,6 +107,7 @@ class Parsed:
     payload: bytes
     options: bytes
     checksums_ok: bool
+    sport: int = 0
 
 
 def parse(packet: bytes) -> Parsed:
@@ -123,7 +125,7 @@ def parse(packet: bytes) -> Parsed:
         ip.sum = tcp.sum = 0
         again = dpkt.ip.IP(bytes(ip))
         ok = again.sum == want_ip and again.data.sum == want_tcp
-    return Parsed(tcp.seq, bytes(tcp.data), bytes(tcp.opts), ok)
+    return Parsed(tcp.seq, bytes(tcp.data), bytes(tcp.opts), ok, tcp.sport)
 
 
 def test_the_packet_builder_agrees_with_scapy() -> None:
@@ -455,3 +457,117 @@ def test_no_new_segment_exceeds_max_seg_payload(s: Scenario) -> None:
     r = run(s)
     sizes = [len(p.payload) for _, p in r.sends]
     assert all(n <= s.max_seg for n in sizes), (s.max_seg, sizes)
+
+
+# ------------------------------------------------------- many flows, with time
+
+
+@dataclass
+class Flow:
+    stream: bytes
+    segments: list[tuple[int, int]]
+    isn: int
+    v6: bool
+    sport: int
+
+
+@dataclass
+class Step:
+    flow: int  # -1: only an expire() call
+    seg: tuple[int, int]
+    gap: float
+
+
+@st.composite
+def busy_scenarios(draw: st.DrawFn) -> tuple[list[Flow], list[Step], EngineConfig]:
+    flows = []
+    for i in range(draw(st.integers(1, 4))):
+        record = RECORDS[draw(st.sampled_from(sorted(RECORDS)))]
+        n = len(record)
+        mss = draw(st.integers(max(1, -(-n // 12)), MAX_MSS))
+        bounds = [*range(0, n, mss), n]
+        isn = draw(st.one_of(st.integers(0, 2**32 - 1), st.integers(2**32 - 2500, 2**32 - 1)))
+        flows.append(Flow(record, list(pairwise(bounds)), isn, draw(st.booleans()), 41000 + i))
+    queues = []
+    for f in flows:
+        segs = list(f.segments)
+        segs += [segs[j] for j in draw(st.lists(st.integers(0, len(segs) - 1), max_size=2))]
+        if draw(st.booleans()):
+            segs = [segs[0], *draw(st.permutations(segs[1:]))]
+        queues.append(segs)
+    gaps = st.sampled_from([0.0, 0.0, 0.001, 0.05, 0.2, 0.4])
+    steps: list[Step] = []
+    while any(queues):
+        live = [i for i, q in enumerate(queues) if q]
+        i = draw(st.sampled_from(live))
+        if draw(st.integers(0, 9)) == 0:
+            steps.append(Step(-1, (0, 0), draw(gaps)))
+        steps.append(Step(i, queues[i].pop(0), draw(gaps)))
+    cfg = EngineConfig(
+        split_chunk=draw(st.integers(1, 40)),
+        split_positions=draw(st.lists(position, max_size=2)),
+        collect_timeout_ms=draw(st.sampled_from([50, 250, 1000])),
+        max_held_pkts=draw(st.integers(1, 12)),
+        max_flows=draw(st.integers(1, 5)),
+        flow_timeout_s=draw(st.sampled_from([1, 30])),
+        split_mode=draw(st.sampled_from(["tls-hello", "immediate"])),
+    )
+    return flows, steps, cfg
+
+
+@SETTINGS
+@given(busy_scenarios())
+def test_interleaved_flows_with_timeouts_and_eviction_lose_nothing(
+    case: tuple[list[Flow], list[Step], EngineConfig],
+) -> None:
+    flows, steps, cfg = case
+    eng = Engine(cfg)
+    by_port = {f.sport: k for k, f in enumerate(flows)}
+    wire: list[list[tuple[int, bytes]]] = [[] for _ in flows]
+    origin: dict[int, tuple[int, tuple[int, int]]] = {}
+    fates: dict[int, int] = {}
+    largest = [max(b - a for a, b in f.segments) for f in flows]
+
+    def put(k: int, seg: tuple[int, int]) -> None:
+        wire[k].append((seg[0], flows[k].stream[seg[0] : seg[1]]))
+
+    def carry_out(actions: list[Any]) -> None:
+        for a in actions:
+            if a.kind == SEND:
+                p = parse(a.packet)
+                assert p.checksums_ok
+                k = by_port[p.sport]
+                assert len(p.payload) <= largest[k]
+                wire[k].append(((p.seq - flows[k].isn) % 2**32, p.payload))
+                continue
+            fates[a.handle] = fates.get(a.handle, 0) + 1
+            if a.kind != DROP:
+                put(*origin[a.handle])
+
+    now = T0
+    for h, step in enumerate(steps):
+        now += step.gap
+        carry_out(eng.expire(now))
+        if step.flow < 0:
+            continue
+        f = flows[step.flow]
+        a, b = step.seg
+        pkt = build(f.v6, f.isn + a, f.stream[a:b], None, f.sport)
+        origin[h] = (step.flow, step.seg)
+        out = eng.process(pkt, now, h)
+        if out is None:
+            put(step.flow, step.seg)
+        else:
+            fates.setdefault(h, 0)
+            carry_out(out)
+    carry_out(eng.release_all())
+
+    assert all(n == 1 for n in fates.values()), fates
+    stats = eng.stats()
+    assert (stats["held_packets_now"], stats["held_bytes_now"], stats["flows_now"]) == (0, 0, 0)
+    for k, f in enumerate(flows):
+        seen = bytearray(len(f.stream))
+        for off, payload in wire[k]:
+            assert f.stream[off : off + len(payload)] == payload, (k, off)
+            seen[off : off + len(payload)] = b"\x01" * len(payload)
+        assert all(seen), f"flow {k} lost bytes"

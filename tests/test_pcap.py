@@ -250,6 +250,18 @@ def test_segments_keep_the_timestamp_option_and_stay_within_the_largest_payload(
         assert len(o.payload) <= 1448
 
 
+def test_a_pure_ack_while_collecting_goes_out_at_once(tmp_path: Path) -> None:
+    p1, p2 = chromium_flow()
+    ack = (T0 + 0.001, tcp4(b"", ISN + 1448, "A", opts=True))
+    src = write_capture(tmp_path / "in.pcap", framed("ethernet", [p1, ack, p2]))
+    dst = tmp_path / "out.pcap"
+    summary = rewrite(src, dst)
+    _, outs = read_output(dst)
+    assert [len(o.payload) for o in outs] == [0, 5, 1448, 547]
+    assert outs[0].ip == ack[1] and outs[0].ts == pytest.approx(T0 + 0.001)
+    assert summary.released == 1 and summary.dropped == 2
+
+
 def test_non_ip_frames_and_other_ports_are_copied_unchanged(tmp_path: Path) -> None:
     arp = MAC_DST + MAC_SRC + b"\x08\x06" + bytes(28)
     http = tcp4(b"GET / HTTP/1.1\r\n\r\n", dport=80)
