@@ -431,6 +431,18 @@ def test_a_capture_cut_mid_record_is_read_up_to_the_cut(
     assert len(read_output(dst)[1]) == 3
 
 
+def test_input_from_a_pipe_and_output_to_a_device(tmp_path: Path) -> None:
+    src = write_capture(tmp_path / "in.pcapng", framed("ethernet", openssl_flow()), fmt="pcapng")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with subprocess.Popen(["sh", "-c", f"cat '{src}' > '{fifo}'"]) as writer:
+        summary = rewrite(fifo, Path("/dev/null"))
+        writer.wait(timeout=30)
+    assert summary.as_dict()["splits"] == 1
+    assert Path("/dev/null").is_char_device(), "the device is written to, not replaced"
+    assert not list(Path("/dev").glob(".null.*.tmp"))
+
+
 # ------------------------------------------------------------------ errors
 
 

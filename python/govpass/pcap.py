@@ -225,7 +225,30 @@ def _to_ns(ts: float | Decimal, resolution_ns: int) -> int:
     return int(ticks) * resolution_ns
 
 
-def _iterate(reader: Any, flag: list[bool], resolution_ns: int) -> Iterator[tuple[int, bytes]]:
+class _Prefixed:
+    """A read-only stream that first gives back bytes already read: the magic is
+    sniffed without seeking, so pipes (/dev/stdin) work too."""
+
+    def __init__(self, head: bytes, fh: BinaryIO) -> None:
+        self._head = head
+        self._fh = fh
+        self.name = getattr(fh, "name", "<capture>")
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._head:
+            return self._fh.read(n)
+        if n < 0:
+            data, self._head = self._head + self._fh.read(), b""
+            return data
+        data, self._head = self._head[:n], self._head[n:]
+        if len(data) < n:
+            data += self._fh.read(n - len(data))
+        return data
+
+
+def _iterate(
+    path: Path, reader: Any, flag: list[bool], resolution_ns: int
+) -> Iterator[tuple[int, bytes]]:
     it = iter(reader)
     while True:
         try:
@@ -236,6 +259,8 @@ def _iterate(reader: Any, flag: list[bool], resolution_ns: int) -> Iterator[tupl
             # A capture cut off mid-record (tcpdump killed): keep what came before.
             flag[0] = True
             return
+        except OSError as e:
+            raise PcapError(f"cannot read {path}: {e.strerror or e}") from e
         yield _to_ns(ts, resolution_ns), bytes(buf)
 
 
@@ -247,21 +272,26 @@ def open_capture(path: Path) -> Iterator[Capture]:
     except OSError as e:
         raise PcapError(f"cannot read {path}: {e.strerror or e}") from e
     with fh:
-        magic = fh.read(4)
-        fh.seek(0)
+        try:
+            magic = fh.read(4)
+        except OSError as e:
+            raise PcapError(f"cannot read {path}: {e.strerror or e}") from e
+        stream = _Prefixed(magic, fh)
         if not magic:
             raise PcapError(f"{path} is empty, not a pcap or pcapng file")
         try:
             if magic == PCAPNG_MAGIC:
-                reader: Any = dpkt.pcapng.Reader(fh)
+                reader: Any = dpkt.pcapng.Reader(stream)
                 fmt, nano = "pcapng", False
             elif magic in PCAP_MAGICS:
-                reader = dpkt.pcap.Reader(fh)
+                reader = dpkt.pcap.Reader(stream)
                 fmt, nano = "pcap", PCAP_MAGICS[magic]
             else:
                 raise PcapError(f"{path} is not a pcap or pcapng file (starts with {magic.hex()})")
         except (dpkt.dpkt.Error, struct.error, ValueError) as e:
             raise PcapError(f"{path} is not a readable {_guess(magic)} file: {e}") from e
+        except OSError as e:
+            raise PcapError(f"cannot read {path}: {e.strerror or e}") from e
         linktype = int(reader.datalink())
         if linktype not in LINK_NAMES:
             supported = ", ".join(f"{n} ({k})" for k, n in sorted(LINK_NAMES.items()))
@@ -272,7 +302,7 @@ def open_capture(path: Path) -> Iterator[Capture]:
         divisor = float(getattr(reader, "_divisor", 1e6))
         resolution_ns = max(1, round(NS_PER_S / divisor)) if divisor > 0 else 1000
         flag = [False]
-        yield Capture(_iterate(reader, flag, resolution_ns), linktype, fmt, nano, flag)
+        yield Capture(_iterate(path, reader, flag, resolution_ns), linktype, fmt, nano, flag)
 
 
 def _guess(magic: bytes) -> str:
@@ -376,8 +406,8 @@ class _Rewriter:
 def rewrite(src: Path, dst: Path, engine_config: EngineConfig | None = None) -> Summary:
     """Runs the engine over capture `src` and writes the resulting wire to `dst` (pcap).
 
-    The output is written to a temporary file beside `dst` and renamed into place,
-    so a failed run leaves no half-written capture.
+    A regular output file is written beside `dst` and renamed into place, so a
+    failed run leaves no half-written capture.
     """
     cfg = engine_config if engine_config is not None else EngineConfig()
     src, dst = Path(src), Path(dst)
@@ -387,21 +417,26 @@ def rewrite(src: Path, dst: Path, engine_config: EngineConfig | None = None) -> 
     engine = Engine(cfg)
     with open_capture(src) as cap:
         summary = Summary(str(src), str(dst), cap.format, cap.linktype, settings=_settings(cfg))
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        # A regular file is written beside and renamed into place; anything else
+        # (/dev/stdout, a FIFO) is written to directly, never replaced.
+        special = dst.exists() and not dst.is_file()
+        target = dst if special else dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
-            with tmp.open("wb") as fh:
+            with target.open("wb") as fh:
                 rewriter = _Rewriter(
                     engine, PcapWriter(fh, cap.linktype, cap.nano), cap.linktype, summary
                 )
                 for ts_ns, frame in cap.packets:
                     rewriter.feed(ts_ns, frame)
                 rewriter.finish(cfg.collect_timeout_ms)
-            os.replace(tmp, dst)
+            if not special:
+                os.replace(target, dst)
         except OSError as e:
             raise PcapError(f"cannot write {dst}: {e.strerror or e}") from e
         finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if not special:
+                with contextlib.suppress(OSError):
+                    target.unlink()
         summary.input_truncated = cap.truncated[0]
     summary.engine = dict(engine.stats())
     return summary
