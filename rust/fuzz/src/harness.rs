@@ -84,10 +84,18 @@ fn config(c: &mut Cursor<'_>) -> EngineConfig {
     .map(|(_, p)| p)
     .collect();
     let chunk = [5, 1, 2, 100, 600, 0][usize::from(a >> 1) % 6];
-    let chunk = if chunk == 0 && positions.is_empty() { 5 } else { chunk };
+    let chunk = if chunk == 0 && positions.is_empty() {
+        5
+    } else {
+        chunk
+    };
     EngineConfig {
         ports: vec![443],
-        split_mode: if a & 1 == 0 { SplitMode::TlsHello } else { SplitMode::Immediate },
+        split_mode: if a & 1 == 0 {
+            SplitMode::TlsHello
+        } else {
+            SplitMode::Immediate
+        },
         split_chunk: chunk,
         split_positions: positions,
         collect_timeout_us: 1_000 + u64::from(a >> 4) * 20_000,
@@ -96,6 +104,7 @@ fn config(c: &mut Cursor<'_>) -> EngineConfig {
         max_seg_payload: [1460, 1, 7, 100][usize::from(a >> 6)],
         flow_timeout_us: 1_000_000,
         max_flows: MAX_FLOWS,
+        ..EngineConfig::default()
     }
 }
 
@@ -120,7 +129,11 @@ fn header(flow: u8, seq: u32, flags: u8, options: &[u8], payload_len: usize) -> 
         p[16..20].copy_from_slice(&[203, 0, 113, flow]);
         t = 20;
     } else {
-        let ext: &[u8] = if flow & 1 == 0 { &[6, 0, 1, 4, 0, 0, 0, 0] } else { &[] };
+        let ext: &[u8] = if flow & 1 == 0 {
+            &[6, 0, 1, 4, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
         p = vec![0u8; 40 + ext.len() + tcp_len];
         let plen = ext.len() + tcp_len + payload_len;
         p[0] = 0x60;
@@ -170,7 +183,9 @@ fn crafted(c: &mut Cursor<'_>) -> Vec<u8> {
     let flags = c.u8() & 0x1f | 0x10;
     let off = c.u16();
     // Mostly forward offsets; sometimes a little before the start.
-    let seq = isn.wrapping_add(u32::from(off % 2200)).wrapping_sub(u32::from(off >> 15) * 40);
+    let seq = isn
+        .wrapping_add(u32::from(off % 2200))
+        .wrapping_sub(u32::from(off >> 15) * 40);
     let options: &[u8] = match c.u8() % 4 {
         0 | 1 => &[],
         2 => &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
@@ -241,7 +256,11 @@ impl Checker {
             match a {
                 Action::Release(t) | Action::Drop(t) | Action::Accept(t) => {
                     let s = &mut self.tokens[*t as usize];
-                    assert!(*s == Tok::Waiting, "fate for token {t} in state {}", *s as u8);
+                    assert!(
+                        *s == Tok::Waiting,
+                        "fate for token {t} in state {}",
+                        *s as u8
+                    );
                     *s = Tok::Fated;
                 }
                 Action::Send(p) => self.sent(p),
@@ -254,12 +273,20 @@ impl Checker {
             Ok(v) => v,
             Err(e) => panic!("a Send does not parse: {e:?}: {p:02x?}"),
         };
-        assert_eq!(v.bytes.len(), p.len(), "IP length of a Send disagrees with its size");
+        assert_eq!(
+            v.bytes.len(),
+            p.len(),
+            "IP length of a Send disagrees with its size"
+        );
         // Pieces of the record are bounded by max-seg-payload; bytes after
         // the record go out as the tail of the packet that carried them,
         // whatever its size.
         let end = v.seq.0.wrapping_add(v.payload_len() as u32);
-        let is_tail = || self.given.iter().any(|(e, pl)| *e == end && pl.ends_with(v.payload()));
+        let is_tail = || {
+            self.given
+                .iter()
+                .any(|(e, pl)| *e == end && pl.ends_with(v.payload()))
+        };
         assert!(
             v.payload_len() as u32 <= self.cfg.max_seg_payload || is_tail(),
             "Send payload {} > max-seg-payload {} and not the tail of a packet given",
@@ -281,12 +308,27 @@ impl Checker {
 
     fn state(&self, engine: &Engine<u32>) {
         let st = engine.stats();
-        assert_eq!(st.fail_count(FailReason::Internal), 0, "the engine caught a panic");
-        assert!(st.flows_now <= u64::from(self.cfg.max_flows), "flows {}", st.flows_now);
+        assert_eq!(
+            st.fail_count(FailReason::Internal),
+            0,
+            "the engine caught a panic"
+        );
+        assert!(
+            st.flows_now <= u64::from(self.cfg.max_flows),
+            "flows {}",
+            st.flows_now
+        );
         let waiting = self.tokens.iter().filter(|t| **t == Tok::Waiting).count() as u64;
-        assert_eq!(st.held_packets_now, waiting, "held packets != tokens without a fate");
+        assert_eq!(
+            st.held_packets_now, waiting,
+            "held packets != tokens without a fate"
+        );
         let max_held = u64::from(self.cfg.max_flows) * u64::from(self.cfg.max_held_pkts);
-        assert!(st.held_packets_now <= max_held, "held {} packets", st.held_packets_now);
+        assert!(
+            st.held_packets_now <= max_held,
+            "held {} packets",
+            st.held_packets_now
+        );
         assert!(st.held_bytes_now <= st.held_packets_now * self.largest_packet);
         assert!(st.held_bytes_now <= max_held * self.largest_packet);
     }
@@ -298,7 +340,12 @@ pub fn run(data: &[u8]) -> govpass_core::Stats {
     let mut c = Cursor { data };
     let cfg = config(&mut c);
     let mut engine: Engine<u32> = Engine::new(cfg.clone()).expect("harness config is valid");
-    let mut ck = Checker { cfg, tokens: Vec::new(), largest_packet: 0, given: Vec::new() };
+    let mut ck = Checker {
+        cfg,
+        tokens: Vec::new(),
+        largest_packet: 0,
+        given: Vec::new(),
+    };
     let mut out = Vec::new();
     let mut now: u64 = u64::from(c.u16());
     let mut ops = 0;
@@ -359,9 +406,15 @@ pub fn run(data: &[u8]) -> govpass_core::Stats {
     }
     engine.release_all(&mut out);
     ck.actions(&out);
-    assert!(ck.tokens.iter().all(|t| *t != Tok::Waiting), "a token never got its fate");
+    assert!(
+        ck.tokens.iter().all(|t| *t != Tok::Waiting),
+        "a token never got its fate"
+    );
     let st = engine.stats();
-    assert_eq!((st.held_packets_now, st.held_bytes_now, st.flows_now), (0, 0, 0));
+    assert_eq!(
+        (st.held_packets_now, st.held_bytes_now, st.flows_now),
+        (0, 0, 0)
+    );
     st
 }
 
@@ -439,7 +492,8 @@ impl Script {
     pub fn raw(&mut self, step: u16, packet: &[u8]) -> &mut Self {
         let packet = &packet[..packet.len().min(1599)];
         self.op(8, step, false);
-        self.bytes.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+        self.bytes
+            .extend_from_slice(&(packet.len() as u16).to_be_bytes());
         self.bytes.extend_from_slice(packet);
         self
     }
@@ -475,7 +529,8 @@ impl Script {
         self.bytes.extend_from_slice(&[flow, flags]);
         self.bytes.extend_from_slice(&(off % 2200).to_be_bytes());
         self.bytes.extend_from_slice(&[0, 4]);
-        self.bytes.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        self.bytes
+            .extend_from_slice(&(payload.len() as u16).to_be_bytes());
         self.bytes.extend_from_slice(payload);
         self.mangle(Mangle::None);
         self

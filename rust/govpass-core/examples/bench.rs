@@ -36,7 +36,10 @@ unsafe impl GlobalAlloc for Counting {
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -86,7 +89,10 @@ fn packet(n: u32, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn config(max_flows: u32) -> EngineConfig {
-    EngineConfig { max_flows, ..EngineConfig::default() }
+    EngineConfig {
+        max_flows,
+        ..EngineConfig::default()
+    }
 }
 
 /// Best of `rounds` runs of `f`, which processes `n` items; items per second.
@@ -107,8 +113,9 @@ fn best_rate(rounds: usize, n: usize, mut f: impl FnMut() -> usize) -> f64 {
 fn pass_through_rate(flows: u32, dport: u16, reps: usize, rounds: usize) -> f64 {
     let mut e: Engine<u32> = Engine::new(config(1 << 20)).unwrap();
     let mut out = Vec::new();
-    let data: Vec<Vec<u8>> =
-        (0..flows).map(|i| packet(i, dport, 1000, 0x08, b"GET / HTTP/1.1\r\n\r\n")).collect();
+    let data: Vec<Vec<u8>> = (0..flows)
+        .map(|i| packet(i, dport, 1000, 0x08, b"GET / HTTP/1.1\r\n\r\n"))
+        .collect();
     for p in &data {
         e.process(p, 1, || 0, &mut out);
     }
@@ -128,7 +135,9 @@ fn pass_through_rate(flows: u32, dport: u16, reps: usize, rounds: usize) -> f64 
 
 /// Each packet the first of a new flow carrying a whole 517-byte hello.
 fn split_rate(flows: u32, rounds: usize) -> f64 {
-    let data: Vec<Vec<u8>> = (0..flows).map(|i| packet(i, 443, 1000, 0x08, HELLO)).collect();
+    let data: Vec<Vec<u8>> = (0..flows)
+        .map(|i| packet(i, 443, 1000, 0x08, HELLO))
+        .collect();
     let mut out: Vec<Action<u32>> = Vec::new();
     let mut best = 0f64;
     for _ in 0..rounds {
@@ -168,15 +177,19 @@ fn bytes_per_flow(n: u32, first: impl Fn(u32) -> Vec<u8>) -> (f64, u64) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (reps, rounds, split_flows, mem_flows) =
-        if quick { (20, 2, 50_000, 20_000) } else { (200, 5, 200_000, 100_000) };
+    let (reps, rounds, split_flows, mem_flows) = if quick {
+        (20, 2, 50_000, 20_000)
+    } else {
+        (200, 5, 200_000, 100_000)
+    };
 
     let pt_watched = pass_through_rate(1024, 443, reps, rounds);
     let pt_other = pass_through_rate(1024, 8443, reps, rounds);
     let splits = split_rate(split_flows, rounds);
 
-    let (mem_pass, _) =
-        bytes_per_flow(mem_flows, |i| packet(i, 443, 1000, 0x08, b"GET / HTTP/1.1\r\n\r\n"));
+    let (mem_pass, _) = bytes_per_flow(mem_flows, |i| {
+        packet(i, 443, 1000, 0x08, b"GET / HTTP/1.1\r\n\r\n")
+    });
     let (mem_injected, _) = bytes_per_flow(mem_flows, |i| packet(i, 443, 1000, 0x08, HELLO));
     let (mem_collecting, _) =
         bytes_per_flow(mem_flows, |i| packet(i, 443, 1000, 0, &CHROMIUM[..1448]));

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn odd_lengths_pad_with_zero() {
-        assert_eq!(finish(sum_words(0, &[0xab])), finish(sum_words(0, &[0xab, 0x00])));
+        assert_eq!(
+            finish(sum_words(0, &[0xab])),
+            finish(sum_words(0, &[0xab, 0x00]))
+        );
         let long: Vec<u8> = (0..1001u32).map(|i| (i * 7) as u8).collect();
         let mut naive = 0u64;
         for pair in long.chunks(2) {

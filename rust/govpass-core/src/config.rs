@@ -32,7 +32,11 @@ impl FromStr for SplitMode {
         match s {
             "tls-hello" => Ok(SplitMode::TlsHello),
             "immediate" => Ok(SplitMode::Immediate),
-            _ => Err(ConfigError::new("split-mode", format!("{s:?}"), SplitMode::ACCEPTED)),
+            _ => Err(ConfigError::new(
+                "split-mode",
+                format!("{s:?}"),
+                SplitMode::ACCEPTED,
+            )),
         }
     }
 }
@@ -78,7 +82,11 @@ impl FromStr for SplitPos {
         let bad = || ConfigError::new("split-pos", format!("{text:?}"), SplitPos::ACCEPTED);
         let s = text.trim();
         if let Ok(n) = s.parse::<u32>() {
-            return if n >= 1 { Ok(SplitPos::Abs(n)) } else { Err(bad()) };
+            return if n >= 1 {
+                Ok(SplitPos::Abs(n))
+            } else {
+                Err(bad())
+            };
         }
         let split_at = s.find(['+', '-']).unwrap_or(s.len());
         let (name, rest) = s.split_at(split_at);
@@ -123,6 +131,8 @@ pub struct EngineConfig {
     pub flow_timeout_us: u64,
     /// Most flows tracked at once; the oldest is evicted (and fails open).
     pub max_flows: u32,
+    /// Auto-learning: ClientHello retransmissions that count as a failure.
+    pub auto_retrans: u32,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +148,7 @@ impl Default for EngineConfig {
             max_seg_payload: 1460,
             flow_timeout_us: 30_000_000,
             max_flows: 131_072,
+            auto_retrans: 3,
         }
     }
 }
@@ -151,6 +162,7 @@ pub mod limits {
     pub const MAX_SEG_PAYLOAD: (u32, u32) = (1, 65_475);
     pub const FLOW_TIMEOUT_US: (u64, u64) = (1_000_000, 86_400_000_000);
     pub const MAX_FLOWS: (u32, u32) = (1, 16_777_216);
+    pub const AUTO_RETRANS: (u32, u32) = (1, 100);
     pub const SPLIT_POSITIONS: usize = 64;
 }
 
@@ -176,31 +188,60 @@ fn check_ms(field: &'static str, us: u64, (lo, hi): (u64, u64)) -> Result<(), Co
     Ok(())
 }
 
+/// Checks a split strategy (shared by the engine's default and profiles).
+pub fn check_strategy(chunk: u32, positions: &[SplitPos]) -> Result<(), ConfigError> {
+    check("split-chunk", chunk, limits::SPLIT_CHUNK, " bytes")?;
+    if chunk == 0 && positions.is_empty() {
+        return Err(ConfigError::new(
+            "split-chunk",
+            0,
+            "1..=16384 bytes, or 0 together with at least one split position",
+        ));
+    }
+    if positions.len() > limits::SPLIT_POSITIONS {
+        let got = format!("{} positions", positions.len());
+        return Err(ConfigError::new("split-pos", got, "at most 64 positions"));
+    }
+    Ok(())
+}
+
 impl EngineConfig {
     /// Checks every field; the error names the first field that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ports.is_empty() || self.ports.contains(&0) {
             let got = format!("{:?}", self.ports);
-            return Err(ConfigError::new("ports", got, "a non-empty list of ports in 1..=65535"));
-        }
-        check("split-chunk", self.split_chunk, limits::SPLIT_CHUNK, " bytes")?;
-        if self.split_chunk == 0 && self.split_positions.is_empty() {
             return Err(ConfigError::new(
-                "split-chunk",
-                0,
-                "1..=16384 bytes, or 0 together with at least one split position",
+                "ports",
+                got,
+                "a non-empty list of ports in 1..=65535",
             ));
         }
-        if self.split_positions.len() > limits::SPLIT_POSITIONS {
-            let got = format!("{} positions", self.split_positions.len());
-            return Err(ConfigError::new("split-pos", got, "at most 64 positions"));
-        }
-        check_ms("collect-timeout", self.collect_timeout_us, limits::COLLECT_TIMEOUT_US)?;
+        check_strategy(self.split_chunk, &self.split_positions)?;
+        check_ms(
+            "collect-timeout",
+            self.collect_timeout_us,
+            limits::COLLECT_TIMEOUT_US,
+        )?;
         check("max-buffer", self.max_buffer, limits::MAX_BUFFER, " bytes")?;
-        check("max-held-pkts", self.max_held_pkts, limits::MAX_HELD_PKTS, "")?;
-        check("max-seg-payload", self.max_seg_payload, limits::MAX_SEG_PAYLOAD, " bytes")?;
-        check_ms("flow-timeout", self.flow_timeout_us, limits::FLOW_TIMEOUT_US)?;
+        check(
+            "max-held-pkts",
+            self.max_held_pkts,
+            limits::MAX_HELD_PKTS,
+            "",
+        )?;
+        check(
+            "max-seg-payload",
+            self.max_seg_payload,
+            limits::MAX_SEG_PAYLOAD,
+            " bytes",
+        )?;
+        check_ms(
+            "flow-timeout",
+            self.flow_timeout_us,
+            limits::FLOW_TIMEOUT_US,
+        )?;
         check("max-flows", self.max_flows, limits::MAX_FLOWS, "")?;
+        check("auto-retrans", self.auto_retrans, limits::AUTO_RETRANS, "")?;
         Ok(())
     }
 }
@@ -249,38 +290,80 @@ mod tests {
         let cases: Vec<(&str, EngineConfig, EngineConfig)> = vec![
             (
                 "max-held-pkts",
-                EngineConfig { max_held_pkts: 1, ..ok.clone() },
-                EngineConfig { max_held_pkts: 0, ..ok.clone() },
+                EngineConfig {
+                    max_held_pkts: 1,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    max_held_pkts: 0,
+                    ..ok.clone()
+                },
             ),
             (
                 "max-buffer",
-                EngineConfig { max_buffer: 64, ..ok.clone() },
-                EngineConfig { max_buffer: 63, ..ok.clone() },
+                EngineConfig {
+                    max_buffer: 64,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    max_buffer: 63,
+                    ..ok.clone()
+                },
             ),
             (
                 "max-seg-payload",
-                EngineConfig { max_seg_payload: 65_475, ..ok.clone() },
-                EngineConfig { max_seg_payload: 65_476, ..ok.clone() },
+                EngineConfig {
+                    max_seg_payload: 65_475,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    max_seg_payload: 65_476,
+                    ..ok.clone()
+                },
             ),
             (
                 "split-chunk",
-                EngineConfig { split_chunk: 16_384, ..ok.clone() },
-                EngineConfig { split_chunk: 16_385, ..ok.clone() },
+                EngineConfig {
+                    split_chunk: 16_384,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    split_chunk: 16_385,
+                    ..ok.clone()
+                },
             ),
             (
                 "collect-timeout",
-                EngineConfig { collect_timeout_us: 1_000, ..ok.clone() },
-                EngineConfig { collect_timeout_us: 999, ..ok.clone() },
+                EngineConfig {
+                    collect_timeout_us: 1_000,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    collect_timeout_us: 999,
+                    ..ok.clone()
+                },
             ),
             (
                 "max-flows",
-                EngineConfig { max_flows: 1, ..ok.clone() },
-                EngineConfig { max_flows: 0, ..ok.clone() },
+                EngineConfig {
+                    max_flows: 1,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    max_flows: 0,
+                    ..ok.clone()
+                },
             ),
             (
                 "ports",
-                EngineConfig { ports: vec![1], ..ok.clone() },
-                EngineConfig { ports: vec![0], ..ok.clone() },
+                EngineConfig {
+                    ports: vec![1],
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    ports: vec![0],
+                    ..ok.clone()
+                },
             ),
         ];
         for (field, good, bad) in cases {
@@ -293,9 +376,15 @@ mod tests {
 
     #[test]
     fn zero_chunk_needs_positions() {
-        let c = EngineConfig { split_chunk: 0, ..EngineConfig::default() };
+        let c = EngineConfig {
+            split_chunk: 0,
+            ..EngineConfig::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "split-chunk");
-        let c = EngineConfig { split_positions: vec![SplitPos::MidSld(0)], ..c };
+        let c = EngineConfig {
+            split_positions: vec![SplitPos::MidSld(0)],
+            ..c
+        };
         c.validate().unwrap();
     }
 }

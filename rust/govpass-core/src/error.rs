@@ -16,13 +16,21 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: &'static str, got: impl fmt::Display, accepted: impl Into<String>) -> Self {
-        ConfigError { field, got: got.to_string(), accepted: accepted.into() }
+        ConfigError {
+            field,
+            got: got.to_string(),
+            accepted: accepted.into(),
+        }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {}: {} (accepted: {})", self.field, self.got, self.accepted)
+        write!(
+            f,
+            "invalid {}: {} (accepted: {})",
+            self.field, self.got, self.accepted
+        )
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Collector<T> {
     /// Payload length of the packet that carried the first stream byte
     /// (immediate mode splits only that much).
     pub first_payload: Option<usize>,
+    /// Interface index the flow leaves by (0: unknown), for profile filters.
+    pub iface: u32,
 }
 
 /// What is remembered of a split flow: enough to split retransmissions of
@@ -77,10 +79,23 @@ pub struct SplitMemo {
     pub seg_limit: u32,
 }
 
+/// A flow passed untouched on behalf of an auto-learning profile, watched
+/// for signs that it was blocked.
+#[derive(Debug)]
+pub struct WatchMemo {
+    pub profile: usize,
+    pub host: Box<[u8]>,
+    /// Sequence number of the ClientHello's first byte.
+    pub base: Seq,
+    /// Times the ClientHello was sent again.
+    pub retrans: u32,
+}
+
 #[derive(Debug)]
 pub enum FlowState<T> {
     Collecting(Box<Collector<T>>),
     Injected(Box<SplitMemo>),
+    Watching(Box<WatchMemo>),
     PassThrough,
 }
 
@@ -145,11 +160,19 @@ impl<T> FlowTable<T> {
     pub fn insert(&mut self, key: FlowKey, now: u64, state: FlowState<T>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.map.insert(key, Flow { id, last_seen: now, state });
+        self.map.insert(
+            key,
+            Flow {
+                id,
+                last_seen: now,
+                state,
+            },
+        );
         self.order.push_back((key, id));
         if self.order.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
-            self.order.retain(|(k, id)| map.get(k).is_some_and(|f| f.id == *id));
+            self.order
+                .retain(|(k, id)| map.get(k).is_some_and(|f| f.id == *id));
         }
         id
     }
@@ -178,9 +201,10 @@ impl<T> FlowTable<T> {
                 break;
             }
             self.deadlines.pop();
-            let live = self.map.get(&key.0).is_some_and(|f| {
-                f.id == id && matches!(f.state, FlowState::Collecting(_))
-            });
+            let live = self
+                .map
+                .get(&key.0)
+                .is_some_and(|f| f.id == id && matches!(f.state, FlowState::Collecting(_)));
             if live {
                 out.push(key.0);
             }

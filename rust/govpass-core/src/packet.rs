@@ -72,7 +72,13 @@ impl<'a> TcpPacket<'a> {
 
 fn key_from(src: std::net::IpAddr, dst: std::net::IpAddr, sport: u16, dport: u16) -> FlowKey {
     use std::net::IpAddr;
-    let mut key = FlowKey { src: [0; 16], dst: [0; 16], sport, dport, v6: false };
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport,
+        dport,
+        v6: false,
+    };
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             key.src[..4].copy_from_slice(&s.octets());
@@ -120,7 +126,10 @@ pub fn parse(data: &[u8]) -> Result<TcpPacket<'_>, Skip> {
     let clean_headers = match &ip {
         IpSlice::Ipv4(v4) => v4.extensions().is_empty(),
         IpSlice::Ipv6(v6) => v6.extensions().clone().into_iter().all(|ext| {
-            matches!(ext, Ipv6ExtensionSlice::HopByHop(_) | Ipv6ExtensionSlice::DestinationOptions(_))
+            matches!(
+                ext,
+                Ipv6ExtensionSlice::HopByHop(_) | Ipv6ExtensionSlice::DestinationOptions(_)
+            )
         }),
     };
     let payload = ip.payload();
@@ -131,8 +140,12 @@ pub fn parse(data: &[u8]) -> Result<TcpPacket<'_>, Skip> {
     let tcp_offset = payload.payload.as_ptr() as usize - data.as_ptr() as usize;
     let end = tcp_offset + payload.payload.len();
     let header_len = usize::from(tcp.data_offset()) * 4;
-    let key =
-        key_from(ip.source_addr(), ip.destination_addr(), tcp.source_port(), tcp.destination_port());
+    let key = key_from(
+        ip.source_addr(),
+        ip.destination_addr(),
+        tcp.source_port(),
+        tcp.destination_port(),
+    );
     Ok(TcpPacket {
         bytes: &data[..end],
         tcp_offset,
@@ -207,7 +220,11 @@ pub(crate) mod tests {
 
     /// Builds an IPv6/TCP packet, optionally behind a destination-options header.
     pub fn ipv6_tcp(seq: u32, flags: u8, payload: &[u8], dest_opts: bool) -> Vec<u8> {
-        let ext: &[u8] = if dest_opts { &[6, 0, 1, 4, 0, 0, 0, 0] } else { &[] };
+        let ext: &[u8] = if dest_opts {
+            &[6, 0, 1, 4, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
         let tcp_len = 20;
         let plen = ext.len() + tcp_len + payload.len();
         let mut p = vec![0u8; 40 + plen];

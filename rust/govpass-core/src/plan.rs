@@ -34,7 +34,11 @@ pub fn host_span(record: &[u8]) -> Option<HostSpan> {
         out.push((start, trimmed.len() - start));
         out
     };
-    let (sld_rel, sld_len) = if labels.len() >= 2 { labels[labels.len() - 2] } else { labels[0] };
+    let (sld_rel, sld_len) = if labels.len() >= 2 {
+        labels[labels.len() - 2]
+    } else {
+        labels[0]
+    };
     Some(HostSpan {
         start: sni.offset as u32,
         len: sni.len as u32,
@@ -46,7 +50,12 @@ pub fn host_span(record: &[u8]) -> Option<HostSpan> {
 /// Resolves the configured cut positions against a window of `window` bytes.
 /// Returns sorted, distinct offsets strictly inside the window; positions
 /// that fall outside, coincide, or need an SNI the record lacks are dropped.
-pub fn cut_points(chunk: u32, positions: &[SplitPos], host: Option<HostSpan>, window: u32) -> Vec<u32> {
+pub fn cut_points(
+    chunk: u32,
+    positions: &[SplitPos],
+    host: Option<HostSpan>,
+    window: u32,
+) -> Vec<u32> {
     let mut cuts = Vec::with_capacity(positions.len() + 1);
     if chunk > 0 {
         cuts.push(i64::from(chunk));
@@ -63,8 +72,11 @@ pub fn cut_points(chunk: u32, positions: &[SplitPos], host: Option<HostSpan>, wi
         };
         cuts.extend(at);
     }
-    let mut cuts: Vec<u32> =
-        cuts.into_iter().filter(|c| *c > 0 && *c < i64::from(window)).map(|c| c as u32).collect();
+    let mut cuts: Vec<u32> = cuts
+        .into_iter()
+        .filter(|c| *c > 0 && *c < i64::from(window))
+        .map(|c| c as u32)
+        .collect();
     cuts.sort_unstable();
     cuts.dedup();
     cuts
@@ -102,7 +114,10 @@ mod tests {
 
     #[test]
     fn pieces_respect_the_size_limit() {
-        assert_eq!(pieces(0, 2000, &[5], 1448), vec![(0, 5), (5, 1453), (1453, 2000)]);
+        assert_eq!(
+            pieces(0, 2000, &[5], 1448),
+            vec![(0, 5), (5, 1453), (1453, 2000)]
+        );
         assert_eq!(pieces(0, 10, &[], 4), vec![(0, 4), (4, 8), (8, 10)]);
         assert_eq!(pieces(3, 9, &[1, 5, 9, 12], 100), vec![(3, 5), (5, 9)]);
     }
@@ -110,17 +125,46 @@ mod tests {
     #[test]
     fn sni_relative_positions() {
         // "www.example.com" at offset 100: sld "example" at 104, length 7.
-        let h = HostSpan { start: 100, len: 15, sld_start: 104, sld_len: 7 };
-        let pos = [SplitPos::Sni(0), SplitPos::MidSld(0), SplitPos::SniEnd(-1), SplitPos::Sni(1)];
-        assert_eq!(cut_points(5, &pos, Some(h), 300), vec![5, 100, 101, 107, 114]);
+        let h = HostSpan {
+            start: 100,
+            len: 15,
+            sld_start: 104,
+            sld_len: 7,
+        };
+        let pos = [
+            SplitPos::Sni(0),
+            SplitPos::MidSld(0),
+            SplitPos::SniEnd(-1),
+            SplitPos::Sni(1),
+        ];
+        assert_eq!(
+            cut_points(5, &pos, Some(h), 300),
+            vec![5, 100, 101, 107, 114]
+        );
     }
 
     #[test]
     fn out_of_window_and_duplicate_positions_are_dropped() {
-        let pos = [SplitPos::Abs(5), SplitPos::Abs(600), SplitPos::Sni(0), SplitPos::Abs(517)];
+        let pos = [
+            SplitPos::Abs(5),
+            SplitPos::Abs(600),
+            SplitPos::Sni(0),
+            SplitPos::Abs(517),
+        ];
         assert_eq!(cut_points(5, &pos, None, 517), vec![5]);
-        assert_eq!(cut_points(0, &[SplitPos::Sni(-200)], None, 517), Vec::<u32>::new());
-        let h = HostSpan { start: 10, len: 4, sld_start: 10, sld_len: 4 };
-        assert_eq!(cut_points(0, &[SplitPos::Sni(-20)], Some(h), 517), Vec::<u32>::new());
+        assert_eq!(
+            cut_points(0, &[SplitPos::Sni(-200)], None, 517),
+            Vec::<u32>::new()
+        );
+        let h = HostSpan {
+            start: 10,
+            len: 4,
+            sld_start: 10,
+            sld_len: 4,
+        };
+        assert_eq!(
+            cut_points(0, &[SplitPos::Sni(-20)], Some(h), 517),
+            Vec::<u32>::new()
+        );
     }
 }

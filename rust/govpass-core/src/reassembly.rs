@@ -38,7 +38,13 @@ impl Assembler {
     /// An assembler whose offset 0 is `base`, holding at most `limit` bytes of
     /// stream (offsets `0..limit`).
     pub fn new(base: Seq, limit: u32) -> Self {
-        Assembler { base, limit, prefix: Vec::new(), pending: Vec::new(), pending_bytes: 0 }
+        Assembler {
+            base,
+            limit,
+            prefix: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
     }
 
     pub fn base(&self) -> Seq {
@@ -76,11 +82,15 @@ impl Assembler {
             return Added::Ok;
         }
         if start <= self.prefix.len() {
-            self.prefix.extend_from_slice(&data[self.prefix.len() - start..]);
+            self.prefix
+                .extend_from_slice(&data[self.prefix.len() - start..]);
             self.absorb_pending();
         } else {
             self.pending_bytes += data.len();
-            self.pending.push(Piece { offset: start as u32, bytes: data.to_vec() });
+            self.pending.push(Piece {
+                offset: start as u32,
+                bytes: data.to_vec(),
+            });
         }
         Added::Ok
     }
@@ -93,7 +103,11 @@ impl Assembler {
             let hi = end.min(known_start + known.len());
             lo >= hi || data[lo - start..hi - start] == known[lo - known_start..hi - known_start]
         };
-        same(0, &self.prefix) && self.pending.iter().all(|p| same(p.offset as usize, &p.bytes))
+        same(0, &self.prefix)
+            && self
+                .pending
+                .iter()
+                .all(|p| same(p.offset as usize, &p.bytes))
     }
 
     /// Moves pending pieces that now touch the prefix into it.
@@ -107,7 +121,8 @@ impl Assembler {
             self.pending_bytes -= piece.bytes.len();
             let piece_end = piece.offset as usize + piece.bytes.len();
             if piece_end > len {
-                self.prefix.extend_from_slice(&piece.bytes[len - piece.offset as usize..]);
+                self.prefix
+                    .extend_from_slice(&piece.bytes[len - piece.offset as usize..]);
             }
         }
     }

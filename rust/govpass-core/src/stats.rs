@@ -78,6 +78,13 @@ pub struct Stats {
     pub segments: u64,
     /// Flows evicted because the table was full.
     pub evicted: u64,
+    /// Flows passed untouched because a pass profile (or no profile) chose them.
+    pub profile_pass: u64,
+    /// Flows passed untouched and watched for failure (auto-learning).
+    pub watched: u64,
+    /// Auto-learning verdicts reported: blocked-looking and working flows.
+    pub auto_failures: u64,
+    pub auto_successes: u64,
     /// Fail-opens, indexed like [`FailReason::ALL`].
     pub fail_open: [u64; 11],
     pub held_packets_now: u64,

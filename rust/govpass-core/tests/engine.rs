@@ -57,8 +57,16 @@ fn single_packet_hello_becomes_five_bytes_then_the_rest() {
     let s = sends(&out);
     // Exactly the original headers with seq, flags, lengths and checksums
     // adjusted: the builder recomputes those independently.
-    assert_eq!(s[0], &flow.packet(ISN, 0, &hello[..5]), "first segment: 5 bytes, no PSH");
-    assert_eq!(s[1], &flow.packet(ISN + 5, PSH, &hello[5..]), "second: the rest, PSH");
+    assert_eq!(
+        s[0],
+        &flow.packet(ISN, 0, &hello[..5]),
+        "first segment: 5 bytes, no PSH"
+    );
+    assert_eq!(
+        s[1],
+        &flow.packet(ISN + 5, PSH, &hello[5..]),
+        "second: the rest, PSH"
+    );
     let v0 = view(s[0]);
     assert_eq!(v0.flags & (PSH | FIN | SYN | RST), 0);
     assert_eq!(view(s[1]).flags & PSH, PSH);
@@ -69,7 +77,10 @@ fn single_packet_hello_becomes_five_bytes_then_the_rest() {
     assert_eq!(&s[0][34..36], &orig[34..36]);
 
     let st = d.engine.stats();
-    assert_eq!((st.flows, st.flows_now, st.splits, st.segments), (1, 1, 1, 2));
+    assert_eq!(
+        (st.flows, st.flows_now, st.splits, st.segments),
+        (1, 1, 1, 2)
+    );
     assert_eq!(st.held_packets_now, 0);
     assert_eq!(st.fail_open.iter().sum::<u64>(), 0);
     d.assert_all_fated();
@@ -99,9 +110,15 @@ fn two_packet_chromium_hello_is_held_then_split_with_its_options() {
     let mut d = Driver::default_cfg();
 
     let out = d.take(&p0, 0);
-    assert!(out.is_empty(), "held while the record is incomplete: {out:?}");
+    assert!(
+        out.is_empty(),
+        "held while the record is incomplete: {out:?}"
+    );
     let st = d.engine.stats();
-    assert_eq!((st.held_packets_now, st.held_bytes_now), (1, p0.len() as u64));
+    assert_eq!(
+        (st.held_packets_now, st.held_bytes_now),
+        (1, p0.len() as u64)
+    );
 
     let out = d.take(&p1, 100);
     assert_eq!(shape(&out), "S S S D0 D1");
@@ -111,15 +128,33 @@ fn two_packet_chromium_hello_is_held_then_split_with_its_options() {
     assert_eq!(s[1], &a.packet(ISN + 5, 0, &hello[5..1453]));
     assert_eq!(s[2], &b.packet(ISN + 1453, PSH, &hello[1453..]));
     for seg in &s {
-        assert!(payload(seg).len() <= 1448, "no segment exceeds the largest original payload");
-        assert_eq!(seg[32] >> 4, 8, "a 32-byte TCP header: the options are kept");
+        assert!(
+            payload(seg).len() <= 1448,
+            "no segment exceeds the largest original payload"
+        );
+        assert_eq!(
+            seg[32] >> 4,
+            8,
+            "a 32-byte TCP header: the options are kept"
+        );
         assert_eq!(&seg[40..44], &[1, 1, 8, 10]);
     }
     assert_eq!(&s[0][40..52], &ts_option(1000, 7)[..]);
     assert_eq!(&s[2][40..52], &ts_option(1001, 7)[..]);
     let st = d.engine.stats();
-    assert_eq!((st.splits, st.segments, st.held_packets_now, st.held_bytes_now), (1, 3, 0, 0));
-    assert_eq!(st.held_packets_peak, 2, "the last packet is held until the split");
+    assert_eq!(
+        (
+            st.splits,
+            st.segments,
+            st.held_packets_now,
+            st.held_bytes_now
+        ),
+        (1, 3, 0, 0)
+    );
+    assert_eq!(
+        st.held_packets_peak, 2,
+        "the last packet is held until the split"
+    );
     d.assert_all_fated();
 }
 
@@ -171,18 +206,30 @@ fn not_tls_passes_and_the_flow_stays_pass_through() {
     let mut d = Driver::default_cfg();
     d.pass(&flow.packet(ISN, 0, &[]), 0); // a pure ACK creates nothing
     assert_eq!(d.engine.stats().flows_now, 0);
-    d.pass(&flow.packet(ISN, PSH, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 1);
+    d.pass(
+        &flow.packet(ISN, PSH, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        1,
+    );
     let st = d.engine.stats();
-    assert_eq!((st.flows, st.flows_now, st.fail_count(FailReason::NotTls)), (1, 1, 1));
+    assert_eq!(
+        (st.flows, st.flows_now, st.fail_count(FailReason::NotTls)),
+        (1, 1, 1)
+    );
     // Even a ClientHello later on the same flow is left alone.
     d.pass(&flow.packet(ISN + 27, PSH, &openssl()), 2);
     // A single byte is enough to decide.
     d.pass(&V4::port(1).packet(5, PSH, b"\x17"), 3);
     // Traffic to other ports never creates a flow.
-    let other = V4 { dport: 8443, ..V4::default() };
+    let other = V4 {
+        dport: 8443,
+        ..V4::default()
+    };
     d.pass(&other.packet(ISN, PSH, &openssl()), 4);
     let st = d.engine.stats();
-    assert_eq!((st.flows_now, st.splits, st.packets, st.passed), (2, 0, 5, 5));
+    assert_eq!(
+        (st.flows_now, st.splits, st.packets, st.passed),
+        (2, 0, 5, 5)
+    );
 }
 
 #[test]
@@ -233,12 +280,20 @@ fn a_packet_after_the_collect_deadline_fails_the_flow_without_expire() {
 #[test]
 fn fin_or_rst_while_collecting_releases_everything_and_forgets_the_flow() {
     let hello = chromium();
-    for (flag, data) in [(FIN, &b""[..]), (RST, &b""[..]), (FIN | PSH, &hello[1448..])] {
+    for (flag, data) in [
+        (FIN, &b""[..]),
+        (RST, &b""[..]),
+        (FIN | PSH, &hello[1448..]),
+    ] {
         let flow = V4::default();
         let mut d = Driver::default_cfg();
         d.take(&flow.packet(ISN, 0, &hello[..1448]), 0);
         let out = d.take(&flow.packet(ISN + 1448, flag, data), 10);
-        assert_eq!(out, vec![Action::Release(0), Action::Release(1)], "flags {flag:#x}");
+        assert_eq!(
+            out,
+            vec![Action::Release(0), Action::Release(1)],
+            "flags {flag:#x}"
+        );
         let st = d.engine.stats();
         assert_eq!((st.fail_count(FailReason::FinRst), st.flows_now), (1, 0));
         d.assert_all_fated();
@@ -251,9 +306,19 @@ fn pure_acks_while_collecting_are_accepted_at_once() {
     let flow = V4::default();
     let mut d = Driver::default_cfg();
     d.take(&flow.packet(ISN, 0, &hello[..1448]), 0);
-    assert_eq!(d.take(&flow.packet(ISN + 1448, 0, &[]), 1), vec![Action::Accept(1)]);
-    assert_eq!(d.engine.stats().held_packets_now, 1, "an accepted packet is not held");
-    assert_eq!(shape(&d.take(&flow.packet(ISN + 1448, PSH, &hello[1448..]), 2)), "S S S D0 D2");
+    assert_eq!(
+        d.take(&flow.packet(ISN + 1448, 0, &[]), 1),
+        vec![Action::Accept(1)]
+    );
+    assert_eq!(
+        d.engine.stats().held_packets_now,
+        1,
+        "an accepted packet is not held"
+    );
+    assert_eq!(
+        shape(&d.take(&flow.packet(ISN + 1448, PSH, &hello[1448..]), 2)),
+        "S S S D0 D2"
+    );
 }
 
 #[test]
@@ -265,10 +330,17 @@ fn retransmission_after_a_split_is_split_again() {
     let first = d.take(&orig, 0);
     let again = d.take(&orig, 200_000);
     assert_eq!(shape(&again), "S S D1");
-    assert_eq!(sends(&first), sends(&again), "cut at the same place, same bytes");
+    assert_eq!(
+        sends(&first),
+        sends(&again),
+        "cut at the same place, same bytes"
+    );
     assert_eq!(d.engine.stats().resplits, 1);
     // Data after the record passes.
-    d.pass(&flow.packet(ISN + 517, PSH, b"\x17\x03\x03\x00\x01x"), 300_000);
+    d.pass(
+        &flow.packet(ISN + 517, PSH, b"\x17\x03\x03\x00\x01x"),
+        300_000,
+    );
     d.assert_all_fated();
 }
 
@@ -303,12 +375,17 @@ fn retransmission_of_a_multi_packet_hello_keeps_the_cut() {
 fn max_held_pkts_exact_limit_splits_and_one_more_fails_open() {
     let hello = chromium();
     let flow = V4::default();
-    let config = EngineConfig { max_held_pkts: 4, ..cfg() };
+    let config = EngineConfig {
+        max_held_pkts: 4,
+        ..cfg()
+    };
     // Four packets: the limit exactly.
     let parts = cut(&hello, &[500, 1000, 1500]);
     let mut d = Driver::new(config.clone());
     for (off, data) in &parts[..3] {
-        assert!(d.take(&flow.packet(ISN + *off as u32, 0, data), 0).is_empty());
+        assert!(d
+            .take(&flow.packet(ISN + *off as u32, 0, data), 0)
+            .is_empty());
     }
     let (off, data) = &parts[3];
     let out = d.take(&flow.packet(ISN + *off as u32, PSH, data), 1);
@@ -320,13 +397,18 @@ fn max_held_pkts_exact_limit_splits_and_one_more_fails_open() {
     let parts = cut(&hello, &[400, 800, 1200, 1600]);
     let mut d = Driver::new(config);
     for (off, data) in &parts[..4] {
-        assert!(d.take(&flow.packet(ISN + *off as u32, 0, data), 0).is_empty());
+        assert!(d
+            .take(&flow.packet(ISN + *off as u32, 0, data), 0)
+            .is_empty());
     }
     let (off, data) = &parts[4];
     let out = d.take(&flow.packet(ISN + *off as u32, PSH, data), 1);
     assert_eq!(shape(&out), "R0 R1 R2 R3 R4");
     let st = d.engine.stats();
-    assert_eq!((st.splits, st.fail_count(FailReason::TooManyPackets)), (0, 1));
+    assert_eq!(
+        (st.splits, st.fail_count(FailReason::TooManyPackets)),
+        (0, 1)
+    );
     assert_eq!(st.held_packets_peak, 4);
     d.assert_all_fated();
 }
@@ -339,10 +421,16 @@ fn max_buffer_exact_limit_splits_and_one_less_fails_open() {
     let p1 = flow.packet(ISN + 1448, PSH, &hello[1448..]);
 
     // Record length known from the first packet.
-    let mut d = Driver::new(EngineConfig { max_buffer: 2000, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: 2000,
+        ..cfg()
+    });
     d.take(&p0, 0);
     assert_eq!(d.take(&p1, 1).len(), 5);
-    let mut d = Driver::new(EngineConfig { max_buffer: 1999, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: 1999,
+        ..cfg()
+    });
     d.pass(&p0, 0);
     d.pass(&p1, 1);
     assert_eq!(d.engine.stats().fail_count(FailReason::Overflow), 1);
@@ -350,11 +438,17 @@ fn max_buffer_exact_limit_splits_and_one_less_fails_open() {
     // Record length unknown at first (3 bytes): the assembler's own limit.
     let q0 = flow.packet(ISN, 0, &hello[..3]);
     let q1 = flow.packet(ISN + 3, PSH, &hello[3..]);
-    let mut d = Driver::new(EngineConfig { max_buffer: 2000, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: 2000,
+        ..cfg()
+    });
     assert!(d.take(&q0, 0).is_empty());
     let out = d.take(&q1, 1);
     assert_eq!(d.engine.stats().splits, 1, "{}", shape(&out));
-    let mut d = Driver::new(EngineConfig { max_buffer: 1999, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: 1999,
+        ..cfg()
+    });
     d.take(&q0, 0);
     assert_eq!(shape(&d.take(&q1, 1)), "R0 R1");
     assert_eq!(d.engine.stats().fail_count(FailReason::Overflow), 1);
@@ -362,9 +456,15 @@ fn max_buffer_exact_limit_splits_and_one_less_fails_open() {
 
     // A single-packet record of exactly max-buffer bytes.
     let small = fixture("openssl_tls12.bin");
-    let mut d = Driver::new(EngineConfig { max_buffer: small.len() as u32, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: small.len() as u32,
+        ..cfg()
+    });
     assert_eq!(shape(&d.take(&flow.packet(ISN, PSH, &small), 0)), "S S D0");
-    let mut d = Driver::new(EngineConfig { max_buffer: small.len() as u32 - 1, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_buffer: small.len() as u32 - 1,
+        ..cfg()
+    });
     d.pass(&flow.packet(ISN, PSH, &small), 0);
 }
 
@@ -391,7 +491,10 @@ fn truncated_packet_fails_the_flow_open_and_is_never_modified() {
 #[test]
 fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
     let hello = openssl();
-    let flow = V6 { sport: 40001, dest_opts: true };
+    let flow = V6 {
+        sport: 40001,
+        dest_opts: true,
+    };
     let mut d = Driver::default_cfg();
     let out = d.take(&flow.packet(ISN, PSH, &hello), 0);
     assert_eq!(shape(&out), "S S D0");
@@ -402,7 +505,10 @@ fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
     assert_eq!(view(s[0]).tcp_offset, 48);
 
     // Two packets over IPv6 too.
-    let flow = V6 { sport: 40002, dest_opts: true };
+    let flow = V6 {
+        sport: 40002,
+        dest_opts: true,
+    };
     let hello = chromium();
     assert!(d.take(&flow.packet(ISN, 0, &hello[..1200]), 1).is_empty());
     let out = d.take(&flow.packet(ISN + 1200, PSH, &hello[1200..]), 2);
@@ -413,7 +519,11 @@ fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
 #[test]
 fn ipv4_options_are_kept_in_every_segment() {
     // Router alert (kind 148, length 4): an IP option etherparse accepts.
-    let flow = V4 { ip_options: vec![148, 4, 0, 0], ..V4::default() }.with_options(ts_option(5, 6));
+    let flow = V4 {
+        ip_options: vec![148, 4, 0, 0],
+        ..V4::default()
+    }
+    .with_options(ts_option(5, 6));
     let hello = chromium();
     let mut d = Driver::default_cfg();
     d.take(&flow.packet(ISN, 0, &hello[..1000]), 0);
@@ -432,13 +542,19 @@ fn eviction_with_one_flow_releases_the_oldest_collecting_flow() {
     let hello = chromium();
     let a = V4::port(1001);
     let b = V4::port(1002);
-    let mut d = Driver::new(EngineConfig { max_flows: 1, ..cfg() });
+    let mut d = Driver::new(EngineConfig {
+        max_flows: 1,
+        ..cfg()
+    });
     assert!(d.take(&a.packet(ISN, 0, &hello[..1448]), 0).is_empty());
     // B evicts A: A's held packet goes out unmodified.
     let out = d.take(&b.packet(ISN, 0, &hello[..1448]), 1);
     assert_eq!(out, vec![Action::Release(0)]);
     let st = d.engine.stats();
-    assert_eq!((st.evicted, st.fail_count(FailReason::Evicted), st.flows_now), (1, 1, 1));
+    assert_eq!(
+        (st.evicted, st.fail_count(FailReason::Evicted), st.flows_now),
+        (1, 1, 1)
+    );
     // The rest of A is a new flow that is not TLS; it evicts B in turn and
     // follows B's release.
     let out = d.take(&a.packet(ISN + 1448, PSH, &hello[1448..]), 2);
@@ -484,7 +600,10 @@ fn one_armed_panic_counts_once() {
     let mut d = Driver::default_cfg();
     d.take(&V4::default().packet(ISN, 0, &chromium()[..1000]), 0);
     d.engine.arm_panic();
-    let out = d.take(&V4::default().packet(ISN + 1000, 0, &chromium()[1000..1500]), 1);
+    let out = d.take(
+        &V4::default().packet(ISN + 1000, 0, &chromium()[1000..1500]),
+        1,
+    );
     assert_eq!(shape(&out), "R0 R1");
     assert_eq!(d.engine.stats().fail_count(FailReason::Internal), 1);
     d.assert_all_fated();
@@ -492,7 +611,10 @@ fn one_armed_panic_counts_once() {
 
 #[test]
 fn idle_flows_are_forgotten_after_the_flow_timeout() {
-    let config = EngineConfig { flow_timeout_us: 1_000_000, ..cfg() };
+    let config = EngineConfig {
+        flow_timeout_us: 1_000_000,
+        ..cfg()
+    };
     let mut d = Driver::new(config.clone());
     let orig = V4::default().packet(ISN, PSH, &openssl());
     d.take(&orig, 0);
@@ -501,10 +623,18 @@ fn idle_flows_are_forgotten_after_the_flow_timeout() {
     assert!(d.expire(500_000).is_empty());
     assert_eq!(d.engine.stats().flows_now, 2);
     assert!(d.expire(999_999).is_empty());
-    assert_eq!(d.engine.stats().flows_now, 2, "idle for less than the flow timeout");
+    assert_eq!(
+        d.engine.stats().flows_now,
+        2,
+        "idle for less than the flow timeout"
+    );
     // The sweep runs at most every flow_timeout / 4.
     assert!(d.expire(1_000_000).is_empty());
-    assert_eq!(d.engine.stats().flows_now, 2, "sweep interval not yet passed");
+    assert_eq!(
+        d.engine.stats().flows_now,
+        2,
+        "sweep interval not yet passed"
+    );
     assert!(d.expire(1_249_999).is_empty());
     assert_eq!(d.engine.stats().flows_now, 0);
     // After that the same bytes are a new flow: split, not re-split.
@@ -523,8 +653,11 @@ fn idle_flows_are_forgotten_after_the_flow_timeout() {
 
 #[test]
 fn idle_sweep_releases_a_collecting_flow_whose_collect_timeout_is_longer() {
-    let config =
-        EngineConfig { flow_timeout_us: 1_000_000, collect_timeout_us: 5_000_000, ..cfg() };
+    let config = EngineConfig {
+        flow_timeout_us: 1_000_000,
+        collect_timeout_us: 5_000_000,
+        ..cfg()
+    };
     let mut d = Driver::new(config);
     d.take(&V4::default().packet(ISN, 0, &chromium()[..1448]), 0);
     assert_eq!(d.expire(1_000_000), vec![Action::Release(0)]);
@@ -548,7 +681,11 @@ fn bytes_beyond_the_first_record_go_out_unchanged_once() {
     let s = sends(&out);
     assert_eq!(s[0], &flow.packet(ISN, 0, &hello[..5]));
     assert_eq!(s[1], &flow.packet(ISN + 5, PSH, &hello[5..]));
-    assert_eq!(s[2], &flow.packet(ISN + 517, PSH, extra), "tail as in the original");
+    assert_eq!(
+        s[2],
+        &flow.packet(ISN + 517, PSH, extra),
+        "tail as in the original"
+    );
     d.assert_all_fated();
 
     // Two packets, the second carrying the record's end and more, plus a
@@ -581,7 +718,10 @@ fn bytes_beyond_the_first_record_go_out_unchanged_once() {
 
 #[test]
 fn immediate_mode_splits_the_first_packet_at_once() {
-    let config = EngineConfig { split_mode: SplitMode::Immediate, ..cfg() };
+    let config = EngineConfig {
+        split_mode: SplitMode::Immediate,
+        ..cfg()
+    };
     let hello = chromium();
     let flow = V4::default();
     let mut d = Driver::new(config.clone());
@@ -589,9 +729,17 @@ fn immediate_mode_splits_the_first_packet_at_once() {
     assert_eq!(shape(&out), "S S D0");
     let s = sends(&out);
     assert_eq!(s[0], &flow.packet(ISN, 0, &hello[..5]));
-    assert_eq!(s[1], &flow.packet(ISN + 5, PSH, &hello[5..1448]), "last piece gets PSH");
+    assert_eq!(
+        s[1],
+        &flow.packet(ISN + 5, PSH, &hello[5..1448]),
+        "last piece gets PSH"
+    );
     d.pass(&flow.packet(ISN + 1448, PSH, &hello[1448..]), 1);
-    assert_eq!(d.engine.stats().held_packets_peak, 0, "nothing is ever held");
+    assert_eq!(
+        d.engine.stats().held_packets_peak,
+        0,
+        "nothing is ever held"
+    );
 
     // A single-packet hello is split the same way as in tls-hello mode.
     let mut d = Driver::new(config);
@@ -605,7 +753,10 @@ fn immediate_mode_splits_the_first_packet_at_once() {
 fn split_positions_on_every_fixture() {
     let positions = vec![SplitPos::Sni(0), SplitPos::MidSld(0), SplitPos::SniEnd(0)];
     for h in hellos() {
-        let config = EngineConfig { split_positions: positions.clone(), ..cfg() };
+        let config = EngineConfig {
+            split_positions: positions.clone(),
+            ..cfg()
+        };
         let mut d = Driver::new(config);
         let flow = V4::default();
         let max = 1448.min(h.bytes.len());
@@ -619,8 +770,11 @@ fn split_positions_on_every_fixture() {
             assert_eq!(&h.bytes[at..at + sni.len()], sni.as_bytes(), "{}", h.file);
             let labels: Vec<&str> = sni.split('.').collect();
             let sld_index = labels.len().saturating_sub(2);
-            let sld_start: usize =
-                at + labels[..sld_index].iter().map(|l| l.len() + 1).sum::<usize>();
+            let sld_start: usize = at
+                + labels[..sld_index]
+                    .iter()
+                    .map(|l| l.len() + 1)
+                    .sum::<usize>();
             expect.extend([at, sld_start + labels[sld_index].len() / 2, at + sni.len()]);
         }
         expect.sort_unstable();
@@ -636,10 +790,16 @@ fn split_positions_on_every_fixture() {
             .collect();
         // Every expected cut starts a segment; the rest are size cuts.
         for c in &expect {
-            assert!(starts.contains(c), "{}: no segment at {c}: {starts:?}", h.file);
+            assert!(
+                starts.contains(c),
+                "{}: no segment at {c}: {starts:?}",
+                h.file
+            );
         }
-        let size_cuts: Vec<&usize> =
-            starts.iter().filter(|s| **s != 0 && !expect.contains(s)).collect();
+        let size_cuts: Vec<&usize> = starts
+            .iter()
+            .filter(|s| **s != 0 && !expect.contains(s))
+            .collect();
         for s in &size_cuts {
             let prev = starts.iter().filter(|p| *p < *s).max().unwrap();
             assert_eq!(**s - prev, max, "{}: unexpected cut at {s}", h.file);
@@ -652,10 +812,16 @@ fn split_positions_on_every_fixture() {
 fn midsld_of_a_two_label_suffix_is_the_second_to_last_label() {
     // "www.sub.example.co.uk": the engine has no public-suffix list, so the
     // second-level label is "co"; this pins that documented behaviour.
-    let h = hellos().into_iter().find(|h| h.file == "openssl_co_uk.bin").unwrap();
+    let h = hellos()
+        .into_iter()
+        .find(|h| h.file == "openssl_co_uk.bin")
+        .unwrap();
     let at = h.sni_offset.unwrap();
-    let config =
-        EngineConfig { split_chunk: 0, split_positions: vec![SplitPos::MidSld(0)], ..cfg() };
+    let config = EngineConfig {
+        split_chunk: 0,
+        split_positions: vec![SplitPos::MidSld(0)],
+        ..cfg()
+    };
     let mut d = Driver::new(config);
     let out = d.take(&V4::default().packet(ISN, PSH, &h.bytes), 0);
     let s = sends(&out);
@@ -666,9 +832,16 @@ fn midsld_of_a_two_label_suffix_is_the_second_to_last_label() {
 
 #[test]
 fn positions_outside_the_record_leave_no_cut_and_fail_open() {
-    let config = EngineConfig { split_chunk: 0, split_positions: vec![SplitPos::Sni(0)], ..cfg() };
+    let config = EngineConfig {
+        split_chunk: 0,
+        split_positions: vec![SplitPos::Sni(0)],
+        ..cfg()
+    };
     let mut d = Driver::new(config);
-    let out = d.take(&V4::default().packet(ISN, PSH, &fixture("openssl_no_sni.bin")), 0);
+    let out = d.take(
+        &V4::default().packet(ISN, PSH, &fixture("openssl_no_sni.bin")),
+        0,
+    );
     assert_eq!(out, vec![Action::Release(0)]);
     assert_eq!(d.engine.stats().fail_count(FailReason::NoCut), 1);
     d.assert_all_fated();
@@ -704,7 +877,12 @@ struct Delivery {
 fn delivery() -> impl Strategy<Value = Delivery> {
     (
         0usize..10,
-        prop_oneof![Just(0u32), Just(u32::MAX), (u32::MAX - 3000)..=u32::MAX, any::<u32>()],
+        prop_oneof![
+            Just(0u32),
+            Just(u32::MAX),
+            (u32::MAX - 3000)..=u32::MAX,
+            any::<u32>()
+        ],
         proptest::collection::vec(any::<u16>(), 0..12),
         proptest::collection::vec((any::<u8>(), any::<u8>()), 0..4),
         proptest::collection::vec(any::<u8>(), 0..4),

@@ -79,28 +79,49 @@ fn plan() -> impl Strategy<Value = Plan> {
         proptest::collection::vec((any::<u8>(), any::<u8>()), 0..8),
         proptest::collection::vec(any::<u16>(), 0..8),
         proptest::collection::vec(
-            (0u8..4, any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)),
+            (
+                0u8..4,
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ),
             0..6,
         ),
     )
-        .prop_map(|(interleave, mode, positions, flows, swaps, steps, extra)| Plan {
-            interleave,
-            mode,
-            positions,
-            flows,
-            swaps,
-            steps,
-            extra,
-        })
+        .prop_map(
+            |(interleave, mode, positions, flows, swaps, steps, extra)| Plan {
+                interleave,
+                mode,
+                positions,
+                flows,
+                swaps,
+                steps,
+                extra,
+            },
+        )
 }
 
 /// One packet or timer call of a plan, before encoding.
 #[derive(Debug, Clone)]
 enum Item {
-    Piece { flow: u8, hello: Hello, start: u16, len: u16, flags: u8, options: u8, mangle: Mangle },
-    Expire { step: u16, long: bool },
+    Piece {
+        flow: u8,
+        hello: Hello,
+        start: u16,
+        len: u16,
+        flags: u8,
+        options: u8,
+        mangle: Mangle,
+    },
+    Expire {
+        step: u16,
+        long: bool,
+    },
     Raw(Vec<u8>),
-    Ack { flow: u8, off: u16, flags: u8 },
+    Ack {
+        flow: u8,
+        off: u16,
+        flags: u8,
+    },
 }
 
 fn encode(p: &Plan) -> Vec<u8> {
@@ -155,10 +176,21 @@ fn encode(p: &Plan) -> Vec<u8> {
     }
     for (kind, v, bytes) in &p.extra {
         let item = match kind {
-            0 => Item::Expire { step: *v, long: v % 3 == 0 },
+            0 => Item::Expire {
+                step: *v,
+                long: v % 3 == 0,
+            },
             1 => Item::Raw(bytes.clone()),
-            2 => Item::Ack { flow: (*v % 12) as u8, off: v >> 4, flags: ACK },
-            _ => Item::Ack { flow: (*v % 12) as u8, off: v >> 4, flags: ACK | FIN },
+            2 => Item::Ack {
+                flow: (*v % 12) as u8,
+                off: v >> 4,
+                flags: ACK,
+            },
+            _ => Item::Ack {
+                flow: (*v % 12) as u8,
+                off: v >> 4,
+                flags: ACK | FIN,
+            },
         };
         let at = usize::from(*v) % (items.len() + 1);
         items.insert(at, item);
@@ -171,7 +203,15 @@ fn encode(p: &Plan) -> Vec<u8> {
     for (i, item) in items.into_iter().enumerate() {
         let step = p.steps.get(i).copied().unwrap_or(500) % 20_000;
         match item {
-            Item::Piece { flow, hello, start, len, flags, options, mangle } => {
+            Item::Piece {
+                flow,
+                hello,
+                start,
+                len,
+                flags,
+                options,
+                mangle,
+            } => {
                 s.hello_piece(step, flow, hello, start, len, flags, options, mangle);
             }
             Item::Expire { step, long } => {
@@ -186,7 +226,9 @@ fn encode(p: &Plan) -> Vec<u8> {
         }
     }
     // Timers at the end, so that collect timeouts and idle sweeps fire.
-    s.expire(0xffff, false).expire(0xffff, true).expire(0xffff, true);
+    s.expire(0xffff, false)
+        .expire(0xffff, true)
+        .expire(0xffff, true);
     s.into_bytes()
 }
 
@@ -205,8 +247,13 @@ fn add(total: &mut Stats, st: &Stats) {
 fn structured_scripts_keep_the_invariants_and_reach_every_path() {
     let total = RefCell::new(Stats::default());
     // GOVPASS_FUZZ_CASES raises the bound for a longer hunt.
-    let cases = std::env::var("GOVPASS_FUZZ_CASES").ok().and_then(|v| v.parse().ok());
-    let mut runner = TestRunner::new(Config { cases: cases.unwrap_or(2000), ..Config::default() });
+    let cases = std::env::var("GOVPASS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut runner = TestRunner::new(Config {
+        cases: cases.unwrap_or(2000),
+        ..Config::default()
+    });
     let result = runner.run(&plan(), |p| {
         let st = harness::run(&encode(&p));
         add(&mut total.borrow_mut(), &st);
@@ -223,7 +270,10 @@ fn structured_scripts_keep_the_invariants_and_reach_every_path() {
         if reason == FailReason::Internal {
             assert_eq!(t.fail_count(reason), 0);
         } else {
-            assert!(t.fail_count(reason) > 0, "no script reached fail-open {reason:?}");
+            assert!(
+                t.fail_count(reason) > 0,
+                "no script reached fail-open {reason:?}"
+            );
         }
     }
 }
@@ -270,8 +320,26 @@ fn write_seed_corpus() {
         ("split_short_immediate", Hello::Short, 1, 0),
     ] {
         let mut s = Script::new(mode, positions, 1);
-        s.hello_piece(10, 0, hello, 0, hello.len() as u16, PSH | ACK, 0, Mangle::None);
-        s.hello_piece(10, 0, hello, 0, hello.len() as u16, PSH | ACK, 0, Mangle::None);
+        s.hello_piece(
+            10,
+            0,
+            hello,
+            0,
+            hello.len() as u16,
+            PSH | ACK,
+            0,
+            Mangle::None,
+        );
+        s.hello_piece(
+            10,
+            0,
+            hello,
+            0,
+            hello.len() as u16,
+            PSH | ACK,
+            0,
+            Mangle::None,
+        );
         seeds.push((name, s));
     }
     let mut s = Script::new(0, 0x80, 1);
@@ -292,22 +360,24 @@ fn write_seed_corpus() {
         .data(10, 3, 1000, ACK | FIN, &[]);
     seeds.push(("timeout_and_fin", s));
     let mut s = Script::new(0, 0x80, 1);
-    s.hello_piece(10, 4, Hello::Long, 0, 1000, ACK, 3, Mangle::None).hello_piece(
-        10,
-        4,
-        Hello::Long,
-        1000,
-        1000,
-        PSH | ACK,
-        3,
-        Mangle::Truncate(300),
-    );
+    s.hello_piece(10, 4, Hello::Long, 0, 1000, ACK, 3, Mangle::None)
+        .hello_piece(
+            10,
+            4,
+            Hello::Long,
+            1000,
+            1000,
+            PSH | ACK,
+            3,
+            Mangle::Truncate(300),
+        );
     seeds.push(("truncated", s));
     let mut s = Script::new(0, 0, 1);
     for flow in 0..11 {
         s.hello_piece(10, flow, Hello::Mid, 0, 100, ACK, 0, Mangle::None);
     }
-    s.raw(1, &[0x45, 0, 0, 20]).data(1, 5, 0, ACK | PSH, b"GET / HTTP/1.1\r\n");
+    s.raw(1, &[0x45, 0, 0, 20])
+        .data(1, 5, 0, ACK | PSH, b"GET / HTTP/1.1\r\n");
     seeds.push(("eviction", s));
     for (name, s) in seeds {
         std::fs::write(dir.join(name), s.as_bytes()).unwrap();

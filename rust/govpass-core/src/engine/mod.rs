@@ -9,12 +9,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::config::{EngineConfig, SplitMode, SplitPos};
+use crate::config::{check_strategy, EngineConfig, SplitMode};
 use crate::error::ConfigError;
-use crate::flow::{Collector, FlowState, FlowTable, HeldPacket};
+use crate::flow::{Collector, FlowState, FlowTable, HeldPacket, WatchMemo};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
+use crate::plan;
 use crate::reassembly::{Added, Assembler};
 use crate::stats::{FailReason, Stats};
+use crate::target::{preselect, select, Choice, FlowFacts, Pre, Profile, ProfileAction, Strategy};
 use crate::tls::{self, Detect};
 
 mod split;
@@ -61,10 +63,27 @@ impl<F> Slot<F> {
     }
 }
 
+/// An auto-learning verdict about one flow's host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoEvent {
+    /// Name of the auto profile the flow was watched for.
+    pub profile: String,
+    pub host: String,
+    /// True: looked blocked (retransmitted hello, RST); false: it worked.
+    pub failed: bool,
+}
+
 pub struct Engine<T> {
     cfg: EngineConfig,
     ports: Box<[u64; 1024]>,
-    sni_positions: bool,
+    profiles: Vec<Profile>,
+    /// Whether choosing a profile or cutting needs the host name.
+    needs_host: bool,
+    /// Whether some profile learns names (inbound packets then matter).
+    auto: bool,
+    events: Vec<AutoEvent>,
+    /// Interface of the packet being processed (0: unknown).
+    iface: u32,
     flows: FlowTable<T>,
     stats: Stats,
     last_sweep: u64,
@@ -78,19 +97,53 @@ impl<T> Engine<T> {
         for p in &cfg.ports {
             ports[usize::from(*p) / 64] |= 1 << (p % 64);
         }
-        let sni_positions = cfg
-            .split_positions
-            .iter()
-            .any(|p| !matches!(p, SplitPos::Abs(_)));
-        Ok(Engine {
+        let default = Profile::catch_all(
+            "default",
+            ProfileAction::Split(Strategy {
+                chunk: cfg.split_chunk,
+                positions: cfg.split_positions.clone(),
+            }),
+        );
+        let mut engine = Engine {
             cfg,
             ports,
-            sni_positions,
+            profiles: Vec::new(),
+            needs_host: false,
+            auto: false,
+            events: Vec::new(),
+            iface: 0,
             flows: FlowTable::default(),
             stats: Stats::default(),
             last_sweep: 0,
             panic_armed: false,
-        })
+        };
+        engine.set_profiles(vec![default])?;
+        Ok(engine)
+    }
+
+    /// Replaces the profiles (ordered, first match wins). Flows already
+    /// decided keep their decision; flows still collecting use the new ones.
+    pub fn set_profiles(&mut self, profiles: Vec<Profile>) -> Result<(), ConfigError> {
+        for p in &profiles {
+            if let ProfileAction::Split(s) = &p.action {
+                check_strategy(s.chunk, &s.positions)?;
+            }
+        }
+        self.needs_host = profiles.iter().any(|p| {
+            p.has_host_filter() || matches!(&p.action, ProfileAction::Split(s) if s.needs_sni())
+        });
+        self.auto = profiles.iter().any(|p| p.auto);
+        self.profiles = profiles;
+        Ok(())
+    }
+
+    pub fn profiles(&self) -> &[Profile] {
+        &self.profiles
+    }
+
+    /// Auto-learning verdicts since the last call.
+    pub fn take_events(&mut self) -> Vec<AutoEvent> {
+        std::mem::take(&mut self.events)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -128,9 +181,26 @@ impl<T> Engine<T> {
     where
         F: FnOnce() -> T,
     {
+        self.process_on(packet, now, 0, token, out)
+    }
+
+    /// [`Engine::process`] for a packet whose interface index is known, so
+    /// profiles with interface filters can match.
+    pub fn process_on<F>(
+        &mut self,
+        packet: &[u8],
+        now: u64,
+        iface: u32,
+        token: F,
+        out: &mut Vec<Action<T>>,
+    ) -> Disposition
+    where
+        F: FnOnce() -> T,
+    {
         self.stats.packets += 1;
+        self.iface = iface;
         if let Some(dport) = packet::quick_ipv4_dport(packet) {
-            if !self.watched(dport) {
+            if !self.watched(dport) && !self.auto {
                 self.stats.passed += 1;
                 return Disposition::Pass;
             }
@@ -204,6 +274,9 @@ impl<T> Engine<T> {
             Err(_) => return Disposition::Pass,
         };
         if !self.watched(p.key.dport) {
+            if self.auto && self.watched(p.key.sport) {
+                self.inbound(&p);
+            }
             return Disposition::Pass;
         }
         let timeout = self.cfg.flow_timeout_us;
@@ -221,6 +294,18 @@ impl<T> Engine<T> {
         };
         match state {
             FlowState::PassThrough => {
+                if p.has(flags::FIN | flags::RST) {
+                    self.flows.map.remove(&p.key);
+                }
+                Disposition::Pass
+            }
+            FlowState::Watching(w) => {
+                if p.payload_len() > 0 && p.seq == w.base {
+                    w.retrans += 1;
+                    if w.retrans >= self.cfg.auto_retrans {
+                        self.verdict(p.key, true);
+                    }
+                }
                 if p.has(flags::FIN | flags::RST) {
                     self.flows.map.remove(&p.key);
                 }
@@ -291,6 +376,15 @@ impl<T> Engine<T> {
             return Disposition::Pass;
         }
         self.stats.flows += 1;
+        let facts = FlowFacts {
+            key: p.key,
+            iface: self.iface,
+        };
+        if preselect(&self.profiles, &facts) == Pre::Pass {
+            self.stats.profile_pass += 1;
+            self.insert(p.key, now, FlowState::PassThrough, out);
+            return Disposition::Pass;
+        }
         let payload = p.payload();
         match tls::detect_client_hello(payload) {
             Detect::Mismatch => {
@@ -309,10 +403,7 @@ impl<T> Engine<T> {
                 // The whole window is in this packet: split without buffering.
                 let window = window_len(self.cfg.split_mode, record_len, payload.len());
                 let held = vec![HeldPacket::new(slot.take(), p)];
-                let state = match self.split(p.key, held, payload, window, payload.len(), out) {
-                    Some(memo) => FlowState::Injected(Box::new(memo)),
-                    None => FlowState::PassThrough,
-                };
+                let state = self.decide(facts, held, payload, window, payload.len(), out);
                 self.insert(p.key, now, state, out);
                 Disposition::Taken
             }
@@ -326,6 +417,7 @@ impl<T> Engine<T> {
                     stream,
                     max_payload: payload.len(),
                     first_payload: Some(payload.len()),
+                    iface: self.iface,
                 };
                 let id = self.insert(p.key, now, FlowState::Collecting(Box::new(collector)), out);
                 let deadline = now.saturating_add(self.cfg.collect_timeout_us);
@@ -366,17 +458,119 @@ impl<T> Engine<T> {
         for h in &c.held {
             self.stats.unhold(h.bytes.len());
         }
-        let memo = self.split(
+        let facts = FlowFacts {
             key,
+            iface: c.iface,
+        };
+        let state = self.decide(
+            facts,
             c.held,
             c.stream.contiguous(),
             window,
             c.max_payload,
             out,
         );
-        if let (Some(memo), Some(flow)) = (memo, self.flows.map.get_mut(&key)) {
-            flow.state = FlowState::Injected(Box::new(memo));
+        if let Some(flow) = self.flows.map.get_mut(&key) {
+            flow.state = state;
         }
+    }
+
+    /// The first record is complete: choose the profile (now that the host
+    /// name is known) and split, pass, or pass and watch.
+    fn decide(
+        &mut self,
+        facts: FlowFacts,
+        held: Vec<HeldPacket<T>>,
+        stream: &[u8],
+        window: usize,
+        max_payload: usize,
+        out: &mut Vec<Action<T>>,
+    ) -> FlowState<T> {
+        let record = &stream[..window];
+        let span = if self.needs_host {
+            plan::host_span(record)
+        } else {
+            None
+        };
+        let host = span.map(|h| &record[h.start as usize..(h.start + h.len) as usize]);
+        match select(&self.profiles, &facts, host) {
+            Choice::Split(i) => {
+                let ProfileAction::Split(strategy) = &self.profiles[i].action else {
+                    unreachable!("select returns Split only for split profiles");
+                };
+                let cuts =
+                    plan::cut_points(strategy.chunk, &strategy.positions, span, window as u32);
+                match self.split(facts.key, held, stream, window, max_payload, cuts, out) {
+                    Some(memo) => FlowState::Injected(Box::new(memo)),
+                    None => FlowState::PassThrough,
+                }
+            }
+            Choice::Pass => {
+                self.stats.profile_pass += 1;
+                out.extend(held.into_iter().map(|h| Action::Release(h.token)));
+                FlowState::PassThrough
+            }
+            Choice::Watch(profile) => {
+                self.stats.watched += 1;
+                let base = held[0].seq;
+                let host = host.unwrap_or_default().to_vec().into_boxed_slice();
+                out.extend(held.into_iter().map(|h| Action::Release(h.token)));
+                FlowState::Watching(Box::new(WatchMemo {
+                    profile,
+                    host,
+                    base,
+                    retrans: 0,
+                }))
+            }
+        }
+    }
+
+    /// An inbound packet (from a watched port) of a flow watched for an
+    /// auto-learning profile: a RST means blocked, data means it works.
+    fn inbound(&mut self, p: &TcpPacket<'_>) {
+        let k = p.key;
+        let key = FlowKey {
+            src: k.dst,
+            dst: k.src,
+            sport: k.dport,
+            dport: k.sport,
+            v6: k.v6,
+        };
+        let Some(flow) = self.flows.map.get(&key) else {
+            return;
+        };
+        if !matches!(flow.state, FlowState::Watching(_)) {
+            return;
+        }
+        if p.has(flags::RST) {
+            self.verdict(key, true);
+        } else if p.payload_len() > 0 {
+            self.verdict(key, false);
+        }
+    }
+
+    /// Reports an auto-learning verdict for a watched flow and stops watching it.
+    fn verdict(&mut self, key: FlowKey, failed: bool) {
+        let Some(flow) = self.flows.map.get_mut(&key) else {
+            return;
+        };
+        let FlowState::Watching(w) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
+        else {
+            return;
+        };
+        if failed {
+            self.stats.auto_failures += 1;
+        } else {
+            self.stats.auto_successes += 1;
+        }
+        self.events.push(AutoEvent {
+            profile: self
+                .profiles
+                .get(w.profile)
+                .map_or_else(String::new, |p| p.name.clone()),
+            host: String::from_utf8_lossy(&w.host).into_owned(),
+            failed,
+        });
     }
 
     fn insert(

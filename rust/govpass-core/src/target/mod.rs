@@ -10,7 +10,9 @@ use std::fmt;
 
 pub use hosts::HostSet;
 pub use ipset::IpSet;
-pub use profile::{Choice, Family, FlowFacts, Pre, Profile, ProfileAction, Strategy};
+pub use profile::{
+    preselect, select, Choice, Family, FlowFacts, Pre, Profile, ProfileAction, Strategy,
+};
 
 /// A list line that is neither a comment nor a valid entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

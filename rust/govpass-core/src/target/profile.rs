@@ -76,7 +76,7 @@ impl Profile {
         }
     }
 
-    fn has_host_filter(&self) -> bool {
+    pub fn has_host_filter(&self) -> bool {
         self.auto
             || self
                 .hosts

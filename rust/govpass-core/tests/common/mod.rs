@@ -115,11 +115,17 @@ impl Default for V4 {
 
 impl V4 {
     pub fn port(sport: u16) -> Self {
-        V4 { sport, ..V4::default() }
+        V4 {
+            sport,
+            ..V4::default()
+        }
     }
 
     pub fn with_options(&self, options: Vec<u8>) -> Self {
-        V4 { options, ..self.clone() }
+        V4 {
+            options,
+            ..self.clone()
+        }
     }
 
     /// A packet with valid checksums; the ACK flag is always set.
@@ -180,7 +186,11 @@ impl V6 {
     }
 
     pub fn packet(&self, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let ext: &[u8] = if self.dest_opts { &[6, 0, 1, 4, 0, 0, 0, 0] } else { &[] };
+        let ext: &[u8] = if self.dest_opts {
+            &[6, 0, 1, 4, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
         let plen = ext.len() + 20 + payload.len();
         let mut p = vec![0u8; 40 + plen];
         p[0] = 0x60;
@@ -384,9 +394,15 @@ impl Driver {
                     continue;
                 }
             };
-            assert!(self.taken.contains(&t), "fate for token {t} that was never taken");
+            assert!(
+                self.taken.contains(&t),
+                "fate for token {t} that was never taken"
+            );
             let before = self.fates.insert(t, fate);
-            assert!(before.is_none(), "token {t} got a second fate {fate:?} after {before:?}");
+            assert!(
+                before.is_none(),
+                "token {t} got a second fate {fate:?} after {before:?}"
+            );
         }
     }
 
@@ -431,5 +447,8 @@ pub fn cut(data: &[u8], at: &[usize]) -> Vec<(usize, Vec<u8>)> {
     points.push(data.len());
     points.sort_unstable();
     points.dedup();
-    points.windows(2).map(|w| (w[0], data[w[0]..w[1]].to_vec())).collect()
+    points
+        .windows(2)
+        .map(|w| (w[0], data[w[0]..w[1]].to_vec()))
+        .collect()
 }

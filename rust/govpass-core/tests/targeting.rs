@@ -1,0 +1,187 @@
+//! Profiles through the engine: list mode, pass profiles, per-profile
+//! strategies, and auto-learning verdicts.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use govpass_core::engine::Disposition;
+use govpass_core::target::{HostSet, IpSet, Profile, ProfileAction, Strategy};
+use govpass_core::{Action, EngineConfig, SplitPos};
+
+const ISN: u32 = 7_000;
+
+fn split(chunk: u32, positions: Vec<SplitPos>) -> ProfileAction {
+    ProfileAction::Split(Strategy { chunk, positions })
+}
+
+fn hosts(names: &[&str]) -> Vec<Arc<HostSet>> {
+    vec![Arc::new(HostSet::parse(names.iter().copied()).unwrap())]
+}
+
+fn driver(profiles: Vec<Profile>) -> Driver {
+    let mut d = Driver::new(EngineConfig::default());
+    d.engine.set_profiles(profiles).unwrap();
+    d
+}
+
+fn list_mode() -> Vec<Profile> {
+    let mut listed = Profile::catch_all("blocked", split(5, vec![]));
+    listed.hosts = hosts(&["blocked.example", "co.uk"]);
+    vec![listed, Profile::catch_all("rest", ProfileAction::Pass)]
+}
+
+#[test]
+fn list_mode_splits_listed_names_only() {
+    let mut d = driver(list_mode());
+    let out = d.take(
+        &V4::port(1000).packet(ISN, PSH, &fixture("openssl_default.bin")),
+        1,
+    );
+    assert_eq!(shape(&out), "S S D0");
+    let unlisted = fixture("openssl_single_label.bin"); // SNI "intranet"
+    let out = d.take(&V4::port(1001).packet(ISN, PSH, &unlisted), 2);
+    assert_eq!(shape(&out), "R1");
+    let out = d.take(
+        &V4::port(1002).packet(ISN, PSH, &fixture("openssl_no_sni.bin")),
+        3,
+    );
+    assert_eq!(shape(&out), "R2");
+    let out = d.take(
+        &V4::port(1003).packet(ISN, PSH, &fixture("openssl_co_uk.bin")),
+        4,
+    );
+    assert_eq!(shape(&out), "S S D3");
+    let s = d.engine.stats();
+    assert_eq!((s.splits, s.profile_pass), (2, 2));
+    d.assert_all_fated();
+}
+
+#[test]
+fn list_decision_waits_for_a_hello_spanning_two_packets() {
+    let mut d = driver(list_mode());
+    let hello = fixture("chromium_sni_late.bin"); // SNI past byte 1460
+    let v4 = V4::port(2000);
+    let out = d.take(&v4.packet(ISN, 0, &hello[..1448]), 1);
+    assert!(out.is_empty());
+    let out = d.take(&v4.packet(ISN + 1448, PSH, &hello[1448..]), 2);
+    assert_eq!(shape(&out), "S S S D0 D1");
+    d.assert_all_fated();
+}
+
+#[test]
+fn pass_profile_by_address_is_decided_without_collecting() {
+    let mut local = Profile::catch_all("local", ProfileAction::Pass);
+    local.ips = vec![Arc::new(IpSet::parse(["203.0.113.0/24"]).unwrap())];
+    let mut d = driver(vec![local, Profile::catch_all("rest", split(5, vec![]))]);
+    let hello = fixture("chromium_sni_late.bin");
+    d.pass(&V4::port(3000).packet(ISN, 0, &hello[..1448]), 1);
+    d.pass(&V4::port(3000).packet(ISN + 1448, PSH, &hello[1448..]), 2);
+    let other = V4 {
+        dst: [198, 51, 100, 77],
+        ..V4::port(3001)
+    };
+    assert_eq!(
+        shape(&d.take(&other.packet(ISN, PSH, &fixture("openssl_default.bin")), 3)),
+        "S S D2"
+    );
+    assert_eq!(d.engine.stats().profile_pass, 1);
+}
+
+#[test]
+fn each_profile_cuts_with_its_own_strategy() {
+    let mut a = Profile::catch_all("a", split(2, vec![SplitPos::MidSld(0)]));
+    a.hosts = hosts(&["blocked.example"]);
+    let mut d = driver(vec![a, Profile::catch_all("b", split(9, vec![]))]);
+    let hello = fixture("openssl_default.bin"); // "blocked.example" at 127: sld "blocked"
+    let out = d.take(&V4::port(4000).packet(ISN, PSH, &hello), 1);
+    let sizes: Vec<usize> = sends(&out).iter().map(|p| payload(p).len()).collect();
+    assert_eq!(sizes, vec![2, 128, hello.len() - 130]);
+    let out = d.take(
+        &V4::port(4001).packet(ISN, PSH, &fixture("openssl_co_uk.bin")),
+        2,
+    );
+    let sizes: Vec<usize> = sends(&out).iter().map(|p| payload(p).len()).collect();
+    assert_eq!(sizes[0], 9);
+}
+
+fn auto_profiles() -> Vec<Profile> {
+    let mut auto = Profile::catch_all("auto", split(5, vec![]));
+    auto.auto = true;
+    auto.hosts = hosts(&["learned.example"]);
+    vec![auto, Profile::catch_all("rest", ProfileAction::Pass)]
+}
+
+#[test]
+fn auto_profile_reports_a_retransmitted_hello_as_a_failure() {
+    let mut d = driver(auto_profiles());
+    let pkt = V4::port(5000).packet(ISN, PSH, &fixture("openssl_default.bin"));
+    assert_eq!(shape(&d.take(&pkt, 1)), "R0");
+    assert_eq!(d.engine.stats().watched, 1);
+    d.pass(&pkt, 2);
+    d.pass(&pkt, 3);
+    assert!(d.engine.take_events().is_empty());
+    d.pass(&pkt, 4);
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].host, "blocked.example");
+    assert_eq!(events[0].profile, "auto");
+    assert!(events[0].failed);
+    d.pass(&pkt, 5); // no second verdict for the same flow
+    assert!(d.engine.take_events().is_empty());
+}
+
+fn reply(of: &V4) -> V4 {
+    V4 {
+        src: of.dst,
+        dst: of.src,
+        sport: of.dport,
+        dport: of.sport,
+        ..of.clone()
+    }
+}
+
+#[test]
+fn auto_profile_reads_inbound_rst_and_data() {
+    let mut d = driver(auto_profiles());
+    let hello = fixture("openssl_default.bin");
+    let blocked = V4::port(5100);
+    d.take(&blocked.packet(ISN, PSH, &hello), 1);
+    d.pass(&reply(&blocked).packet(900, RST, b""), 2);
+    let ok = V4::port(5101);
+    d.take(&ok.packet(ISN, PSH, &hello), 3);
+    d.pass(&reply(&ok).packet(900, PSH, &[0x16, 3, 3, 0, 1, 2]), 4);
+    let events = d.engine.take_events();
+    let verdicts: Vec<bool> = events.iter().map(|e| e.failed).collect();
+    assert_eq!(verdicts, vec![true, false]);
+    let s = d.engine.stats();
+    assert_eq!((s.auto_failures, s.auto_successes), (1, 1));
+}
+
+#[test]
+fn learned_names_are_split_and_profiles_can_change_at_run_time() {
+    let mut d = driver(auto_profiles());
+    let pkt = |port| V4::port(port).packet(ISN, PSH, &fixture("openssl_default.bin"));
+    assert_eq!(shape(&d.take(&pkt(6000), 1)), "R0");
+    let mut learned = auto_profiles();
+    learned[0].hosts = hosts(&["learned.example", "blocked.example"]);
+    d.engine.set_profiles(learned).unwrap();
+    let (disp, out) = d.feed(&pkt(6001), 2);
+    assert_eq!(disp, Disposition::Taken);
+    assert!(
+        matches!(out.last(), Some(Action::Drop(1))),
+        "{}",
+        shape(&out)
+    );
+}
+
+#[test]
+fn invalid_profile_strategy_is_rejected() {
+    let mut d = Driver::new(EngineConfig::default());
+    let err = d
+        .engine
+        .set_profiles(vec![Profile::catch_all("x", split(0, vec![]))])
+        .unwrap_err();
+    assert_eq!(err.field, "split-chunk");
+}
