@@ -12,6 +12,9 @@ __all__ = [
     "Action",
     "Engine",
     "EngineConfig",
+    "HostList",
+    "IpSet",
+    "Profile",
     "__version__",
 ]
 
@@ -43,6 +46,7 @@ class EngineConfig:
         max_seg_payload: int = 1460,
         flow_timeout_s: float = 30.0,
         max_flows: int = 131072,
+        auto_retrans: int = 3,
     ) -> EngineConfig: ...
     @property
     def ports(self) -> list[int]: ...
@@ -64,6 +68,8 @@ class EngineConfig:
     def flow_timeout_s(self) -> float: ...
     @property
     def max_flows(self) -> int: ...
+    @property
+    def auto_retrans(self) -> int: ...
 
 @final
 class Action:
@@ -77,13 +83,63 @@ class Action:
     def packet(self) -> bytes: ...
 
 @final
+class HostList:
+    """Host names; an entry matches its subdomains unless written ``^name``.
+    A bad line raises ``ConfigError`` (field ``hostlist``) naming the line."""
+
+    def __new__(cls, lines: list[str]) -> HostList: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, host: str, /) -> bool: ...
+
+@final
+class IpSet:
+    """IPv4/IPv6 addresses and CIDR prefixes. A bad line raises ``ConfigError``."""
+
+    def __new__(cls, lines: list[str]) -> IpSet: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, addr: str, /) -> bool: ...
+
+@final
+class Profile:
+    """Filters and an action; profiles are tried in order, first match wins."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        action: str = ...,
+        split_chunk: int = 5,
+        split_positions: list[str] = ...,
+        hosts: list[HostList] = ...,
+        hosts_exclude: list[HostList] = ...,
+        ips: list[IpSet] = ...,
+        ips_exclude: list[IpSet] = ...,
+        ports: list[int] = ...,
+        family: str | None = None,
+        ifaces: list[int] = ...,
+        auto: bool = False,
+    ) -> Profile: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def auto(self) -> bool: ...
+
+@final
 class Engine:
     """The sans-I/O engine. A packet given to ``process`` either passes at once
     (``None``) or the engine owns it and gives its fate (RELEASE, DROP or
     ACCEPT) exactly once, in the returned list or a later call's."""
 
     def __new__(cls, config: EngineConfig | None = None) -> Engine: ...
-    def process(self, packet: bytes, now: float, handle: Any = None) -> list[Action] | None: ...
+    def process(
+        self, packet: bytes, now: float, handle: Any = None, iface: int = 0
+    ) -> list[Action] | None: ...
+    def set_profiles(self, profiles: list[Profile]) -> None: ...
+    def profile_names(self) -> list[str]: ...
+    def take_events(self) -> list[tuple[str, str, bool]]:
+        """Auto-learning verdicts since the last call: (profile, host, failed)."""
     def expire(self, now: float) -> list[Action]: ...
     def release_all(self) -> list[Action]: ...
     @property

@@ -32,6 +32,7 @@ impl PyEngineConfig {
         max_seg_payload = 1460,
         flow_timeout_s = 30.0,
         max_flows = 131072,
+        auto_retrans = 3,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -45,6 +46,7 @@ impl PyEngineConfig {
         max_seg_payload: i64,
         flow_timeout_s: f64,
         max_flows: i64,
+        auto_retrans: i64,
     ) -> PyResult<Self> {
         let port = |p: i64| {
             u16::try_from(p)
@@ -69,6 +71,7 @@ impl PyEngineConfig {
             max_seg_payload: int("max-seg-payload", max_seg_payload)?,
             flow_timeout_us: micros("flow-timeout", flow_timeout_s, 1e6)?,
             max_flows: int("max-flows", max_flows)?,
+            auto_retrans: int("auto-retrans", auto_retrans)?,
         };
         inner.validate().map_err(config_error)?;
         Ok(PyEngineConfig { inner })
@@ -88,7 +91,11 @@ impl PyEngineConfig {
     }
     #[getter]
     fn split_positions(&self) -> Vec<String> {
-        self.inner.split_positions.iter().map(ToString::to_string).collect()
+        self.inner
+            .split_positions
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
     #[getter]
     fn collect_timeout_ms(&self) -> f64 {
@@ -113,6 +120,10 @@ impl PyEngineConfig {
     #[getter]
     fn max_flows(&self) -> u32 {
         self.inner.max_flows
+    }
+    #[getter]
+    fn auto_retrans(&self) -> u32 {
+        self.inner.auto_retrans
     }
 
     fn __repr__(&self) -> String {

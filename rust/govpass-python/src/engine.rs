@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::config::PyEngineConfig;
+use crate::target::PyProfile;
 
 pub const RELEASE: u8 = 0;
 pub const DROP: u8 = 1;
@@ -32,7 +33,10 @@ impl PyAction {
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = ["RELEASE", "DROP", "SEND", "ACCEPT"][usize::from(self.kind)];
         let len = self.packet.bind(py).as_bytes().len();
-        format!("Action({name}, handle={}, {len} bytes)", self.handle.bind(py))
+        format!(
+            "Action({name}, handle={}, {len} bytes)",
+            self.handle.bind(py)
+        )
     }
 }
 
@@ -55,9 +59,21 @@ impl PyEngine {
         let mut list = Vec::with_capacity(self.out.len());
         for action in self.out.drain(..) {
             let a = match action {
-                Action::Release((handle, packet)) => PyAction { kind: RELEASE, handle, packet },
-                Action::Drop((handle, packet)) => PyAction { kind: DROP, handle, packet },
-                Action::Accept((handle, packet)) => PyAction { kind: ACCEPT, handle, packet },
+                Action::Release((handle, packet)) => PyAction {
+                    kind: RELEASE,
+                    handle,
+                    packet,
+                },
+                Action::Drop((handle, packet)) => PyAction {
+                    kind: DROP,
+                    handle,
+                    packet,
+                },
+                Action::Accept((handle, packet)) => PyAction {
+                    kind: ACCEPT,
+                    handle,
+                    packet,
+                },
                 Action::Send(bytes) => PyAction {
                     kind: SEND,
                     handle: py.None(),
@@ -77,28 +93,66 @@ impl PyEngine {
     fn new(config: Option<PyRef<'_, PyEngineConfig>>) -> PyResult<Self> {
         let cfg = config.map(|c| c.inner.clone()).unwrap_or_default();
         let engine = Engine::new(cfg).map_err(crate::error::config_error)?;
-        Ok(PyEngine { engine, out: Vec::new() })
+        Ok(PyEngine {
+            engine,
+            out: Vec::new(),
+        })
     }
 
     /// Feeds one packet. Returns None when it passes unmodified at once;
     /// otherwise a list of actions (the engine then owns the packet).
-    #[pyo3(signature = (packet, now, handle = None))]
+    #[pyo3(signature = (packet, now, handle = None, iface = 0))]
     fn process(
         &mut self,
         py: Python<'_>,
         packet: Bound<'_, PyBytes>,
         now: f64,
         handle: Option<Bound<'_, PyAny>>,
+        iface: u32,
     ) -> PyResult<Option<Vec<Py<PyAction>>>> {
         let bytes = packet.as_bytes();
         let token = || {
-            let h = handle.as_ref().map_or_else(|| py.None(), |h| h.clone().unbind());
+            let h = handle
+                .as_ref()
+                .map_or_else(|| py.None(), |h| h.clone().unbind());
             (h, packet.clone().unbind())
         };
-        match self.engine.process(bytes, micros(now), token, &mut self.out) {
+        match self
+            .engine
+            .process_on(bytes, micros(now), iface, token, &mut self.out)
+        {
             Disposition::Pass => Ok(None),
             Disposition::Taken => self.convert(py).map(Some),
         }
+    }
+
+    /// Replaces the targeting profiles (ordered, first match wins).
+    fn set_profiles(&mut self, py: Python<'_>, profiles: Vec<Py<PyProfile>>) -> PyResult<()> {
+        let list = profiles
+            .iter()
+            .map(|p| p.bind(py).get().inner.clone())
+            .collect();
+        self.engine
+            .set_profiles(list)
+            .map_err(crate::error::config_error)
+    }
+
+    /// Names of the profiles in use, in order.
+    fn profile_names(&self) -> Vec<String> {
+        self.engine
+            .profiles()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Auto-learning verdicts since the last call: (profile, host, failed).
+    fn take_events(&mut self) -> Vec<(String, String, bool)> {
+        self.engine
+            .take_events()
+            .into_iter()
+            .map(|e| (e.profile, e.host, e.failed))
+            .collect()
     }
 
     /// Timer call: actions for flows whose collect-timeout passed.
@@ -115,7 +169,9 @@ impl PyEngine {
 
     #[getter]
     fn config(&self) -> PyEngineConfig {
-        PyEngineConfig { inner: self.engine.config().clone() }
+        PyEngineConfig {
+            inner: self.engine.config().clone(),
+        }
     }
 
     /// Counters and gauges, as a dict.
@@ -130,6 +186,10 @@ impl PyEngine {
         d.set_item("resplits", s.resplits)?;
         d.set_item("segments", s.segments)?;
         d.set_item("evicted", s.evicted)?;
+        d.set_item("profile_pass", s.profile_pass)?;
+        d.set_item("watched", s.watched)?;
+        d.set_item("auto_failures", s.auto_failures)?;
+        d.set_item("auto_successes", s.auto_successes)?;
         d.set_item("held_packets_now", s.held_packets_now)?;
         d.set_item("held_bytes_now", s.held_bytes_now)?;
         d.set_item("held_packets_peak", s.held_packets_peak)?;

@@ -14,3 +14,8 @@ pub fn config_error(err: govpass_core::ConfigError) -> PyErr {
 pub fn bad_value(field: &'static str, got: impl std::fmt::Display, accepted: &str) -> PyErr {
     config_error(govpass_core::ConfigError::new(field, got, accepted))
 }
+
+/// A bad line of a host list or IP set, as `ConfigError(message, field)`.
+pub fn list_error(field: &'static str, err: &govpass_core::target::ListError) -> PyErr {
+    ConfigError::new_err((format!("invalid {field} entry at {err}"), field))
+}

@@ -6,17 +6,24 @@ use pyo3::prelude::*;
 mod config;
 mod engine;
 mod error;
+mod target;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<config::PyEngineConfig>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyAction>()?;
+    m.add_class::<target::PyHostList>()?;
+    m.add_class::<target::PyIpSet>()?;
+    m.add_class::<target::PyProfile>()?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;
     m.add("ACCEPT", engine::ACCEPT)?;
-    m.add("FAIL_REASONS", govpass_core::FailReason::ALL.map(|r| r.as_str()).to_vec())?;
+    m.add(
+        "FAIL_REASONS",
+        govpass_core::FailReason::ALL.map(|r| r.as_str()).to_vec(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
