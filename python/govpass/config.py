@@ -104,6 +104,8 @@ class Setting:
                 number = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if number != number:  # NaN compares false with everything
+            raise bad
         if (self.minimum is not None and number < self.minimum) or (
             self.maximum is not None and number > self.maximum
         ):
@@ -348,9 +350,17 @@ def read_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}", field="config") from e
+    except UnicodeDecodeError as e:
+        msg = f"config file {path} is not UTF-8 text: {e.reason}"
+        raise ConfigError(msg, field="config") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from e
     table = data.get("govpass", data)
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"in {path}: 'govpass' must be a table of settings, not {type(table).__name__}",
+            field="govpass",
+        )
     unknown = sorted(set(table) - set(BY_NAME))
     if unknown:
         raise ConfigError(

@@ -19,12 +19,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
-    from govpass.cli import doctor_cmd, pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
+    from govpass.cli import doctor_cmd, lab_cmd, pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
+
+
+def _usage_error(e: Exception) -> int | None:
+    """Exit code for a command-line usage error (click's, whichever copy of
+    click typer uses), after printing it; None for other exceptions."""
+    show = getattr(e, "show", None)
+    code = getattr(e, "exit_code", None)
+    if callable(show) and isinstance(code, int):
+        show()
+        return code
+    if type(e).__name__ == "Abort":
+        return 1
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,12 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors and aborts
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except Exception as e:
+        code = _usage_error(e)
+        if code is None:
+            raise
+        sys.exit(code)
