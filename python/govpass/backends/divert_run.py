@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -127,7 +128,9 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     """SIGINT/SIGTERM/SIGHUP (SIGBREAK on Windows) ask the loop to stop.
 
     A flag, not an exception: an exception raised in the middle of a batch
-    could lose a packet that was received but not yet sent back.
+    could lose a packet that was received but not yet sent back. Outside the
+    main thread (a Windows service's worker thread) no handler can be set;
+    the caller's own stop callable is then the only way to stop.
     """
     requested: list[int] = []
 
@@ -135,13 +138,15 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
         requested.append(signum)
 
     names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
-    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
-    old = {s: signal.signal(s, handler) for s in sigs}
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (getattr(signal, n) for n in names if hasattr(signal, n)):
+            old[sig] = signal.signal(sig, handler)
     try:
         yield lambda: bool(requested)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def _write_stats(directory: Path, worker: divert.DivertWorker) -> dict[str, Any]:
@@ -155,8 +160,13 @@ def _write_stats(directory: Path, worker: divert.DivertWorker) -> dict[str, Any]
     return stats
 
 
-def run_divert(config: Config, log: Callable[[str], None]) -> None:
-    """The divert daemon: runs until SIGINT/SIGTERM, then releases and closes."""
+def run_divert(
+    config: Config,
+    log: Callable[[str], None],
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """The divert daemon: runs until SIGINT/SIGTERM or `should_stop()` (a Windows
+    service's stop request), then releases every held packet and closes."""
     from govpass.cli.status import line, table
     from govpass.daemon import _jsonable, run_dir, write_json_atomic
 
@@ -216,9 +226,9 @@ def run_divert(config: Config, log: Callable[[str], None]) -> None:
             else:
                 log(line(stats))
 
-        with stop_on_signals() as stop_requested, live:
+        with stop_on_signals() as signalled, live:
             _write_stats(directory, worker)
-            worker.run(stop_requested, on_tick)
+            worker.run(lambda: signalled() or bool(should_stop and should_stop()), on_tick)
         if worker.error:
             raise BackendError(worker.error)
         log("stopped: held packets released, divert handle closed")
