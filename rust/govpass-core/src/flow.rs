@@ -180,6 +180,21 @@ impl<T> FlowTable<T> {
     /// Registers the collect deadline of flow `id`.
     pub fn set_deadline(&mut self, key: FlowKey, id: u64, at: u64) {
         self.deadlines.push(Reverse((at, id, FlowKeyOrd(key))));
+        self.compact_deadlines();
+    }
+
+    /// Drops deadlines of flows that are gone, once they outnumber the live
+    /// flows, so the heap stays bounded even when `due` is seldom called.
+    fn compact_deadlines(&mut self) {
+        if self.deadlines.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            let kept: Vec<_> = self
+                .deadlines
+                .drain()
+                .filter(|Reverse((_, id, k))| map.get(&k.0).is_some_and(|f| f.id == *id))
+                .collect();
+            self.deadlines = kept.into();
+        }
     }
 
     /// Removes and returns the oldest live flow.
@@ -209,15 +224,7 @@ impl<T> FlowTable<T> {
                 out.push(key.0);
             }
         }
-        if self.deadlines.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            let kept: Vec<_> = self
-                .deadlines
-                .drain()
-                .filter(|Reverse((_, id, k))| map.get(&k.0).is_some_and(|f| f.id == *id))
-                .collect();
-            self.deadlines = kept.into();
-        }
+        self.compact_deadlines();
         out
     }
 }

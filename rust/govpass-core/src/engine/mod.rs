@@ -3,8 +3,9 @@
 //! Ownership rule for callers: a packet given to [`Engine::process`] either
 //! passes at once ([`Disposition::Pass`]: the caller accepts it unmodified and
 //! no action was produced), or the engine takes it ([`Disposition::Taken`]):
-//! its fate — [`Action::Release`] or [`Action::Drop`] — is then given exactly
-//! once, in this call's actions or in a later call's (`process` or `expire`).
+//! its fate — [`Action::Release`], [`Action::Accept`] or [`Action::Drop`] —
+//! is then given exactly once, in this call's actions or in a later call's
+//! (`process`, `expire` or `release_all`).
 //! Actions are to be carried out in order.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,6 +64,14 @@ impl<F> Slot<F> {
     }
 }
 
+/// What to do with a flow whose first record is complete.
+enum Outcome {
+    Split(split::SplitPlan),
+    NoCut,
+    Pass,
+    Watch { profile: usize, host: Box<[u8]> },
+}
+
 /// An auto-learning verdict about one flow's host name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoEvent {
@@ -88,6 +97,7 @@ pub struct Engine<T> {
     stats: Stats,
     last_sweep: u64,
     panic_armed: bool,
+    panic_in_plan: std::sync::atomic::AtomicBool,
 }
 
 impl<T> Engine<T> {
@@ -116,6 +126,7 @@ impl<T> Engine<T> {
             stats: Stats::default(),
             last_sweep: 0,
             panic_armed: false,
+            panic_in_plan: std::sync::atomic::AtomicBool::new(false),
         };
         engine.set_profiles(vec![default])?;
         Ok(engine)
@@ -161,6 +172,14 @@ impl<T> Engine<T> {
     /// recovery path from tests.
     pub fn arm_panic(&mut self) {
         self.panic_armed = true;
+    }
+
+    /// Makes the next first-record plan (profile choice and segment
+    /// building) panic, to exercise the path where held packets must be
+    /// released rather than lost.
+    pub fn arm_panic_in_plan(&mut self) {
+        self.panic_in_plan
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[inline]
@@ -281,6 +300,12 @@ impl<T> Engine<T> {
         }
         let timeout = self.cfg.flow_timeout_us;
         let state = match self.flows.map.get_mut(&p.key) {
+            Some(_) if p.has(flags::SYN) => {
+                // A new connection on a tuple still tracked (the old one was
+                // reset, say): forget the old flow, releasing what it held.
+                self.remove_flow(p.key, FailReason::FinRst, out);
+                return self.new_flow(&p, now, slot, out);
+            }
             Some(flow) if flow.last_seen.saturating_add(timeout) > now => {
                 flow.last_seen = now;
                 &mut flow.state
@@ -480,12 +505,70 @@ impl<T> Engine<T> {
     fn decide(
         &mut self,
         facts: FlowFacts,
-        held: Vec<HeldPacket<T>>,
+        mut held: Vec<HeldPacket<T>>,
         stream: &[u8],
         window: usize,
         max_payload: usize,
         out: &mut Vec<Action<T>>,
     ) -> FlowState<T> {
+        let base = held[0].seq;
+        held.sort_by_key(|h| h.seq.offset_from(base));
+        // Everything that could fail runs here, while the tokens stay in
+        // `held`: a panic releases them instead of losing them.
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            self.plan_first_record(facts, &held, stream, window, max_payload)
+        }));
+        let release = |held: Vec<HeldPacket<T>>, out: &mut Vec<Action<T>>| {
+            out.extend(held.into_iter().map(|h| Action::Release(h.token)));
+        };
+        match planned {
+            Err(_) => {
+                self.stats.fail(FailReason::Internal);
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Split(plan)) => {
+                FlowState::Injected(Box::new(self.emit_split(held, plan, out)))
+            }
+            Ok(Outcome::NoCut) => {
+                self.stats.fail(FailReason::NoCut);
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Pass) => {
+                self.stats.profile_pass += 1;
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Watch { profile, host }) => {
+                self.stats.watched += 1;
+                release(held, out);
+                FlowState::Watching(Box::new(WatchMemo {
+                    profile,
+                    host,
+                    base,
+                    retrans: 0,
+                }))
+            }
+        }
+    }
+
+    /// Chooses the profile (the host name is known now) and, for a split,
+    /// works out every segment. Moves no token.
+    fn plan_first_record(
+        &self,
+        facts: FlowFacts,
+        held: &[HeldPacket<T>],
+        stream: &[u8],
+        window: usize,
+        max_payload: usize,
+    ) -> Outcome {
+        if self
+            .panic_in_plan
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("armed panic in plan");
+        }
         let record = &stream[..window];
         let span = if self.needs_host {
             plan::host_span(record)
@@ -500,28 +583,16 @@ impl<T> Engine<T> {
                 };
                 let cuts =
                     plan::cut_points(strategy.chunk, &strategy.positions, span, window as u32);
-                match self.split(facts.key, held, stream, window, max_payload, cuts, out) {
-                    Some(memo) => FlowState::Injected(Box::new(memo)),
-                    None => FlowState::PassThrough,
+                match self.plan_split(facts.key, held, stream, window, max_payload, cuts) {
+                    Some(plan) => Outcome::Split(plan),
+                    None => Outcome::NoCut,
                 }
             }
-            Choice::Pass => {
-                self.stats.profile_pass += 1;
-                out.extend(held.into_iter().map(|h| Action::Release(h.token)));
-                FlowState::PassThrough
-            }
-            Choice::Watch(profile) => {
-                self.stats.watched += 1;
-                let base = held[0].seq;
-                let host = host.unwrap_or_default().to_vec().into_boxed_slice();
-                out.extend(held.into_iter().map(|h| Action::Release(h.token)));
-                FlowState::Watching(Box::new(WatchMemo {
-                    profile,
-                    host,
-                    base,
-                    retrans: 0,
-                }))
-            }
+            Choice::Pass => Outcome::Pass,
+            Choice::Watch(profile) => Outcome::Watch {
+                profile,
+                host: host.unwrap_or_default().into(),
+            },
         }
     }
 

@@ -6,39 +6,54 @@ use crate::flow::{HeldPacket, SplitMemo};
 use crate::packet::{flags, FlowKey, TcpPacket};
 use crate::plan;
 use crate::segment::{self, Tail};
-use crate::stats::{FailReason, Stats};
+use crate::stats::Stats;
+
+/// What becomes of one held packet when its flow is split.
+pub(super) enum Fate {
+    /// All its bytes are in the window: replaced by the window's segments.
+    Drop,
+    /// All its bytes lie beyond the window: it goes out unchanged.
+    Release,
+    /// It straddles the window's end: replaced, and its bytes beyond the
+    /// window go out in these segments.
+    DropAndSend(Vec<Vec<u8>>),
+}
+
+/// A split worked out in full before any held packet's token is moved, so a
+/// panic while building it cannot lose a token.
+pub(super) struct SplitPlan {
+    /// The window's segments, in order.
+    pub sends: Vec<Vec<u8>>,
+    /// One fate per held packet, in the order of the (sorted) held list.
+    pub fates: Vec<Fate>,
+    pub memo: SplitMemo,
+}
 
 impl<T> Engine<T> {
     /// Cuts the first `window` bytes of `stream` (which starts at the flow's
-    /// first byte) into segments and decides the fate of every held packet.
-    /// Returns `None` (after releasing everything) when no cut applies.
-    /// Cuts the first `window` bytes of `stream` (which starts at the flow's
     /// first byte) at `cuts` and into pieces no larger than the flow's own
-    /// largest payload, and decides the fate of every held packet. Returns
-    /// `None` (after releasing everything) when no cut falls inside the window.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn split(
-        &mut self,
+    /// largest payload, and decides the fate of every held packet. `held`
+    /// must be sorted by sequence number. `None` when no cut falls inside
+    /// the window.
+    pub(super) fn plan_split(
+        &self,
         key: FlowKey,
-        mut held: Vec<HeldPacket<T>>,
+        held: &[HeldPacket<T>],
         stream: &[u8],
         window: usize,
         max_payload: usize,
         cuts: Vec<u32>,
-        out: &mut Vec<Action<T>>,
-    ) -> Option<SplitMemo> {
+    ) -> Option<SplitPlan> {
         let w = window as u32;
         if cuts.is_empty() {
-            self.stats.fail(FailReason::NoCut);
-            out.extend(held.into_iter().map(|h| Action::Release(h.token)));
             return None;
         }
         let base = held[0].seq;
         let seg_limit = self.cfg.max_seg_payload.min(max_payload as u32);
-        held.sort_by_key(|h| h.seq.offset_from(base));
         let offset = |h: &HeldPacket<T>| h.seq.offset_from(base);
         let ranges = plan::pieces(0, w, &cuts, seg_limit);
         let last = ranges.len() - 1;
+        let mut sends = Vec::with_capacity(ranges.len());
         for (i, (a, b)) in ranges.into_iter().enumerate() {
             // Headers (options included) come from the packet that carried
             // the segment's first byte.
@@ -52,39 +67,75 @@ impl<T> Engine<T> {
                 Tail::Inner
             };
             let bytes = &stream[a as usize..b as usize];
-            out.push(Action::Send(segment::build(
+            sends.push(segment::build(
                 &carrier.view(key),
                 base.plus(a),
                 bytes,
                 tail,
-            )));
-            self.stats.segments += 1;
+            ));
         }
         // Originals inside the window are replaced; bytes beyond the window
-        // go out unchanged, in stream order.
-        for h in held {
-            let off = offset(&h);
-            let end = off + h.payload_len() as i64;
-            if end <= i64::from(w) {
-                out.push(Action::Drop(h.token));
-            } else if off >= i64::from(w) {
-                out.push(Action::Release(h.token));
-            } else {
+        // go out unchanged (cut only to respect the segment limit).
+        let fates = held
+            .iter()
+            .map(|h| {
+                let off = offset(h);
+                let end = off + h.payload_len() as i64;
+                if end <= i64::from(w) {
+                    return Fate::Drop;
+                }
+                if off >= i64::from(w) {
+                    return Fate::Release;
+                }
                 let view = h.view(key);
-                let skip = (i64::from(w) - off) as usize;
-                let seg = segment::build(&view, base.plus(w), &view.payload()[skip..], Tail::Last);
-                out.push(Action::Drop(h.token));
-                out.push(Action::Send(seg));
-                self.stats.segments += 1;
-            }
-        }
-        self.stats.splits += 1;
-        Some(SplitMemo {
+                let payload = view.payload();
+                let tail = plan::pieces(w, end as u32, &[], seg_limit);
+                let last = tail.len() - 1;
+                let segments = tail
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (a, b))| {
+                        let from = (i64::from(a) - off) as usize;
+                        let to = (i64::from(b) - off) as usize;
+                        let flags = if i == last { Tail::Last } else { Tail::Inner };
+                        segment::build(&view, base.plus(a), &payload[from..to], flags)
+                    })
+                    .collect();
+                Fate::DropAndSend(segments)
+            })
+            .collect();
+        let memo = SplitMemo {
             base,
             window: w,
             cuts: cuts.into_boxed_slice(),
             seg_limit,
-        })
+        };
+        Some(SplitPlan { sends, fates, memo })
+    }
+
+    /// Carries out a split plan: moves each held packet's token into its
+    /// action, in stream order after the window's segments.
+    pub(super) fn emit_split(
+        &mut self,
+        held: Vec<HeldPacket<T>>,
+        plan: SplitPlan,
+        out: &mut Vec<Action<T>>,
+    ) -> SplitMemo {
+        self.stats.segments += plan.sends.len() as u64;
+        out.extend(plan.sends.into_iter().map(Action::Send));
+        for (h, fate) in held.into_iter().zip(plan.fates) {
+            match fate {
+                Fate::Drop => out.push(Action::Drop(h.token)),
+                Fate::Release => out.push(Action::Release(h.token)),
+                Fate::DropAndSend(segments) => {
+                    out.push(Action::Drop(h.token));
+                    self.stats.segments += segments.len() as u64;
+                    out.extend(segments.into_iter().map(Action::Send));
+                }
+            }
+        }
+        self.stats.splits += 1;
+        plan.memo
     }
 }
 

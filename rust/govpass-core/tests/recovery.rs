@@ -1,0 +1,37 @@
+//! A panic inside the engine never loses a held packet.
+
+mod common;
+
+use common::*;
+use govpass_core::{EngineConfig, FailReason};
+
+#[test]
+fn panic_while_planning_a_split_releases_every_held_packet() {
+    let hello = fixture("chromium_sni_late.bin");
+    let flow = V4::port(7000);
+    let mut d = Driver::new(EngineConfig::default());
+    assert!(d.take(&flow.packet(10, 0, &hello[..1448]), 1).is_empty());
+    d.engine.arm_panic_in_plan();
+    let out = d.take(&flow.packet(10 + 1448, PSH, &hello[1448..]), 2);
+    assert_eq!(shape(&out), "R0 R1");
+    assert_eq!(d.engine.stats().fail_count(FailReason::Internal), 1);
+    d.assert_all_fated();
+    // The engine keeps working.
+    let out = d.take(
+        &V4::port(7001).packet(10, PSH, &fixture("openssl_default.bin")),
+        3,
+    );
+    assert_eq!(shape(&out), "S S D2");
+}
+
+#[test]
+fn panic_while_planning_a_single_packet_split_releases_it() {
+    let mut d = Driver::new(EngineConfig::default());
+    d.engine.arm_panic_in_plan();
+    let out = d.take(
+        &V4::port(7100).packet(10, PSH, &fixture("openssl_default.bin")),
+        1,
+    );
+    assert_eq!(shape(&out), "R0");
+    d.assert_all_fated();
+}
