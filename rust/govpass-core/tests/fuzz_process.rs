@@ -306,13 +306,13 @@ fn a_plain_split_script_splits() {
     assert_eq!((st.splits, st.segments), (1, 3));
 }
 
-/// Writes the seed corpus of the cargo-fuzz target (run once by hand:
-/// `cargo test -p govpass-core --test fuzz_process -- --ignored`).
+/// The committed seed corpus of the cargo-fuzz target is exactly what the
+/// script builders below produce (so it cannot silently go stale). With
+/// `GOVPASS_WRITE_SEEDS=1` the files are (re)written instead.
 #[test]
-#[ignore]
-fn write_seed_corpus() {
+fn seed_corpus_is_up_to_date() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/process");
-    std::fs::create_dir_all(&dir).unwrap();
+    let write = std::env::var_os("GOVPASS_WRITE_SEEDS").is_some();
     let mut seeds: Vec<(&str, Script)> = Vec::new();
     for (name, hello, mode, positions) in [
         ("split_short", Hello::Short, 0, 0),
@@ -380,6 +380,13 @@ fn write_seed_corpus() {
         .data(1, 5, 0, ACK | PSH, b"GET / HTTP/1.1\r\n");
     seeds.push(("eviction", s));
     for (name, s) in seeds {
-        std::fs::write(dir.join(name), s.as_bytes()).unwrap();
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, s.as_bytes()).unwrap();
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(committed, s.as_bytes(), "seed {name} is stale: GOVPASS_WRITE_SEEDS=1");
+        }
     }
 }
