@@ -344,7 +344,8 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         stop()
 
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows, where tests run too
+    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
     old = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
