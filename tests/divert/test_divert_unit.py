@@ -555,3 +555,10 @@ def test_live_prog_ids_come_from_fdinfo(tmp_path: Path) -> None:
     (tmp_path / "12" / "fdinfo" / "6").write_text("pos:\t0\nflags:\t02\n")
     (tmp_path / "self").mkdir()
     assert divert_run.live_bpf_prog_ids(tmp_path) == {144}
+
+
+def test_status_line_adds_the_handle_counters() -> None:
+    stats = {"packets": 4, "splits": 1, "fail_open": {"timeout": 1}, "divert_diverted": 9}
+    text = divert_run.status_line(stats)
+    assert "packets=4" in text and "fail_open=timeout:1" in text
+    assert text.endswith("divert_diverted=9")

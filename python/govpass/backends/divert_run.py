@@ -149,6 +149,19 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, previous)
 
 
+DIVERT_KEYS = ("divert_diverted", "divert_queue_full", "divert_ringbuf_full", "divert_too_big")
+
+
+def status_line(stats: dict[str, Any]) -> str:
+    """The NFQUEUE daemon's status line plus the divert handle's own counters:
+    packets the kernel diverted (before the exact filter), queue drops, ring-full
+    passes (libebpfdivert lets packets through when its ring is full), too big."""
+    from govpass.cli.status import line
+
+    extra = [f"{k}={int(stats[k])}" for k in DIVERT_KEYS if k in stats]
+    return " ".join([line(stats), *extra])
+
+
 def _write_stats(directory: Path, worker: divert.DivertWorker) -> dict[str, Any]:
     from govpass.daemon import write_json_atomic
 
@@ -167,7 +180,7 @@ def run_divert(
 ) -> None:
     """The divert daemon: runs until SIGINT/SIGTERM or `should_stop()` (a Windows
     service's stop request), then releases every held packet and closes."""
-    from govpass.cli.status import line, table
+    from govpass.cli.status import table
     from govpass.daemon import _jsonable, run_dir, write_json_atomic
 
     if not (sys.platform.startswith("linux") or sys.platform == "win32"):
@@ -224,7 +237,7 @@ def run_divert(
             if interactive:
                 live.update(table(stats))
             else:
-                log(line(stats))
+                log(status_line(stats))
 
         with stop_on_signals() as signalled, live:
             _write_stats(directory, worker)
@@ -237,4 +250,4 @@ def run_divert(
             worker.close()
         final = _write_stats(directory, worker)
         (directory / "daemon.json").unlink(missing_ok=True)
-        log(line(final))
+        log(status_line(final))
