@@ -202,6 +202,26 @@ def check_offload(iface: str) -> Check:
     return Check(f"offload {iface}", "ok", detail)
 
 
+def check_interfaces(config: Config) -> list[Check]:
+    from govpass import interfaces
+
+    detection = interfaces.detect()
+    lines = interfaces.describe(detection, config.iface, config.exclude_iface)
+    out = [
+        Check("interface " + line.split(":", 1)[0], "ok", line.split(": ", 1)[1]) for line in lines
+    ]
+    if not detection.default_route:
+        out.append(
+            Check(
+                "default route",
+                "warn",
+                "no interface holds a default route",
+                "check `ip route`; govpass acts on outbound traffic only",
+            )
+        )
+    return out
+
+
 def check_backends() -> list[Check]:
     from govpass.backends import NAMES, unavailable_reason
 
@@ -221,6 +241,7 @@ def run_checks(config: Config) -> list[Check]:
         lambda: [check_nfqueue()],
         lambda: [check_queues(config)],
         lambda: check_firewall(config),
+        lambda: check_interfaces(config),
         lambda: (
             [check_offload(i) for i in default_interfaces()]
             or [Check("default route", "warn", "no default route found")]

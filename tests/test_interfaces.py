@@ -1,0 +1,87 @@
+"""Interface detection from a fake sysfs/procfs tree, and the real machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from govpass import interfaces as ifs
+
+
+def make_iface(
+    root: Path,
+    name: str,
+    link_type: int,
+    *,
+    device: bool = False,
+    devtype: str = "",
+    tun: bool = False,
+) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "type").write_text(f"{link_type}\n")
+    (d / "uevent").write_text(f"INTERFACE={name}\n" + (f"DEVTYPE={devtype}\n" if devtype else ""))
+    if device:
+        (d / "device").mkdir()
+    if tun:
+        (d / "tun_flags").write_text("0x1002\n")
+
+
+def fake_tree(tmp_path: Path) -> tuple[Path, Path]:
+    sys_net = tmp_path / "sys"
+    make_iface(sys_net, "lo", 772)
+    make_iface(sys_net, "eth0", 1, device=True)
+    make_iface(sys_net, "wlan0", 1, device=True, devtype="wlan")
+    make_iface(sys_net, "wg0", 65534, devtype="wireguard")
+    make_iface(sys_net, "tun0", 65534, tun=True)
+    make_iface(sys_net, "ppp0", 512)
+    make_iface(sys_net, "veth1", 1)
+    make_iface(sys_net, "br0", 1, devtype="bridge")
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "route").write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        "wg0\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n"
+    )
+    zeros = "0" * 32
+    (proc / "ipv6_route").write_text(
+        f"{zeros} 00 {zeros} 00 fe800000000000000000000000000001 00000400 0 0 3 wlan0\n"
+        f"fe800000000000000000000000000000 40 {zeros} 00 {zeros} 00000100 0 0 1 eth0\n"
+        f"{zeros} 00 {zeros} 00 {zeros} ffffffff 1 0 00200200 lo\n"
+    )
+    return sys_net, proc
+
+
+def test_classification(tmp_path: Path) -> None:
+    sys_net, proc = fake_tree(tmp_path)
+    det = ifs.detect(sys_net, proc)
+    kinds = {i.name: i.kind for i in det.interfaces}
+    assert kinds == {
+        "lo": "loopback",
+        "eth0": "physical",
+        "wlan0": "physical",
+        "wg0": "tunnel",
+        "tun0": "tunnel",
+        "ppp0": "tunnel",
+        "veth1": "virtual",
+        "br0": "virtual",
+    }
+    assert det.by_name("eth0").default_v4 and not det.by_name("eth0").default_v6
+    assert det.by_name("wlan0").default_v6
+    assert [i.name for i in det.default_route] == ["eth0", "wlan0"]
+
+
+def test_tunnels_excluded_unless_explicitly_included(tmp_path: Path) -> None:
+    det = ifs.detect(*fake_tree(tmp_path))
+    assert ifs.exclusions(det, include=(), exclude=()) == ("ppp0", "tun0", "wg0")
+    assert ifs.exclusions(det, include=("wg0",), exclude=("br0",)) == ("br0", "ppp0", "tun0")
+    lines = ifs.describe(det, include=(), exclude=())
+    assert "wg0: tunnel (wireguard device) - left alone" in lines
+    assert "eth0: physical (hardware device, default route IPv4) - acted on" in lines
+
+
+def test_real_machine_has_loopback() -> None:
+    det = ifs.detect()
+    lo = det.by_name("lo")
+    assert lo is not None and lo.kind == "loopback"
