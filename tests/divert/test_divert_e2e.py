@@ -84,11 +84,15 @@ def cpu_seconds(pid: int) -> float:
 class Govpass:
     """`python -m govpass run --backend divert ...` in the client namespace."""
 
-    def __init__(self, lab: Lab, run_dir: Path, *args: str) -> None:
+    def __init__(self, lab: Lab, run_dir: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.lab, self.run_dir = lab, run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         argv = ["-m", "govpass", "run", "--backend", "divert", "--stats-interval", "0.2", *args]
-        self.pid = lab.spawn("client", argv, env={"GOVPASS_RUN_DIR": str(run_dir)}, python=True)
+        env = {"GOVPASS_RUN_DIR": str(run_dir)}
+        if prefix:  # e.g. setpriv: the interpreter goes after it
+            self.pid = lab.spawn("client", [*prefix, sys.executable, *argv], env=env)
+        else:
+            self.pid = lab.spawn("client", argv, env=env, python=True)
         self.log = lab.log_of(self.pid)
         deadline = time.monotonic() + 20
         while "running:" not in self.log.read_text() or not self.stats_path.exists():
@@ -431,3 +435,30 @@ def test_sigkill_leaves_new_connections_working(lab: Lab, tmp_path: Path) -> Non
         ok, detail = lab.client("curl", ALLOWED, family=6, timeout=5)
         assert ok, detail
     print(f"\nfirst connection after SIGKILL took {first:.2f}s; leftovers: {len(left)}")
+
+
+# ------------------------------------------------------------------- privileges
+
+DIVERT_CAPS = "+bpf,+perfmon,+net_admin,+net_raw"
+ONLY_DIVERT_CAPS = (
+    "setpriv",
+    f"--bounding-set=-all,{DIVERT_CAPS}",
+    f"--inh-caps=-all,{DIVERT_CAPS}",
+    f"--ambient-caps=-all,{DIVERT_CAPS}",
+    "--",
+)
+
+
+def test_runs_with_only_the_four_capabilities(lab: Lab, tmp_path: Path) -> None:
+    """CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW and nothing else. (Without
+    CAP_PERFMON libebpfdivert's programs are refused: see test_divert_unit.)"""
+    lab.start_censor("firstpacket", names=[BLOCKED])
+    try:
+        with Govpass(lab, tmp_path / "run", prefix=ONLY_DIVERT_CAPS) as gp:
+            status = Path(f"/proc/{gp.pid}/status").read_text()
+            cap_eff = next(ln for ln in status.splitlines() if ln.startswith("CapEff:"))
+            assert int(cap_eff.split()[1], 16) == (1 << 12) | (1 << 13) | (1 << 38) | (1 << 39)
+            ok, detail = lab.client("curl", BLOCKED, family=4, timeout=10)
+            assert ok, detail
+    finally:
+        lab.stop_censor()

@@ -325,6 +325,36 @@ def test_parameters_on_a_real_handle(flags: dict[str, str]) -> None:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
 
 
+@pytest.mark.netns
+def test_bpf_net_admin_net_raw_without_perfmon_are_refused() -> None:
+    """pydivert's README names CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW; the verifier
+    refuses libebpfdivert's programs without CAP_PERFMON too. One line says so."""
+    if os.geteuid() != 0:
+        pytest.fail("opening a real divert handle needs root (eBPF, TC)", pytrace=False)
+    caps = "+bpf,+net_admin,+net_raw"
+    setpriv = ["setpriv", f"--bounding-set=-all,{caps}", f"--inh-caps=-all,{caps}"]
+    setpriv += [f"--ambient-caps=-all,{caps}", "--"]
+    ns = f"gpdu-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(Path(divert.__file__).resolve().parents[2]))
+        argv = [*setpriv, sys.executable, "-c", REAL_HANDLE_SCRIPT, "{}"]
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert "BackendError: libebpfdivert could not load its eBPF programs" in last, res.stderr
+    assert "CAP_PERFMON" in last
+
+
 # ----------------------------------------------------------------- open errors
 
 
@@ -502,14 +532,20 @@ def test_unavailable_reasons_are_one_line_each(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(divert, "_libebpfdivert", lambda: None)
     assert "libebpfdivert cannot be loaded" in str(divert.unavailable_reason())
     monkeypatch.undo()
-    monkeypatch.setattr(divert.os, "geteuid", lambda: 1000)
     import govpass.privileges
 
+    # Even uid 0 is checked: root in a container often lacks CAP_BPF/CAP_PERFMON.
     monkeypatch.setattr(govpass.privileges, "effective_capabilities", lambda: 1 << 12)
     reason = str(divert.unavailable_reason())
-    assert reason.endswith("(missing CAP_BPF, CAP_NET_RAW)"), reason
-    with pytest.raises(BackendError, match="needs root or CAP_BPF"):
+    assert reason.endswith("(missing CAP_BPF, CAP_PERFMON, CAP_NET_RAW)"), reason
+    with pytest.raises(BackendError, match="needs root or CAP_BPF, CAP_PERFMON"):
         divert.check_privileges()
+    everything = (1 << 12) | (1 << 13) | (1 << 38) | (1 << 39)
+    monkeypatch.setattr(govpass.privileges, "effective_capabilities", lambda: everything)
+    divert.check_privileges()
+    sys_admin = (1 << 12) | (1 << 13) | (1 << 21)  # stands in for CAP_BPF and CAP_PERFMON
+    monkeypatch.setattr(govpass.privileges, "effective_capabilities", lambda: sys_admin)
+    divert.check_privileges()
 
 
 # ------------------------------------------------------------------ run helpers
@@ -555,6 +591,10 @@ def test_live_prog_ids_come_from_fdinfo(tmp_path: Path) -> None:
     (tmp_path / "12" / "fdinfo" / "6").write_text("pos:\t0\nflags:\t02\n")
     (tmp_path / "self").mkdir()
     assert divert_run.live_bpf_prog_ids(tmp_path) == {144}
+    unreadable = tmp_path / "13" / "fdinfo" / "3"
+    unreadable.parent.mkdir(parents=True)
+    unreadable.mkdir()  # reading a directory fails like EACCES would: owners unknown
+    assert divert_run.live_bpf_prog_ids(tmp_path) is None
 
 
 def test_status_line_adds_the_handle_counters() -> None:

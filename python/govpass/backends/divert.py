@@ -78,7 +78,8 @@ RECV_BUFSIZE = 65575  # the largest IP packet plus slack (pydivert's default)
 RECV_BATCH = 64
 HELLO_PREFIX = "tcp.Payload[0] == 0x16 and tcp.Payload[1] == 0x03 and tcp.Payload[5] == 0x01"
 
-CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF = 12, 13, 21, 39
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 13, 21, 38, 39
+BPF_CAPS = (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))
 LINUX_CAPS = (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_NET_RAW", CAP_NET_RAW))
 SHUTDOWN_RECV = 1
 # errnos / Windows error codes that mean "the handle was shut down or closed".
@@ -148,7 +149,7 @@ def interface_indexes(
         except OSError:
             raise ConfigError(
                 f"invalid {setting}: no interface named {name!r} on this machine "
-                "(accepted: names shown by 'ip link' / 'Get-NetAdapter')",
+                "(accepted: names from socket.if_nameindex(): 'ip link' names on Linux)",
                 field=setting,
             ) from None
     return tuple(out)
@@ -225,15 +226,16 @@ def apply_queue_params(handle: Any, values: dict[str, int]) -> dict[str, int]:
 
 
 def _missing_linux_capabilities() -> list[str]:
-    if os.geteuid() == 0:
-        return []
+    """Capabilities libebpfdivert needs that this process lacks; read from CapEff
+    even for uid 0 (root in a container often lacks some). Measured: CAP_BPF,
+    CAP_NET_ADMIN and CAP_NET_RAW alone get EACCES from the verifier; with
+    CAP_PERFMON added the handle opens. CAP_SYS_ADMIN stands in for both."""
     from govpass.privileges import effective_capabilities
 
     caps = effective_capabilities()
-    missing = [n for n, bit in LINUX_CAPS if not caps >> bit & 1]
-    if not (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
-        missing.insert(0, "CAP_BPF")
-    return missing
+    admin = caps >> CAP_SYS_ADMIN & 1
+    missing = [n for n, bit in BPF_CAPS if not (caps >> bit & 1 or admin)]
+    return missing + [n for n, bit in LINUX_CAPS if not caps >> bit & 1]
 
 
 def _windows_is_admin() -> bool:
@@ -269,7 +271,7 @@ def unavailable_reason() -> str | None:
         missing = _missing_linux_capabilities()
         if missing:
             return (
-                "needs root or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW "
+                "needs root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_NET_RAW "
                 f"(missing {', '.join(missing)})"
             )
         return None
@@ -336,8 +338,8 @@ def check_privileges() -> None:
         missing = _missing_linux_capabilities()
         if missing:
             raise BackendError(
-                "govpass run --backend divert needs root or CAP_BPF, CAP_NET_ADMIN and "
-                f"CAP_NET_RAW (missing {', '.join(missing)})"
+                "govpass run --backend divert needs root or CAP_BPF, CAP_PERFMON, "
+                f"CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
             )
     elif sys.platform == "win32" and not _windows_is_admin():
         raise BackendError(
@@ -359,7 +361,7 @@ def open_error(e: BaseException) -> BackendError:
     if code in (errno.EPERM, errno.EACCES):
         return BackendError(
             f"libebpfdivert could not load its eBPF programs: {e} "
-            "(needs root or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW)"
+            "(needs root or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN + CAP_NET_RAW)"
         )
     if code == errno.EINVAL and "filter" in str(e):
         return BackendError(f"the divert filter was rejected: {e}")

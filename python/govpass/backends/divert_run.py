@@ -38,14 +38,17 @@ from govpass.errors import BackendError
 TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
 
 
-def live_bpf_prog_ids(proc: Path = Path("/proc")) -> set[int]:
-    """Ids of the BPF programs some process still holds a descriptor to."""
+def live_bpf_prog_ids(proc: Path = Path("/proc")) -> set[int] | None:
+    """Ids of the BPF programs some process still holds a descriptor to; None when
+    some process's descriptors could not be read (then nothing can be called orphaned)."""
     ids: set[int] = set()
     for fdinfo in proc.glob("[0-9]*/fdinfo/*"):
         try:
             text = fdinfo.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            continue  # the descriptor or the process went away meanwhile
         except OSError:
-            continue
+            return None  # e.g. EACCES without CAP_SYS_PTRACE: unknown owners
         for row in text.splitlines():
             if row.startswith("prog_id:"):
                 with suppress(ValueError):
@@ -82,6 +85,9 @@ def sweep_orphans(run: Callable[..., Any] = subprocess.run) -> list[str]:
     ``ip netns exec``, which mounts a fresh /sys). A libebpfdivert program that
     no process holds any more can only be such a leftover. They already pass
     everything (their owner's heartbeat is gone), but still run per packet.
+    Nothing is removed unless every process's descriptors could be read (a
+    process in another PID namespace sharing this network namespace stays
+    invisible, though: run one divert program per namespace).
     """
     if shutil.which("tc") is None:
         return []
@@ -96,8 +102,11 @@ def sweep_orphans(run: Callable[..., Any] = subprocess.run) -> list[str]:
             )
             with suppress(ValueError):
                 filters[(ifname, hook)] = json.loads(res.stdout or "[]")
+    live = live_bpf_prog_ids()
+    if live is None:
+        return []
     removed = []
-    for ifname, hook, pref, handle in orphaned_filters(filters, live_bpf_prog_ids()):
+    for ifname, hook, pref, handle in orphaned_filters(filters, live):
         argv = ["tc", "filter", "del", "dev", ifname, hook, "protocol", "all"]
         argv += ["pref", str(pref), "handle", handle, "bpf"]
         if run(argv, capture_output=True, text=True, check=False).returncode == 0:
