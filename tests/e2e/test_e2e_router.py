@@ -1,0 +1,66 @@
+"""govpass in router mode: the daemon runs in the gateway namespace and reshapes the
+client's forwarded flows; the client itself runs nothing of govpass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from e2e_support import (
+    ALLOWED,
+    BLOCKED,
+    BLOCKED_TIMEOUT,
+    FAMILIES,
+    NAMES,
+    PASS_TIMEOUT,
+    by_port,
+    censoring,
+    govpass_rule_lines,
+    hello_flows,
+    make_lab,
+    run_matrix,
+    running,
+)
+from govpass.lab import Lab
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(scope="module")
+def router_lab() -> Iterator[Lab]:
+    lab = make_lab(router=True)
+    try:
+        lab.start_server(names=list(NAMES))
+        yield lab
+    finally:
+        problems = lab.close()
+    assert problems == [] and lab.leftovers() == []
+
+
+def test_router_mode_passes_firstpacket_censor(router_lab: Lab, kinds: list[str]) -> None:
+    lab = router_lab
+    wan = lab.iface("gateway")
+    with censoring(lab, "firstpacket"):
+        # Baseline in this topology: the censor sees the gateway's forwarded traffic.
+        before = run_matrix(lab, [("curl", BLOCKED, f) for f in FAMILIES], BLOCKED_TIMEOUT)
+        assert not any(ok for ok, _ in before.values()), before
+        with (
+            running(lab, ["--mode", "router", "--iface", wan], role="gateway", name="router") as gp,
+            lab.capture("gateway") as gw_cap,
+            lab.capture("server") as srv_cap,
+        ):
+            jobs = [(k, n, f) for k in kinds for n in (BLOCKED, ALLOWED) for f in FAMILIES]
+            results = run_matrix(lab, jobs, PASS_TIMEOUT)
+            stats = gp.wait_stats(lambda s: s["splits"] >= len(jobs))
+        assert govpass_rule_lines(lab, "client") == []  # nothing of govpass on the client
+    failed = {job: res for job, res in results.items() if not res[0]}
+    assert not failed, f"router mode through the firstpacket censor: {failed}"
+    assert stats["splits"] >= len(jobs) and stats["inject_errors"] == 0, stats
+    server_flows = by_port(hello_flows(srv_cap.flows()))
+    flows = hello_flows(gw_cap.flows())
+    assert {(f.family, f.sni) for f in flows} == {(f, n) for f in FAMILIES for n in NAMES}
+    for flow in flows:
+        where = flow.summary()
+        assert flow.sizes[0] == 5 and sum(flow.sizes) == flow.record_len, where
+        assert flow.seq_continuous and flow.checksums_ok, where
+        assert server_flows[(flow.family, flow.sport)].first_record == flow.first_record
