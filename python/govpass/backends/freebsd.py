@@ -367,12 +367,12 @@ def run_freebsd(
     from govpass.daemon import run_dir, write_json_atomic
     from govpass.rules import bsd
 
+    spec = rule_spec(config, options)  # invalid settings fail before anything is opened
     if sock is None:
         reason = unavailable_reason()
         if reason:
             raise BackendError(f"divert backend unusable: {reason}")
         sock = open_divert_socket(options.divert_port)
-    spec = rule_spec(config, options)
     worker = DivertWorker(sock, config.engine_config())
     directory = run_dir()
     installed = False
