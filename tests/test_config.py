@@ -45,7 +45,11 @@ def test_defaults_are_the_seed_defaults() -> None:
 
 
 def test_every_setting_has_a_config_field_with_the_same_default() -> None:
-    fields = {f.name: f.default for f in dataclasses.fields(Config) if f.name != "sources"}
+    fields = {
+        f.name: f.default
+        for f in dataclasses.fields(Config)
+        if f.name not in ("sources", "profiles")
+    }
     assert set(fields) == {s.attr for s in SETTINGS}
     for s in SETTINGS:
         assert fields[s.attr] == s.default, s.name
@@ -121,9 +125,12 @@ def _good_value(s: Setting) -> tuple[str, Any]:
     if s.kind == "bool":
         return ("false", False) if s.default else ("true", True)
     if s.kind == "list":
-        value = {"ports": ("8443", "443"), "split-pos": ("sni", "midsld+1")}.get(
-            s.name, ("eth0", "wlan0")
-        )
+        value = {
+            "ports": ("8443", "443"),
+            "split-pos": ("sni", "midsld+1"),
+            "ips": ("203.0.113.0/24", "2001:db8::1"),
+            "ips-exclude": ("203.0.113.0/24", "2001:db8::1"),
+        }.get(s.name, ("eth0", "wlan0"))
         return ", ".join(value), value
     if s.kind == "str":
         return "something", "something"
@@ -180,6 +187,8 @@ def _bad_values(s: Setting) -> list[Any]:
         if s.name == "split-pos":
             bad += ["nowhere", "0", "sni+x", "midsld*2"]
         return bad
+    if s.kind == "str":
+        return [True, 5, [1], {"a": 1}]
     bad = ["abc", "", True, [1]]
     if s.minimum is not None:
         bad.append(str(s.minimum - 1))

@@ -26,6 +26,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "GOVPASS_"
+PROFILE_KEY = "profile"  # [[profile]] tables: see govpass.targeting
 
 
 def _cpu_count() -> int:
@@ -62,6 +63,8 @@ class Setting:
             return "true or false"
         if self.kind == "list":
             return "a comma-separated list"
+        if self.kind == "str":
+            return "a string"
         lo = "" if self.minimum is None else _num(self.minimum)
         hi = "" if self.maximum is None else _num(self.maximum)
         what = "an integer" if self.kind == "int" else "a number"
@@ -92,7 +95,9 @@ class Setting:
                 raise bad
             return str(value)
         if self.kind == "str":
-            return str(value)
+            if not isinstance(value, str):
+                raise bad
+            return value
         try:
             if isinstance(value, bool):
                 raise ValueError
@@ -272,6 +277,58 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0.1,
         maximum=3600,
     ),
+    # Targeting shortcuts (govpass.targeting): any list given makes the profiles
+    # [listed: split, other: pass]; [[profile]] tables in the config file say more.
+    Setting(
+        "hostlist",
+        (),
+        "Host list files: split only these names (one per line, subdomains match, "
+        "^name exact, # comments, gzip ok)",
+        "list",
+    ),
+    Setting("hosts", (), "Host names to split, inline (like --hostlist)", "list"),
+    Setting("hostlist-exclude", (), "Host list files whose names are never split", "list"),
+    Setting("hosts-exclude", (), "Host names never split, inline", "list"),
+    Setting(
+        "ipset",
+        (),
+        "IP set files: split only flows to these addresses/CIDRs (IPv4 and IPv6)",
+        "list",
+    ),
+    Setting("ips", (), "Addresses/CIDRs to split, inline (like --ipset)", "list"),
+    Setting("ipset-exclude", (), "IP set files whose addresses are never split", "list"),
+    Setting("ips-exclude", (), "Addresses/CIDRs never split, inline", "list"),
+    Setting(
+        "hostlist-auto",
+        "",
+        "Auto host list file: names on no list pass untouched until they fail "
+        "auto-fail-threshold times, are then added here and split",
+        "str",
+    ),
+    Setting(
+        "auto-fail-threshold",
+        3,
+        "Failures of a name (within auto-fail-time of each other) that add it to the auto list",
+        "int",
+        minimum=1,
+        maximum=1000,
+    ),
+    Setting(
+        "auto-fail-time",
+        60.0,
+        "Seconds after a failure within which the next one still counts",
+        "float",
+        minimum=1,
+        maximum=86400,
+    ),
+    Setting(
+        "auto-retrans",
+        3,
+        "Retransmissions of a watched ClientHello that count as one failure",
+        "int",
+        minimum=1,
+        maximum=100,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -306,6 +363,20 @@ class Config:
     firewall: str = "auto"
     ipv6: bool = True
     stats_interval: float = 2.0
+    hostlist: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    hostlist_exclude: tuple[str, ...] = ()
+    hosts_exclude: tuple[str, ...] = ()
+    ipset: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    ipset_exclude: tuple[str, ...] = ()
+    ips_exclude: tuple[str, ...] = ()
+    hostlist_auto: str = ""
+    auto_fail_threshold: int = 3
+    auto_fail_time: float = 60.0
+    auto_retrans: int = 3
+    # [[profile]] tables of the config file, as read (checked by govpass.targeting).
+    profiles: tuple[Mapping[str, Any], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -329,6 +400,7 @@ class Config:
             max_seg_payload=self.max_seg_payload,
             flow_timeout_s=self.flow_timeout,
             max_flows=self.max_flows,
+            auto_retrans=self.auto_retrans,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -361,13 +433,25 @@ def read_file(path: Path) -> dict[str, Any]:
             f"in {path}: 'govpass' must be a table of settings, not {type(table).__name__}",
             field="govpass",
         )
+    table = dict(table)
+    profiles = table.pop(PROFILE_KEY, None)
+    if profiles is None and table is not data:
+        profiles = data.get(PROFILE_KEY)  # [[profile]] beside a [govpass] table
     unknown = sorted(set(table) - set(BY_NAME))
     if unknown:
         raise ConfigError(
-            f"unknown setting {unknown[0]!r} in {path} (accepted: {', '.join(BY_NAME)})",
+            f"unknown setting {unknown[0]!r} in {path} "
+            f"(accepted: {', '.join(BY_NAME)}, [[{PROFILE_KEY}]])",
             field=unknown[0],
         )
-    return dict(table)
+    if profiles is not None:
+        if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
+            raise ConfigError(
+                f"in {path}: '{PROFILE_KEY}' must be an array of tables ([[{PROFILE_KEY}]])",
+                field=PROFILE_KEY,
+            )
+        table[PROFILE_KEY] = profiles
+    return table
 
 
 def load(
@@ -379,8 +463,13 @@ def load(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = []
+    profiles: tuple[Mapping[str, Any], ...] = ()
     if file is not None:
-        layers.append((f"file {file}", read_file(file)))
+        data = read_file(file)
+        if PROFILE_KEY in data:
+            profiles = tuple(data.pop(PROFILE_KEY))
+            sources[PROFILE_KEY] = f"file {file}"
+        layers.append((f"file {file}", data))
     environ = os.environ if env is None else env
     layers.append(("environment", {s.name: environ[s.env] for s in SETTINGS if s.env in environ}))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
@@ -392,8 +481,11 @@ def load(
             values[setting.attr] = setting.parse(raw)
             sources[setting.name] = origin
     _check_ports(values.get("ports", ("443",)))
-    config = Config(**values, sources=sources)
+    config = Config(**values, profiles=profiles, sources=sources)
     config.engine_config()  # the engine's own validation, same messages
+    from govpass.targeting import Targeting
+
+    Targeting.from_config(config)  # profiles and inline lists (files are read later)
     return config
 
 

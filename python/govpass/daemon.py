@@ -6,14 +6,19 @@ queue (the kernel spreads flows over the queues by flow hash, so one flow
 always meets one worker and no state is shared), waits until every worker has
 bound its queue, then installs the rules. On SIGINT/SIGTERM or an error it
 removes the rules first (new packets stop being queued) and then stops the
-workers, which release every packet they hold.
+workers, which release every packet they hold. SIGHUP is passed on to the
+workers, which re-read their host lists and IP sets (they also notice changed
+files by themselves); auto-learning verdicts come back from the workers over a
+pipe to the parent's :class:`~govpass.autolearn.AutoLearner`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +46,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def rule_spec(config: Config) -> Any:
     from govpass.rules import RuleSpec
+    from govpass.targeting import uses_auto
 
     return RuleSpec(
         queue_num=config.queue_num,
@@ -53,26 +59,47 @@ def rule_spec(config: Config) -> Any:
         exclude_interfaces=config.exclude_iface,
         ipv4=True,
         ipv6=config.ipv6,
+        inbound=uses_auto(config),  # auto-learning reads the first replies
     )
 
 
 # ---------------------------------------------------------------- worker side
 
 
-def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
-    """Entry point of a worker process: bind queue `queue_num + index`, run."""
+def worker_main(
+    config: Config,
+    index: int,
+    ready: Any,
+    directory: str,
+    events_fd: int = -1,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Entry point of a worker process: bind queue `queue_num + index`, run.
+
+    `events_fd`: write end of the parent's auto-learning pipe (-1: none);
+    `log`: where worker 0 reports list reloads (the others stay quiet, they
+    read the same files)."""
+    from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
+    from govpass.targeting import ListWatcher, Targeting
 
     # A parent killed with SIGKILL cannot stop its workers; without this check they
     # would keep the queue bound, so the next `govpass run` could not start.
     parent = os.getppid()
     stop = False
+    hup = False
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stop
         stop = True
 
+    def on_hup(signum: int, frame: Any) -> None:
+        nonlocal hup
+        hup = True
+
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked around fork
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     with suppress(OSError):
         cpus = sorted(os.sched_getaffinity(0))
@@ -87,6 +114,12 @@ def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
             config.ipv6,
             copy_range=config.copy_range,
         )
+        targeting = Targeting.from_config(config)
+        watcher = None
+        if targeting.active:
+            worker.engine.set_profiles(targeting.build())
+            quiet = index != 0 or log is None
+            watcher = ListWatcher(targeting, worker.engine.set_profiles, None if quiet else log)
         worker.bind()
     except GovpassError as e:
         ready.send(("error", str(e)))
@@ -97,21 +130,45 @@ def worker_main(config: Config, index: int, ready: Any, directory: str) -> None:
     ready.send(("ready", queue))
     stats_path = Path(directory) / f"worker-{index}.json"
     last_write = 0.0
+    learning = events_fd >= 0 and targeting.auto
+    dropped = 0
+
+    def pass_events() -> None:
+        nonlocal dropped
+        events = worker.engine.take_events()
+        if events and learning:
+            dropped += send_events(events_fd, events)
 
     def on_tick() -> None:
-        nonlocal last_write
+        nonlocal last_write, hup
         now = time.monotonic()
+        if watcher is not None:
+            if hup:
+                hup = False
+                watcher.request()
+            watcher.poll(now)
+            pass_events()
         if now - last_write >= config.stats_interval / 2:
             last_write = now
             with suppress(OSError):
-                write_json_atomic(stats_path, {"queue": queue, **worker.stats()})
+                write_json_atomic(stats_path, {"queue": queue, **_worker_stats()})
+
+    def _worker_stats() -> dict[str, Any]:
+        s = worker.stats()
+        if watcher is not None:
+            s.update(list_reloads=watcher.reloads, list_errors=watcher.failures)
+        if learning:
+            s["auto_events_dropped"] = dropped
+        return s
 
     try:
         worker.run(lambda: stop or os.getppid() != parent, on_tick)
     finally:
         worker.close()
         with suppress(OSError):
-            write_json_atomic(stats_path, {"queue": queue, **worker.stats()})
+            pass_events()
+        with suppress(OSError):
+            write_json_atomic(stats_path, {"queue": queue, **_worker_stats()})
 
 
 # ---------------------------------------------------------------- parent side
@@ -130,6 +187,9 @@ def aggregate(directory: Path) -> dict[str, Any]:
 
     total: dict[str, Any] = {"fail_open": {}, "workers": 0}
     queues: list[int] = []
+    with suppress(OSError, ValueError):  # the parent's auto-learning counters
+        learner = json.loads((directory / "learner.json").read_text(encoding="utf-8"))
+        total.update({k: v for k, v in learner.items() if isinstance(v, int)})
     for path in sorted(directory.glob("worker-*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -162,16 +222,25 @@ class Daemon:
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
         self._ctx = mp.get_context("fork")
+        self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
+        self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
+        self._reader: Any = None
 
     def _start_worker(self, index: int) -> WorkerHandle:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
+        events_fd = self._events[1] if self._events else -1
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, index, child_end, str(self.directory)),
+            args=(self.config, index, child_end, str(self.directory), events_fd, self.log),
             name=f"govpass-worker-{index}",
             daemon=True,
         )
-        proc.start()
+        # A SIGHUP before the child has its handler would kill it: blocked until then.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_end.close()
         if not parent_end.poll(10.0):
             proc.kill()
@@ -185,10 +254,29 @@ class Daemon:
             raise BackendError(str(detail))
         return WorkerHandle(index, proc)
 
+    def _start_targeting(self) -> None:
+        """Reads the lists once here, so a bad file stops the start with one line."""
+        from govpass.autolearn import EventReader, learner_for
+        from govpass.targeting import Targeting
+
+        targeting = Targeting.from_config(self.config)
+        if not targeting.active:
+            return
+        targeting.build()
+        self.log(f"profiles: {targeting.summary}")
+        self.learner = learner_for(self.config, self.log)
+        if self.learner is not None:
+            r, w = os.pipe()
+            fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+            self._events = (r, w)
+            self._reader = EventReader()
+
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
+        (self.directory / "learner.json").unlink(missing_ok=True)
+        self._start_targeting()
         write_json_atomic(
             self.directory / "daemon.json",
             {
@@ -220,7 +308,35 @@ class Daemon:
             replacement.restarts = w.restarts + 1
             self.workers[n] = replacement
 
+    def reload(self) -> None:
+        """SIGHUP: every worker re-reads its lists (and resolves interfaces again)."""
+        self.log("SIGHUP: reloading host lists and IP sets")
+        for w in self.workers:
+            if w.process.is_alive():
+                with suppress(ProcessLookupError):
+                    os.kill(w.process.pid, signal.SIGHUP)
+
+    def wait(self, seconds: float) -> None:
+        """Sleeps `seconds`, meanwhile handing the workers' auto-learning verdicts
+        to the learner as they arrive."""
+        if self._events is None:
+            time.sleep(seconds)
+            return
+        fd = self._events[0]
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([fd], [], [], left)
+            if readable:
+                self.take_events(os.read(fd, 65536))
+
+    def take_events(self, data: bytes) -> None:
+        for profile, host, failed in self._reader.feed(data):
+            self.learner.observe(profile, host, failed)
+
     def stats(self) -> dict[str, Any]:
+        if self.learner is not None:
+            with suppress(OSError):
+                write_json_atomic(self.directory / "learner.json", self.learner.stats())
         data = aggregate(self.directory)
         write_json_atomic(self.directory / "stats.json", {"pid": os.getpid(), **data})
         return data
@@ -250,6 +366,17 @@ class Daemon:
             self.stats()
         for name in ("daemon.json",):
             (self.directory / name).unlink(missing_ok=True)
+        if self._events is not None:
+            with suppress(OSError):  # verdicts the workers sent while stopping
+                while select.select([self._events[0]], [], [], 0)[0]:
+                    data = os.read(self._events[0], 65536)
+                    if not data:
+                        break
+                    self.take_events(data)
+            for fd in self._events:
+                with suppress(OSError):
+                    os.close(fd)
+            self._events = None
         if errors:
             raise GovpassError("; ".join(errors))
 
@@ -259,14 +386,22 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def signals_raise() -> Iterator[None]:
-    """Turns SIGTERM and SIGHUP into KeyboardInterrupt, so the parent's clean-up
-    path (remove rules, stop workers) runs for them as for Ctrl-C."""
+def signals_raise(on_reload: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns SIGTERM into KeyboardInterrupt, so the parent's clean-up path (remove
+    rules, stop workers) runs for it as for Ctrl-C. SIGHUP calls `on_reload`
+    when given (the daemon: re-read the lists), else it stops like SIGTERM."""
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def hup(signum: int, frame: Any) -> None:
+        assert on_reload is not None
+        on_reload()
+
+    old = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, hup if on_reload else handler),
+    }
     try:
         yield
     finally:

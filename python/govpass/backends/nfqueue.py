@@ -136,7 +136,8 @@ class NfqueueWorker:
 
     def _on_packet(self, pkt: Any) -> None:
         try:
-            result = self.engine.process(pkt.get_payload(), time.monotonic(), pkt)
+            # outdev: the interface index, for profiles filtered by interface.
+            result = self.engine.process(pkt.get_payload(), time.monotonic(), pkt, pkt.outdev)
         except Exception:
             # Never leave a packet without a verdict.
             self.errors += 1

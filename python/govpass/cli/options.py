@@ -19,6 +19,8 @@ def _default_text(s: Setting) -> str:
     d = s.default
     if isinstance(d, tuple):
         return ",".join(d) if d else "none"
+    if d == "":
+        return "none"
     if s.name in ("mark", "watch-mark"):
         return hex(d)
     if s.name == "workers":

@@ -59,7 +59,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     daemon = Daemon(config, _log)
     interactive = sys.stdout.isatty()
     try:
-        with signals_raise():
+        with signals_raise(daemon.reload):
             daemon.start()
             _log(
                 f"running: split-chunk={config.split_chunk} split-pos="
@@ -73,7 +73,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                 live = nullcontext()
             with live:
                 while True:
-                    time.sleep(config.stats_interval)
+                    daemon.wait(config.stats_interval)
                     daemon.check_workers()
                     stats = daemon.stats()
                     if interactive:

@@ -20,15 +20,28 @@ MAIN_KEYS = (
     ("user_dropped", "netlink drops"),
     ("inject_errors", "injection errors"),
 )
+# Targeting counters, shown once non-zero (profiles and auto-learning are optional).
+TARGETING_KEYS = (
+    ("profile_pass", "flows passed by a profile"),
+    ("watched", "flows watched (auto)"),
+    ("auto_failures", "auto: failed flows"),
+    ("auto_successes", "auto: working flows"),
+    ("auto_learned", "auto: names learned"),
+    ("list_errors", "list reload errors"),
+)
+
+
+def _shown(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    extra = [(k, label) for k, label in TARGETING_KEYS if stats.get(k)]
+    return [(k, label) for k, label in MAIN_KEYS if k in stats] + extra
 
 
 def table(stats: dict[str, Any], title: str = "govpass") -> Table:
     t = Table(title=title, show_header=True, header_style="bold")
     t.add_column("counter")
     t.add_column("value", justify="right")
-    for key, label in MAIN_KEYS:
-        if key in stats:
-            t.add_row(label, f"{int(stats[key]):,}")
+    for key, label in _shown(stats):
+        t.add_row(label, f"{int(stats[key]):,}")
     fails = stats.get("fail_open", {})
     for reason, n in sorted(fails.items()):
         if n:
@@ -39,7 +52,7 @@ def table(stats: dict[str, Any], title: str = "govpass") -> Table:
 
 
 def line(stats: dict[str, Any]) -> str:
-    parts = [f"{key}={int(stats[key])}" for key, _ in MAIN_KEYS if key in stats]
+    parts = [f"{key}={int(stats[key])}" for key, _ in _shown(stats)]
     fails = stats.get("fail_open", {})
     parts.append("fail_open=" + ",".join(f"{r}:{n}" for r, n in sorted(fails.items()) if n))
     return " ".join(parts)

@@ -18,6 +18,15 @@ Layout, all in the ``mangle`` table::
     GOVPASS_POST
         mark has MARK bit and ct mark has WATCH bit -> CONNMARK &= ~WATCH
 
+    with ``inbound`` (auto-learning), also
+    INPUT (host) or FORWARD -i WAN (router)
+        -p tcp --sport PORTS  -> GOVPASS_IN
+    GOVPASS_IN
+        -i lo / excluded interfaces  RETURN
+        conntrack reply packets > 4  RETURN      only the first few replies
+        RST flag set                 NFQUEUE
+        payload = 16 03 ..           NFQUEUE     e.g. the ServerHello
+
 The TCP/port filter sits on the jump rule rather than inside GOVPASS so that
 unrelated packets cost one rule evaluation, not a chain traversal.
 """
@@ -28,14 +37,15 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from govpass.rules.spec import Family, RuleSpec
+from govpass.rules.spec import INBOUND_PACKETS, Family, RuleSpec
 
 TABLE = "mangle"
 CHAIN = "GOVPASS"
 POST_CHAIN = "GOVPASS_POST"
+IN_CHAIN = "GOVPASS_IN"
 PROBE_CHAIN = "GOVPASS_PROBE"
 WAIT = "-w"  # wait for the xtables lock instead of failing when another tool holds it
-OUR_CHAINS = (CHAIN, POST_CHAIN, PROBE_CHAIN)
+OUR_CHAINS = (CHAIN, POST_CHAIN, IN_CHAIN, PROBE_CHAIN)
 
 Argv = list[str]
 
@@ -60,6 +70,9 @@ U32_CLIENT_HELLO_V6 = (
     f"&&{_V6_PAYLOAD}40>>16=0x1603"
     f"&&{_V6_PAYLOAD}42&0xFF=0x1"
 )
+# Replies (inbound): any TLS handshake record, e.g. the ServerHello.
+U32_TLS_RECORD_V4 = f"4&0x1FFF=0&&{_V4_PAYLOAD}0>>16=0x1603"
+U32_TLS_RECORD_V6 = f"4>>8&0xFF=0x6&&{_V6_PAYLOAD}40>>16=0x1603"
 
 
 def binary_for(family: Family, variant: str | None = None) -> str:
@@ -72,10 +85,15 @@ def u32_client_hello(family: Family) -> str:
     return U32_CLIENT_HELLO_V4 if family == "ipv4" else U32_CLIENT_HELLO_V6
 
 
-def _port_match(ports: Sequence[int]) -> Argv:
+def u32_tls_record(family: Family) -> str:
+    return U32_TLS_RECORD_V4 if family == "ipv4" else U32_TLS_RECORD_V6
+
+
+def _port_match(ports: Sequence[int], side: str = "d") -> Argv:
+    """`side` "d": destination ports (outbound), "s": source ports (replies)."""
     if len(ports) == 1:
-        return ["-p", "tcp", "-m", "tcp", "--dport", str(ports[0])]
-    return ["-p", "tcp", "-m", "multiport", "--dports", ",".join(str(p) for p in ports)]
+        return ["-p", "tcp", "-m", "tcp", f"--{side}port", str(ports[0])]
+    return ["-p", "tcp", "-m", "multiport", f"--{side}ports", ",".join(str(p) for p in ports)]
 
 
 def _queue_target(spec: RuleSpec) -> Argv:
@@ -114,6 +132,25 @@ def chain_rules(spec: RuleSpec, family: Family, chain: str = CHAIN) -> list[Argv
     return [["-A", chain, *rule] for rule in rules]
 
 
+def inbound_rules(spec: RuleSpec, family: Family, chain: str = IN_CHAIN) -> list[Argv]:
+    """The body of GOVPASS_IN (replies for auto-learning) as `-A CHAIN ...` lists."""
+    rules: list[Argv] = []
+    if spec.mode == "host":
+        rules.append(["-i", "lo", "-j", "RETURN"])
+    for ifname in spec.exclude_interfaces:
+        rules.append(["-i", ifname, "-j", "RETURN"])
+    rules.append(
+        [
+            "-m", "connbytes", "--connbytes", f"{INBOUND_PACKETS + 1}:",
+            "--connbytes-dir", "reply", "--connbytes-mode", "packets",
+            "-j", "RETURN",
+        ]
+    )  # fmt: skip
+    rules.append(["-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST", *_queue_target(spec)])
+    rules.append(["-m", "u32", "--u32", u32_tls_record(family), *_queue_target(spec)])
+    return [["-A", chain, *rule] for rule in rules]
+
+
 def post_rules(spec: RuleSpec) -> list[Argv]:
     return [
         [
@@ -130,6 +167,11 @@ def jump_rules(spec: RuleSpec) -> list[Argv]:
     outs: list[Argv] = [["-o", ifname] for ifname in spec.interfaces] or [[]]
     jumps = [["-I", hook, "1", *out, *ports, "-j", CHAIN] for out in outs]
     jumps.append(["-I", "POSTROUTING", "1", *ports, "-j", POST_CHAIN])
+    if spec.inbound:
+        in_hook = "INPUT" if spec.mode == "host" else "FORWARD"
+        ins: list[Argv] = [["-i", ifname] for ifname in spec.interfaces] or [[]]
+        replies = _port_match(spec.ports, "s")
+        jumps += [["-I", in_hook, "1", *i, *replies, "-j", IN_CHAIN] for i in ins]
     return jumps
 
 
@@ -145,8 +187,10 @@ def plan_install(spec: RuleSpec, family: Family, binary: str | None = None) -> l
         ["-N", POST_CHAIN],
         *chain_rules(spec, family),
         *post_rules(spec),
-        *jump_rules(spec),
     ]
+    if spec.inbound:
+        body += [["-N", IN_CHAIN], *inbound_rules(spec, family)]
+    body += jump_rules(spec)
     return [[prog, WAIT, "-t", TABLE, *args] for args in body]
 
 
@@ -158,6 +202,8 @@ def plan_probe(spec: RuleSpec, family: Family, binary: str) -> tuple[list[Argv],
         [binary, WAIT, "-t", TABLE, *[PROBE_CHAIN if a == POST_CHAIN else a for a in r]]
         for r in post_rules(spec)
     ]
+    if spec.inbound:
+        load += [[binary, WAIT, "-t", TABLE, *r] for r in inbound_rules(spec, family, PROBE_CHAIN)]
     unload = [
         [binary, WAIT, "-t", TABLE, "-F", PROBE_CHAIN],
         [binary, WAIT, "-t", TABLE, "-X", PROBE_CHAIN],

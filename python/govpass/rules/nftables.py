@@ -12,15 +12,18 @@ fragments have no inner header and therefore never match.
 
 from __future__ import annotations
 
-from govpass.rules.spec import RuleSpec
+from govpass.rules.spec import INBOUND_PACKETS, RuleSpec
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "govpass"
 TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 CHAIN = "govpass"
+IN_CHAIN = "govpass_in"  # replies, for auto-learning (RuleSpec.inbound)
 
 # payload byte 0 = 0x16 (handshake), byte 1 = 0x03, byte 5 = 0x01 (ClientHello)
 NFT_CLIENT_HELLO = "@ih,0,16 0x1603 @ih,40,8 0x1"
+# a reply starting like any handshake record (e.g. the ServerHello)
+NFT_TLS_RECORD = "@ih,0,16 0x1603"
 
 
 def _quote(ifname: str) -> str:
@@ -28,10 +31,11 @@ def _quote(ifname: str) -> str:
     return '"' + (ifname[:-1] + "*" if ifname.endswith("+") else ifname) + '"'
 
 
-def _ports(spec: RuleSpec) -> str:
+def _ports(spec: RuleSpec, side: str = "d") -> str:
+    """`side` "d": destination ports (outbound), "s": source ports (replies)."""
     if len(spec.ports) == 1:
-        return f"tcp dport {spec.ports[0]}"
-    return "tcp dport { " + ", ".join(str(p) for p in spec.ports) + " }"
+        return f"tcp {side}port {spec.ports[0]}"
+    return f"tcp {side}port {{ " + ", ".join(str(p) for p in spec.ports) + " }"
 
 
 def _family_match(spec: RuleSpec) -> str:
@@ -76,6 +80,25 @@ def hook_rules(spec: RuleSpec) -> list[str]:
     return [f"{out}{match} jump {CHAIN}" for out in outs]
 
 
+def inbound_body(spec: RuleSpec) -> list[str]:
+    """Rules of the regular chain ``govpass_in`` (same order as iptables' GOVPASS_IN)."""
+    queue = queue_statement(spec)
+    rules = ['iifname "lo" return'] if spec.mode == "host" else []
+    rules += [f"iifname {_quote(name)} return" for name in spec.exclude_interfaces]
+    rules += [
+        f"ct reply packets > {INBOUND_PACKETS} return",
+        f"tcp flags & rst == rst {queue}",
+        f"{NFT_TLS_RECORD} {queue}",
+    ]
+    return rules
+
+
+def inbound_hook_rules(spec: RuleSpec) -> list[str]:
+    match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec, 's')}"
+    ins = [f"iifname {_quote(name)} " for name in spec.interfaces] or [""]
+    return [f"{i}{match} jump {IN_CHAIN}" for i in ins]
+
+
 def post_rules(spec: RuleSpec) -> list[str]:
     match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec)}"
     return [
@@ -106,6 +129,14 @@ def render_table(spec: RuleSpec) -> str:
         "type filter hook postrouting priority mangle; policy accept;",
         post_rules(spec),
     )
+    if spec.inbound:
+        in_hook = "input" if spec.mode == "host" else "forward"
+        lines += _chain(
+            "inbound",
+            f"type filter hook {in_hook} priority mangle; policy accept;",
+            inbound_hook_rules(spec),
+        )
+        lines += _chain(IN_CHAIN, None, inbound_body(spec))
     lines.append("}")
     return "\n".join(lines) + "\n"
 

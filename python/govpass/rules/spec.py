@@ -20,6 +20,7 @@ DEFAULT_QUEUE_NUM = 200
 DEFAULT_MARK = 0x10000000
 DEFAULT_WATCH_MARK = 0x20000000
 DEFAULT_MAX_PACKETS = 12
+INBOUND_PACKETS = 4  # replies queued per connection when `inbound` is on
 MULTIPORT_MAX = 15  # xt_multiport accepts at most 15 ports per rule
 
 # Kernel interface names are at most 15 bytes (IFNAMSIZ - 1).  A trailing "+" is
@@ -39,6 +40,9 @@ class RuleSpec:
     originals it accepts); the rules let such packets through untouched.
     ``watch_mark`` is a conntrack-mark bit meaning "govpass is still collecting
     this flow": while it is set, every packet of the flow is queued.
+    ``inbound`` (auto-learning) also queues the first :data:`INBOUND_PACKETS`
+    reply packets of a connection from the watched ports, when they are a RST or
+    start like a TLS handshake record: enough to see whether a server answered.
     """
 
     queue_num: int = DEFAULT_QUEUE_NUM
@@ -53,6 +57,7 @@ class RuleSpec:
     ipv6: bool = True
     max_packets: int = DEFAULT_MAX_PACKETS
     bypass: bool = True
+    inbound: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.

@@ -1,0 +1,533 @@
+"""Targeting: which flows are split, as ordered profiles (first match wins).
+
+A profile has filters (host lists, IP sets, ports, IP family, interfaces) and
+an action: ``split`` with its own strategy, or ``pass``. Matching itself is
+the engine's (``govpass._core.Profile``); this module turns configuration into
+profiles and keeps them current:
+
+* :func:`specs_from_config` reads ``[[profile]]`` tables, or builds
+  ``[listed: split, other: pass]`` from the list shortcuts (``--hostlist``,
+  ``--hosts``, ``--ipset``, ``--hostlist-auto`` ...), or returns nothing (the
+  engine's own catch-all split: today's behaviour). No file is read here.
+* :class:`Targeting` reads the list files (plain or gzip) and builds the
+  engine profiles; a cache keyed by (mtime, size, inode) re-parses only files
+  that changed.
+* :class:`ListWatcher` polls the files about once a second (and on request,
+  i.e. SIGHUP) and hands new profiles to the engine; a broken file keeps the
+  previous profiles and is reported in one line.
+
+List files: one entry per line; blank lines and ``#`` comments are ignored.
+Host lists match subdomains unless an entry starts with ``^``. IP sets hold
+IPv4/IPv6 addresses and CIDR prefixes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import socket
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from govpass._core import HostList, IpSet, Profile
+from govpass.errors import ConfigError
+
+if TYPE_CHECKING:
+    from govpass.config import Config
+
+# Settings that, when any is given, turn on the [listed, other] shortcut profiles.
+SHORTCUTS = (
+    "hostlist",
+    "hosts",
+    "hostlist-exclude",
+    "hosts-exclude",
+    "ipset",
+    "ips",
+    "ipset-exclude",
+    "ips-exclude",
+    "hostlist-auto",
+)
+PROFILE_KEYS = (
+    "name",
+    "action",
+    "split-chunk",
+    "split-pos",
+    "hostlist",
+    "hosts",
+    "hostlist-exclude",
+    "hosts-exclude",
+    "ipset",
+    "ips",
+    "ipset-exclude",
+    "ips-exclude",
+    "ports",
+    "family",
+    "iface",
+    "auto",
+)
+FILE_KEYS = ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude")
+HOST_KINDS = ("hostlist", "hostlist-exclude", "hosts", "hosts-exclude", "hostlist-auto")
+FAMILIES = {"any": None, "ipv4": "ipv4", "ipv6": "ipv6"}
+GZIP_MAGIC = b"\x1f\x8b"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENGINE_LINE = re.compile(r"at line (\d+): (.*)$")
+
+FileSig = tuple[int, int, int] | None
+"""(mtime in ns, size, inode) of a list file; None when it cannot be stat'ed."""
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One profile as configured (paths resolved, values checked, nothing read)."""
+
+    name: str
+    action: str = "split"
+    split_chunk: int = 5
+    split_pos: tuple[str, ...] = ()
+    hostlist: tuple[Path, ...] = ()
+    hosts: tuple[str, ...] = ()
+    hostlist_exclude: tuple[Path, ...] = ()
+    hosts_exclude: tuple[str, ...] = ()
+    ipset: tuple[Path, ...] = ()
+    ips: tuple[str, ...] = ()
+    ipset_exclude: tuple[Path, ...] = ()
+    ips_exclude: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    family: str | None = None
+    iface: tuple[str, ...] = ()
+    auto: Path | None = None
+
+    def files(self) -> list[tuple[str, Path]]:
+        """(kind, path) of every list file this profile reads, the auto list included."""
+        out = [(key, path) for key in FILE_KEYS for path in getattr(self, key.replace("-", "_"))]
+        if self.auto is not None:
+            out.append(("hostlist-auto", self.auto))
+        return out
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    """A comma-separated string or an array of strings, as a tuple of non-empty items."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise ConfigError(
+            f"{what}: expected a string or an array of strings, got {value!r}", field=what
+        )
+    return tuple(s.strip() for s in items if s.strip())
+
+
+def _paths(values: Sequence[str], base: Path) -> tuple[Path, ...]:
+    out = []
+    for v in values:
+        p = Path(v).expanduser()
+        out.append(p if p.is_absolute() else base / p)
+    return tuple(out)
+
+
+def _base_of(config: Config, name: str) -> Path:
+    """Directory relative paths of setting `name` are resolved against: the config
+    file's when the value came from it, else the working directory."""
+    origin = config.sources.get(name, "")
+    if origin.startswith("file "):
+        return Path(origin[5:]).absolute().parent
+    return Path.cwd()
+
+
+def _check_strategy(where: str, action: str, chunk: int, pos: Sequence[str]) -> None:
+    """The engine's own validation of a split strategy (messages name the field)."""
+    try:
+        Profile("check", action=action, split_chunk=chunk, split_positions=list(pos))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}", field=e.field) from None
+
+
+def _ports(value: Any, where: str, allowed: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list | tuple):
+        value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    out = []
+    for p in _strings(value, f"{where}: ports"):
+        if not p.isdigit() or not 1 <= int(p) <= 65535:
+            raise ConfigError(f"{where}: invalid port {p!r} (accepted: 1..=65535)", field="ports")
+        if int(p) not in allowed:
+            ports = ",".join(str(a) for a in allowed)
+            raise ConfigError(
+                f"{where}: port {p} is not captured (ports = {ports}); add it to ports",
+                field="ports",
+            )
+        out.append(int(p))
+    return tuple(out)
+
+
+def _spec_from_table(
+    table: Mapping[str, Any], number: int, base: Path, config: Config
+) -> ProfileSpec:
+    from govpass.config import BY_NAME
+
+    name = table.get("name", f"profile-{number}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"[[profile]] #{number}: invalid name {name!r} "
+            "(accepted: letters, digits, '.', '_', '-', at most 64)",
+            field="name",
+        )
+    where = f"[[profile]] {name!r}"
+    unknown = sorted(set(table) - set(PROFILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (accepted: {', '.join(PROFILE_KEYS)})",
+            field=unknown[0],
+        )
+    action = table.get("action", "split")
+    if action not in ("split", "pass"):
+        raise ConfigError(f"{where}: invalid action {action!r} (accepted: split, pass)", "action")
+    if action == "pass" and ("split-chunk" in table or "split-pos" in table):
+        raise ConfigError(f"{where}: split-chunk/split-pos need action = split", "action")
+    try:
+        chunk = BY_NAME["split-chunk"].parse(table.get("split-chunk", config.split_chunk))
+        pos = BY_NAME["split-pos"].parse(table.get("split-pos", list(config.split_pos)))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}", field=e.field) from None
+    _check_strategy(where, action, chunk, pos)
+    lists: dict[str, Any] = {}
+    for key in ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude"):
+        if key in table:
+            lists[key.replace("-", "_")] = _paths(_strings(table[key], f"{where}: {key}"), base)
+    for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
+        if key in table:
+            lists[key.replace("-", "_")] = _strings(table[key], f"{where}: {key}")
+    family = table.get("family", "any")
+    if family not in FAMILIES:
+        raise ConfigError(
+            f"{where}: invalid family {family!r} (accepted: any, ipv4, ipv6)", field="family"
+        )
+    auto = None
+    if "auto" in table:
+        if not isinstance(table["auto"], str) or not table["auto"].strip():
+            raise ConfigError(f"{where}: auto must be the path of the auto host list", "auto")
+        if action != "split":
+            raise ConfigError(f"{where}: auto needs action = split", field="auto")
+        auto = _paths([table["auto"].strip()], base)[0]
+    return ProfileSpec(
+        name=name,
+        action=action,
+        split_chunk=chunk,
+        split_pos=pos,
+        ports=_ports(table.get("ports", []), where, config.port_numbers),
+        family=FAMILIES[family],
+        iface=_strings(table.get("iface", []), f"{where}: iface"),
+        auto=auto,
+        **lists,
+    )
+
+
+def _shortcut_specs(config: Config) -> tuple[ProfileSpec, ...]:
+    lists: dict[str, Any] = {}
+    for key in ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude"):
+        attr = key.replace("-", "_")
+        lists[attr] = _paths(getattr(config, attr), _base_of(config, key))
+    for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
+        attr = key.replace("-", "_")
+        lists[attr] = tuple(getattr(config, attr))
+    auto = None
+    if config.hostlist_auto.strip():
+        auto = _paths([config.hostlist_auto.strip()], _base_of(config, "hostlist-auto"))[0]
+    listed = ProfileSpec(
+        name="listed",
+        action="split",
+        split_chunk=config.split_chunk,
+        split_pos=tuple(config.split_pos),
+        auto=auto,
+        **lists,
+    )
+    return (listed, ProfileSpec(name="other", action="pass"))
+
+
+def specs_from_config(config: Config) -> tuple[ProfileSpec, ...]:
+    """The configured profiles, in order; empty means the engine's default
+    (one catch-all profile splitting with the global strategy)."""
+    given = [name for name in SHORTCUTS if getattr(config, name.replace("-", "_"))]
+    if config.profiles:
+        if given:
+            origin = config.sources.get(given[0], "flag")
+            raise ConfigError(
+                f"{given[0]} ({origin}) cannot be combined with [[profile]] tables "
+                f"({config.sources.get('profile', 'config file')}); put it into a profile",
+                field=given[0],
+            )
+        base = _base_of(config, "profile")
+        specs = tuple(
+            _spec_from_table(t, n, base, config) for n, t in enumerate(config.profiles, 1)
+        )
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise ConfigError(f"[[profile]] name {spec.name!r} is used twice", field="name")
+            seen.add(spec.name)
+        return specs
+    if given:
+        return _shortcut_specs(config)
+    return ()
+
+
+def uses_auto(config: Config) -> bool:
+    """Whether some profile learns names (the rules must then queue a few replies)."""
+    return any(spec.auto is not None for spec in specs_from_config(config))
+
+
+# ------------------------------------------------------------------ list files
+
+
+def file_sig(path: Path) -> FileSig:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def read_lines(path: Path, kind: str, missing_ok: bool = False) -> list[str]:
+    """The lines of a list file (gzip recognised by its magic bytes)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise ConfigError(f"{kind} {path}: cannot read: no such file", field=kind) from None
+    except OSError as e:
+        raise ConfigError(f"{kind} {path}: cannot read: {e.strerror}", field=kind) from None
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ConfigError(f"{kind} {path}: broken gzip data ({e})", field=kind) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{kind} {path} line {line}: not UTF-8 text", field=kind) from None
+    # split("\n") rather than splitlines(): line numbers must be the editor's.
+    return text.removeprefix("\ufeff").split("\n")
+
+
+def parse_list(kind: str, lines: list[str], where: str, unit: str = "line") -> Any:
+    """A HostList or IpSet from `lines`; a bad entry raises one line naming `where`."""
+    cls = HostList if kind in HOST_KINDS else IpSet
+    try:
+        return cls(lines)
+    except ConfigError as e:
+        m = _ENGINE_LINE.search(str(e))
+        detail = f" {unit} {m[1]}: {m[2]}" if m else f": {e}"
+        raise ConfigError(f"{where}{detail}", field=kind) from None
+
+
+class ListCache:
+    """Parsed list files by (kind, path), re-read only when their signature changes."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, Path], tuple[FileSig, Any]] = {}
+
+    def load(self, kind: str, path: Path, sig: FileSig, missing_ok: bool = False) -> Any:
+        hit = self._items.get((kind, path))
+        if hit is not None and sig is not None and hit[0] == sig:
+            return hit[1]
+        parsed = parse_list(kind, read_lines(path, kind, missing_ok), f"{kind} {path}")
+        self._items[(kind, path)] = (sig, parsed)
+        return parsed
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+# ------------------------------------------------------------------ profiles
+
+
+class Targeting:
+    """Builds engine profiles from specs, reading list files through a cache."""
+
+    def __init__(
+        self,
+        specs: Sequence[ProfileSpec],
+        ifindex: Callable[[str], int] = socket.if_nametoindex,
+    ) -> None:
+        self.specs = tuple(specs)
+        self.ifindex = ifindex
+        self.cache = ListCache()
+        self.built_sigs: dict[Path, FileSig] = {}
+        self.summary = ""
+        # Inline lists never change: parsed (and checked) once.
+        self._inline: dict[tuple[str, str], Any] = {}
+        for spec in self.specs:
+            for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
+                items = getattr(spec, key.replace("-", "_"))
+                if items:
+                    where = f"{key} of profile {spec.name!r}"
+                    self._inline[(spec.name, key)] = parse_list(key, list(items), where, "entry")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Targeting:
+        return cls(specs_from_config(config))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.specs)
+
+    @property
+    def auto(self) -> bool:
+        return any(spec.auto is not None for spec in self.specs)
+
+    def files(self) -> list[Path]:
+        seen: dict[Path, None] = {}
+        for spec in self.specs:
+            for _, path in spec.files():
+                seen.setdefault(path, None)
+        return list(seen)
+
+    def auto_files(self) -> dict[str, Path]:
+        """Profile name -> its auto host list file."""
+        return {s.name: s.auto for s in self.specs if s.auto is not None}
+
+    def signatures(self) -> dict[Path, FileSig]:
+        return {path: file_sig(path) for path in self.files()}
+
+    def build(self, force: bool = False) -> list[Profile]:
+        """Engine profiles from the files as they are now (`force`: re-read all of
+        them and resolve interface names again). Raises ConfigError, naming the
+        file and line, on anything unreadable or invalid."""
+        if force:
+            self.cache.clear()
+        sigs = self.signatures()
+        profiles = []
+        notes = []
+        for spec in self.specs:
+            sets: dict[str, list[Any]] = {}
+            for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
+                inline = self._inline.get((spec.name, key))
+                sets[key] = [inline] if inline is not None else []
+            file_key = {
+                "hostlist": "hosts",
+                "hostlist-exclude": "hosts-exclude",
+                "ipset": "ips",
+                "ipset-exclude": "ips-exclude",
+                "hostlist-auto": "hosts",
+            }
+            for kind, path in spec.files():
+                parsed = self.cache.load(kind, path, sigs[path], missing_ok=kind == "hostlist-auto")
+                sets[file_key[kind]].append(parsed)
+            ifaces = []
+            for name in spec.iface:
+                try:
+                    ifaces.append(self.ifindex(name))
+                except OSError:
+                    raise ConfigError(
+                        f"profile {spec.name!r}: no network interface named {name!r}",
+                        field="iface",
+                    ) from None
+            profiles.append(
+                Profile(
+                    spec.name,
+                    action=spec.action,
+                    split_chunk=spec.split_chunk,
+                    split_positions=list(spec.split_pos),
+                    hosts=sets["hosts"],
+                    hosts_exclude=sets["hosts-exclude"],
+                    ips=sets["ips"],
+                    ips_exclude=sets["ips-exclude"],
+                    ports=list(spec.ports),
+                    family=spec.family,
+                    ifaces=ifaces,
+                    auto=spec.auto is not None,
+                )
+            )
+            notes.append(_describe(spec, sets))
+        self.built_sigs = sigs
+        self.summary = "; ".join(notes)
+        return profiles
+
+
+def _describe(spec: ProfileSpec, sets: Mapping[str, list[Any]]) -> str:
+    parts = [f"{spec.name}: {spec.action}"]
+    for key, label in (
+        ("hosts", "hosts"),
+        ("hosts-exclude", "excluded hosts"),
+        ("ips", "ip ranges"),
+        ("ips-exclude", "excluded ip ranges"),
+    ):
+        if sets[key]:
+            parts.append(f"{sum(len(s) for s in sets[key])} {label}")
+    if spec.auto is not None:
+        parts.append(f"auto {spec.auto}")
+    return " ".join(parts[:1]) + (" (" + ", ".join(parts[1:]) + ")" if parts[1:] else "")
+
+
+class ListWatcher:
+    """Keeps the engine's profiles in step with the list files.
+
+    ``poll()`` is cheap and meant for a worker's timer: at most every
+    ``interval`` seconds it compares the files' (mtime, size, inode) with those
+    of the last build; ``request()`` (safe from a signal handler) makes the next
+    poll re-read everything. A failed build keeps the engine's current profiles
+    and logs one line; it is retried when the files change again.
+    """
+
+    def __init__(
+        self,
+        targeting: Targeting,
+        apply: Callable[[list[Profile]], None],
+        log: Callable[[str], None] | None = None,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.targeting = targeting
+        self.apply = apply
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self.seen = dict(targeting.built_sigs)
+        self.reloads = 0
+        self.failures = 0
+        self._next = clock() + interval
+        self._requested = False
+
+    def request(self) -> None:
+        self._requested = True
+
+    def poll(self, now: float | None = None) -> bool:
+        """Reloads if due and something changed; True when new profiles were applied."""
+        now = self.clock() if now is None else now
+        forced = self._requested
+        if not forced and now < self._next:
+            return False
+        self._requested = False
+        self._next = now + self.interval
+        sigs = self.targeting.signatures()
+        if not forced and sigs == self.seen:
+            return False
+        self.seen = sigs
+        try:
+            profiles = self.targeting.build(force=forced)
+        except ConfigError as e:
+            self.failures += 1
+            self._log(f"{e}; keeping the previous list")
+            return False
+        self.apply(profiles)
+        self.seen = dict(self.targeting.built_sigs)
+        self.reloads += 1
+        why = "SIGHUP" if forced else "changed"
+        self._log(f"lists reloaded ({why}): {self.targeting.summary}")
+        return True
+
+    def _log(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
