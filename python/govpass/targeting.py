@@ -376,8 +376,8 @@ class Targeting:
                     self._inline[(spec.name, key)] = parse_list(key, list(items), where, "entry")
 
     @classmethod
-    def from_config(cls, config: Config) -> Targeting:
-        return cls(specs_from_config(config))
+    def from_config(cls, config: Config, **kw: Any) -> Targeting:
+        return cls(specs_from_config(config), **kw)
 
     @property
     def active(self) -> bool:
