@@ -44,6 +44,16 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def running_daemon(directory: Path) -> int | None:
+    """Pid of a live govpass daemon recorded in `directory`, if any."""
+    try:
+        pid = int(json.loads((directory / "daemon.json").read_text(encoding="utf-8"))["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if b"govpass" in cmdline else None
+
+
 def rule_spec(config: Config) -> Any:
     from govpass.rules import RuleSpec
     from govpass.targeting import uses_auto
@@ -221,6 +231,7 @@ class Daemon:
         self.directory = run_dir()
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
+        self.owns_run_dir = False
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
         self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
@@ -273,6 +284,13 @@ class Daemon:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        other = running_daemon(self.directory)
+        if other is not None and other != os.getpid():
+            raise BackendError(
+                f"another govpass daemon (pid {other}) is already running with run directory "
+                f"{self.directory}; stop it first, or set {RUN_DIR_ENV} for a second one"
+            )
+        self.owns_run_dir = True
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
         (self.directory / "learner.json").unlink(missing_ok=True)
@@ -364,7 +382,7 @@ class Daemon:
                 w.process.join(1)
         with suppress(OSError):
             self.stats()
-        for name in ("daemon.json",):
+        for name in ("daemon.json",) if self.owns_run_dir else ():
             (self.directory / name).unlink(missing_ok=True)
         if self._events is not None:
             with suppress(OSError):  # verdicts the workers sent while stopping

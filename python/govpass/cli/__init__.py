@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app; known errors become one line on stderr."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, typer.Exit(n) comes back as a return value.
+        code = app(args=argv, standalone_mode=False)
     except ConfigError as e:
         err_console.print(f"govpass: {e}", style="red", markup=False)
         sys.exit(2)
@@ -59,4 +60,6 @@ def main(argv: list[str] | None = None) -> None:
         code = _usage_error(e)
         if code is None:
             raise
+        sys.exit(code)
+    if isinstance(code, int) and code:
         sys.exit(code)
