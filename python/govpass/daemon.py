@@ -54,10 +54,16 @@ def running_daemon(directory: Path) -> int | None:
     return pid if b"govpass" in cmdline else None
 
 
-def rule_spec(config: Config) -> Any:
+def rule_spec(config: Config, detection: Any = None) -> Any:
+    """The rules for `config`. Detected tunnel and VPN interfaces are added to
+    the exclusions (unless listed in `iface`); pass `detection` to reuse one."""
+    from govpass import interfaces
     from govpass.rules import RuleSpec
     from govpass.targeting import uses_auto
 
+    if detection is None:
+        detection = interfaces.detect()
+    excluded = interfaces.exclusions(detection, config.iface, config.exclude_iface)
     return RuleSpec(
         queue_num=config.queue_num,
         queue_count=config.worker_count,
@@ -66,7 +72,7 @@ def rule_spec(config: Config) -> Any:
         ports=config.port_numbers,
         mode=config.mode,  # type: ignore[arg-type]
         interfaces=config.iface,
-        exclude_interfaces=config.exclude_iface,
+        exclude_interfaces=excluded,
         ipv4=True,
         ipv6=config.ipv6,
         inbound=uses_auto(config),  # auto-learning reads the first replies
@@ -232,6 +238,8 @@ class Daemon:
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
         self.owns_run_dir = False
+        self.spec: Any = None
+        self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
         self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
@@ -311,8 +319,10 @@ class Daemon:
             from govpass import rules
 
             backend = None if self.config.firewall == "auto" else self.config.firewall
-            result = rules.install(rule_spec(self.config), backend=backend)  # type: ignore[arg-type]
+            self.spec = rule_spec(self.config)
+            result = rules.install(self.spec, backend=backend)  # type: ignore[arg-type]
             self.rules_installed = True
+            self._spec_checked = time.monotonic()
             self.log(f"rules installed with {result.backend}: {result.reason}")
 
     def check_workers(self) -> None:
@@ -325,6 +335,26 @@ class Daemon:
             replacement = self._start_worker(w.index)
             replacement.restarts = w.restarts + 1
             self.workers[n] = replacement
+
+    def refresh_interfaces(self, every: float = 5.0) -> None:
+        """Re-detects tunnel/VPN interfaces (a VPN may come up or go down) and
+        reinstalls the rules when the exclusions change."""
+        if not self.rules_installed or time.monotonic() - self._spec_checked < every:
+            return
+        self._spec_checked = time.monotonic()
+        spec = rule_spec(self.config)
+        if spec == self.spec:
+            return
+        from govpass import rules
+
+        before, after = set(self.spec.exclude_interfaces), set(spec.exclude_interfaces)
+        backend = None if self.config.firewall == "auto" else self.config.firewall
+        rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self.spec = spec
+        self.log(
+            f"interfaces changed (now excluded: {', '.join(sorted(after)) or 'none'}; "
+            f"added {sorted(after - before)}, removed {sorted(before - after)}): rules reinstalled"
+        )
 
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its lists (and resolves interfaces again)."""

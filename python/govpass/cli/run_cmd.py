@@ -75,6 +75,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                 while True:
                     daemon.wait(config.stats_interval)
                     daemon.check_workers()
+                    daemon.refresh_interfaces()
                     stats = daemon.stats()
                     if interactive:
                         live.update(table(stats))
