@@ -211,6 +211,30 @@ def test_string_censor_is_passed_with_midsld(
         assert inside, f"no cut inside the host name: {flow.summary()}"
 
 
+def test_host_list_chooses_flows_and_reloads_on_sighup(lab: Lab, tmp_path: Path) -> None:
+    hostlist = tmp_path / "hosts.txt"
+    hostlist.write_text(f"{BLOCKED}\n")
+    with Govpass(lab, tmp_path / "run", "--hostlist", str(hostlist)) as gp:
+        assert "profiles:" in gp.log.read_text()
+        with lab.capture() as cap:
+            for name in (BLOCKED, ALLOWED):
+                ok, detail = lab.client("curl", name, family=4, timeout=10)
+                assert ok, detail
+        sizes = {f.sni: f.sizes for f in hello_flows(cap.flows())}
+        assert sizes[BLOCKED][0] == 5 and len(sizes[ALLOWED]) == 1, sizes
+        hostlist.write_text(f"{BLOCKED}\n{ALLOWED}\n")
+        os.kill(gp.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "lists reloaded (SIGHUP)" not in gp.log.read_text():
+            assert time.monotonic() < deadline, gp.log.read_text()
+            time.sleep(0.05)
+        with lab.capture() as cap:
+            ok, detail = lab.client("curl", ALLOWED, family=6, timeout=10)
+            assert ok, detail
+        assert [f.sizes[0] for f in hello_flows(cap.flows())] == [5]
+        assert gp.stats()["list_reloads"] == 1
+
+
 # --------------------------------------------------------- packets per connection
 
 

@@ -46,9 +46,10 @@ def tcp_packet(
     family: int = 4,
     dport: int = 443,
     seq: int = ISN + 1,
+    sport: int = 40000,
 ) -> bytes:
     ip = IP(src=SRC4, dst=DST4) if family == 4 else IPv6(src=SRC6, dst=DST6)
-    pkt = ip / TCP(sport=40000, dport=dport, flags=flags, seq=seq, ack=5000) / Raw(payload)
+    pkt = ip / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=5000) / Raw(payload)
     return bytes(pkt)
 
 
@@ -401,10 +402,14 @@ def hello_packets(hello: bytes = BIG_HELLO, family: int = 4) -> list[Packet]:
     ]
 
 
-def fake_worker(handle: FakeHandle) -> divert.DivertWorker:
-    worker = divert.DivertWorker(Config(), factory=lambda f, i: handle)
+def fake_worker_for(config: Config, handle: FakeHandle) -> divert.DivertWorker:
+    worker = divert.DivertWorker(config, factory=lambda f, i: handle)
     worker.open()
     return worker
+
+
+def fake_worker(handle: FakeHandle) -> divert.DivertWorker:
+    return fake_worker_for(Config(), handle)
 
 
 def test_split_segments_carry_the_original_address_and_valid_checksums() -> None:
@@ -602,3 +607,58 @@ def test_status_line_adds_the_handle_counters() -> None:
     text = divert_run.status_line(stats)
     assert "packets=4" in text and "fail_open=timeout:1" in text
     assert text.endswith("divert_diverted=9")
+
+
+# ------------------------------------------------------------------ targeting
+
+
+def test_host_profiles_decide_what_is_split() -> None:
+    handle = FakeHandle()
+    cfg = config_mod.load(env={}, flags={"hosts": "blocked.example"})
+    worker = fake_worker_for(cfg, handle)
+    other = (HELLOS / "openssl_co_uk.bin").read_bytes()  # www.sub.example.co.uk
+    worker.process([packet(tcp_packet(HELLO)), packet(tcp_packet(other, sport=40001))])
+    sizes = [len(Packet(raw).payload) for batch in handle.sent for raw in batch]
+    assert sorted(sizes) == sorted([5, len(HELLO) - 5, len(other)])  # only the listed name
+    assert worker.stats()["splits"] == 1
+
+
+def test_list_files_are_watched_and_reloaded_on_request(tmp_path: Path) -> None:
+    hostlist = tmp_path / "hosts.txt"
+    hostlist.write_text("nothing.example\n")
+    cfg = config_mod.load(env={}, flags={"hostlist": str(hostlist)})
+    handle = FakeHandle()
+    worker = fake_worker_for(cfg, handle)
+    logged: list[str] = []
+    assert worker.watch_lists(logged.append)
+    worker.process([packet(tcp_packet(HELLO))])
+    assert worker.stats()["splits"] == 0
+    hostlist.write_text("blocked.example\n")
+    worker.request_reload()  # what SIGHUP does
+    worker.expire()  # the timer tick polls the watcher
+    assert any("lists reloaded (SIGHUP)" in m for m in logged), logged
+    worker.process([packet(tcp_packet(HELLO, family=6))])
+    stats = worker.stats()
+    assert stats["splits"] == 1 and stats["list_reloads"] == 1
+
+
+def test_auto_learning_is_refused_with_one_line(tmp_path: Path) -> None:
+    cfg = config_mod.load(env={}, flags={"hostlist_auto": str(tmp_path / "auto.txt")})
+    with pytest.raises(ConfigError, match="hostlist-auto is not supported by backend divert"):
+        divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
+
+
+def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
+    cfg = config_mod.load(env={}, flags={"hostlist": str(tmp_path / "missing.txt")})
+    with pytest.raises(ConfigError):
+        divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
+
+
+def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
+    reloads: list[int] = []
+    with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloads == [1] and not stopped()
+    with divert_run.stop_on_signals() as stopped:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stopped()

@@ -377,6 +377,24 @@ def open_error(e: BaseException) -> BackendError:
 # ------------------------------------------------------------------------ worker
 
 
+def _targeting(config: Config) -> Any:
+    """The profiles of the configuration (host lists, IP sets), or None without any.
+
+    Auto-learning is refused: it judges flows by inbound RSTs and data, which the
+    outbound-only divert filter never captures."""
+    from govpass.targeting import Targeting
+
+    targeting = Targeting.from_config(config)
+    if targeting.auto:
+        raise ConfigError(
+            "hostlist-auto is not supported by backend divert (auto-learning needs "
+            "inbound packets the divert filter does not capture; accepted: static "
+            "host lists and IP sets)",
+            field="hostlist-auto",
+        )
+    return targeting if targeting.active else None
+
+
 def _default_factory(filter_text: str, interfaces: list[str] | None) -> Any:
     import pydivert
 
@@ -414,6 +432,10 @@ class DivertWorker:
         self.queue = queue_params(config)
         self.interfaces = attach_interfaces(config) if sys.platform.startswith("linux") else None
         self.engine = Engine(config.engine_config())
+        self.watcher: Any = None
+        self._targeting = _targeting(config)
+        if self._targeting is not None:
+            self.engine.set_profiles(self._targeting.build())  # a bad list: one line, no start
         tick_ms = min(max(config.collect_timeout / 5, 5.0), 50.0)
         self.tick = tick_ms / 1000.0
         self._factory = factory or _default_factory
@@ -432,6 +454,25 @@ class DivertWorker:
         self._batched_recv = sys.platform.startswith("linux")
 
     # -- lifecycle -----------------------------------------------------------------
+
+    def watch_lists(self, log: Callable[[str], None] | None) -> str | None:
+        """Keeps the profiles in step with their list files (polled by the timer);
+        returns the profiles' summary, None without profiles."""
+        if self._targeting is None:
+            return None
+        from govpass.targeting import ListWatcher
+
+        def apply(profiles: list[Any]) -> None:
+            with self.lock:
+                self.engine.set_profiles(profiles)
+
+        self.watcher = ListWatcher(self._targeting, apply, log)
+        return str(self._targeting.summary)
+
+    def request_reload(self) -> None:
+        """Re-read every list at the next timer tick (SIGHUP); signal-safe."""
+        if self.watcher is not None:
+            self.watcher.request()
 
     def open(self) -> None:
         """Opens the handle and sets the queue; one-line BackendError on failure."""
@@ -537,7 +578,9 @@ class DivertWorker:
                     passing.append(pkt)
                     continue
                 try:
-                    result = self.engine.process(pkt.raw.tobytes(), time.monotonic(), pkt)
+                    # The interface index: for profiles limited to some interfaces.
+                    ifidx = pkt.interface[0]
+                    result = self.engine.process(pkt.raw.tobytes(), time.monotonic(), pkt, ifidx)
                 except Exception:
                     self.counters["callback_errors"] += 1
                     passing.append(pkt)  # never lose a packet: it goes on unchanged
@@ -551,6 +594,8 @@ class DivertWorker:
             self._send(passing)
 
     def expire(self) -> None:
+        if self.watcher is not None:
+            self.watcher.poll()
         with self.lock:
             self.apply(self.engine.expire(time.monotonic()))
 
@@ -612,6 +657,8 @@ class DivertWorker:
         with self.lock:
             s: dict[str, Any] = dict(self.engine.stats())
         s.update(self.counters)
+        if self.watcher is not None:
+            s.update(list_reloads=self.watcher.reloads, list_errors=self.watcher.failures)
         h = self.handle
         if h is not None:
             try:

@@ -133,8 +133,11 @@ def _clean_leftovers(log: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """SIGINT/SIGTERM/SIGHUP (SIGBREAK on Windows) ask the loop to stop.
+def stop_on_signals(
+    on_reload: Callable[[], None] | None = None,
+) -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM (SIGBREAK on Windows) ask the loop to stop; SIGHUP calls
+    `on_reload` (re-read the host lists) when given, else stops too.
 
     A flag, not an exception: an exception raised in the middle of a batch
     could lose a packet that was received but not yet sent back. Outside the
@@ -146,11 +149,19 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     def handler(signum: int, frame: Any) -> None:
         requested.append(signum)
 
-    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
+    def hup(signum: int, frame: Any) -> None:
+        if on_reload is not None:
+            on_reload()
+        else:
+            requested.append(signum)
+
+    names = ("SIGINT", "SIGTERM", "SIGBREAK")
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (getattr(signal, n) for n in names if hasattr(signal, n)):
             old[sig] = signal.signal(sig, handler)
+        if hasattr(signal, "SIGHUP"):
+            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
     try:
         yield lambda: bool(requested)
     finally:
@@ -200,7 +211,10 @@ def run_divert(
     divert.check_privileges()
     if config.workers > 1:
         log(f"workers={config.workers} ignored: the divert backend runs one worker")
-    worker = divert.DivertWorker(config)  # validates filter and queue settings
+    worker = divert.DivertWorker(config)  # validates filter, queue settings and lists
+    profiles = worker.watch_lists(log)
+    if profiles is not None:
+        log(f"profiles: {profiles}")
     _clean_leftovers(log)
     worker.open()
     directory = run_dir()
@@ -248,7 +262,8 @@ def run_divert(
             else:
                 log(status_line(stats))
 
-        with stop_on_signals() as signalled, live:
+        reload = worker.request_reload if profiles is not None else None
+        with stop_on_signals(reload) as signalled, live:
             _write_stats(directory, worker)
             worker.run(lambda: signalled() or bool(should_stop and should_stop()), on_tick)
         if worker.error:
