@@ -11,7 +11,8 @@ reaper, plus a sweep for the ones it cannot see (see :func:`sweep_orphans`).
 One worker only: WinDivert cannot spread a filter's flows over several
 handles by flow hash, and one flow must always meet one engine.
 
-Stats go where the NFQUEUE daemon puts them (``GOVPASS_RUN_DIR``:
+SIGINT/SIGTERM stop it; SIGHUP re-reads the host lists (when profiles are
+configured). Stats go where the NFQUEUE daemon puts them (``GOVPASS_RUN_DIR``:
 ``daemon.json`` + ``worker-0.json``), so ``govpass stats`` reads them alike.
 """
 
