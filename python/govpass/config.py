@@ -270,6 +270,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
     Setting(
+        "block-quic",
+        False,
+        "Drop outbound QUIC Initial packets (UDP to the ports) so browsers fall back to TCP",
+        "bool",
+    ),
+    Setting(
         "stats-interval",
         2.0,
         "Seconds between status updates / log lines",
@@ -362,6 +368,7 @@ class Config:
     exclude_iface: tuple[str, ...] = ()
     firewall: str = "auto"
     ipv6: bool = True
+    block_quic: bool = False
     stats_interval: float = 2.0
     hostlist: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()

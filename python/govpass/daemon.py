@@ -76,6 +76,7 @@ def rule_spec(config: Config, detection: Any = None) -> Any:
         ipv4=True,
         ipv6=config.ipv6,
         inbound=uses_auto(config),  # auto-learning reads the first replies
+        block_quic=config.block_quic,
     )
 
 

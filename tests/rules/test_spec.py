@@ -64,3 +64,21 @@ def test_invalid(kwargs: dict[str, object], fragment: str) -> None:
 
 def test_wildcard_interface_allowed() -> None:
     assert RuleSpec(mode="router", interfaces=("ppp+",)).interfaces == ("ppp+",)
+
+
+def test_block_quic_adds_a_drop_chain_for_udp_initials() -> None:
+    from govpass.rules import iptables as ipt
+    from govpass.rules import nftables as nft
+
+    spec = RuleSpec(block_quic=True, exclude_interfaces=("wg0",))
+    v4 = [" ".join(a) for a in ipt.plan_install(spec, "ipv4")]
+    assert "iptables -w -t mangle -N GOVPASS_QUIC" in v4
+    assert "iptables -w -t mangle -A GOVPASS_QUIC -o wg0 -j RETURN" in v4
+    assert any("--u32 4&0x1FFF=0&&0>>22&0x3C@8>>24&0xF0=0xC0:0xD0 -j DROP" in a for a in v4)
+    assert "iptables -w -t mangle -I OUTPUT 1 -p udp -m udp --dport 443 -j GOVPASS_QUIC" in v4
+    v6 = " ".join(" ".join(a) for a in ipt.plan_install(spec, "ipv6"))
+    assert "4>>8&0xFF=0x11&&48>>24&0xF0=0xC0:0xD0" in v6
+    table = nft.render_table(spec)
+    assert "meta l4proto udp udp dport 443 jump govpass_quic" in table
+    assert "@th,64,8 & 0xf0 { 0xc0, 0xd0 } drop" in table
+    assert "GOVPASS_QUIC" not in " ".join(" ".join(a) for a in ipt.plan_install(RuleSpec(), "ipv4"))

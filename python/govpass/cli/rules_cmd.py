@@ -28,6 +28,7 @@ RULE_SETTINGS = (
     "exclude-iface",
     "firewall",
     "ipv6",
+    "block-quic",
 )
 
 

@@ -18,6 +18,13 @@ Layout, all in the ``mangle`` table::
     GOVPASS_POST
         mark has MARK bit and ct mark has WATCH bit -> CONNMARK &= ~WATCH
 
+    with ``block_quic``, also
+    OUTPUT (host) or FORWARD -o WAN (router)
+        -p udp --dport PORTS  -> GOVPASS_QUIC
+    GOVPASS_QUIC
+        -o lo / excluded interfaces  RETURN
+        QUIC long header, type Initial or 0-RTT   DROP
+
     with ``inbound`` (auto-learning), also
     INPUT (host) or FORWARD -i WAN (router)
         -p tcp --sport PORTS  -> GOVPASS_IN
@@ -43,9 +50,10 @@ TABLE = "mangle"
 CHAIN = "GOVPASS"
 POST_CHAIN = "GOVPASS_POST"
 IN_CHAIN = "GOVPASS_IN"
+QUIC_CHAIN = "GOVPASS_QUIC"
 PROBE_CHAIN = "GOVPASS_PROBE"
 WAIT = "-w"  # wait for the xtables lock instead of failing when another tool holds it
-OUR_CHAINS = (CHAIN, POST_CHAIN, IN_CHAIN, PROBE_CHAIN)
+OUR_CHAINS = (CHAIN, POST_CHAIN, IN_CHAIN, QUIC_CHAIN, PROBE_CHAIN)
 
 Argv = list[str]
 
@@ -75,6 +83,13 @@ U32_TLS_RECORD_V4 = f"4&0x1FFF=0&&{_V4_PAYLOAD}0>>16=0x1603"
 U32_TLS_RECORD_V6 = f"4>>8&0xFF=0x6&&{_V6_PAYLOAD}40>>16=0x1603"
 
 
+# QUIC: the first UDP payload byte of a long-header packet is 1 1 T T x x x x;
+# type TT = 00 is Initial in QUIC v1 (01 is 0-RTT; in QUIC v2 01 is Initial),
+# so the top nibble is 0xC or 0xD. UDP's header is 8 bytes.
+U32_QUIC_INITIAL_V4 = "4&0x1FFF=0&&0>>22&0x3C@8>>24&0xF0=0xC0:0xD0"
+U32_QUIC_INITIAL_V6 = "4>>8&0xFF=0x11&&48>>24&0xF0=0xC0:0xD0"
+
+
 def binary_for(family: Family, variant: str | None = None) -> str:
     """`iptables` / `ip6tables`, optionally with a backend suffix (`legacy`, `nft`)."""
     base = "iptables" if family == "ipv4" else "ip6tables"
@@ -89,11 +104,11 @@ def u32_tls_record(family: Family) -> str:
     return U32_TLS_RECORD_V4 if family == "ipv4" else U32_TLS_RECORD_V6
 
 
-def _port_match(ports: Sequence[int], side: str = "d") -> Argv:
+def _port_match(ports: Sequence[int], side: str = "d", proto: str = "tcp") -> Argv:
     """`side` "d": destination ports (outbound), "s": source ports (replies)."""
     if len(ports) == 1:
-        return ["-p", "tcp", "-m", "tcp", f"--{side}port", str(ports[0])]
-    return ["-p", "tcp", "-m", "multiport", f"--{side}ports", ",".join(str(p) for p in ports)]
+        return ["-p", proto, "-m", proto, f"--{side}port", str(ports[0])]
+    return ["-p", proto, "-m", "multiport", f"--{side}ports", ",".join(str(p) for p in ports)]
 
 
 def _queue_target(spec: RuleSpec) -> Argv:
@@ -151,6 +166,18 @@ def inbound_rules(spec: RuleSpec, family: Family, chain: str = IN_CHAIN) -> list
     return [["-A", chain, *rule] for rule in rules]
 
 
+def quic_rules(spec: RuleSpec, family: Family, chain: str = QUIC_CHAIN) -> list[Argv]:
+    """The body of GOVPASS_QUIC: drop QUIC Initial packets (UDP to the ports)."""
+    rules: list[Argv] = []
+    if spec.mode == "host":
+        rules.append(["-o", "lo", "-j", "RETURN"])
+    for ifname in spec.exclude_interfaces:
+        rules.append(["-o", ifname, "-j", "RETURN"])
+    u32 = U32_QUIC_INITIAL_V4 if family == "ipv4" else U32_QUIC_INITIAL_V6
+    rules.append(["-m", "u32", "--u32", u32, "-j", "DROP"])
+    return [["-A", chain, *rule] for rule in rules]
+
+
 def post_rules(spec: RuleSpec) -> list[Argv]:
     return [
         [
@@ -167,6 +194,9 @@ def jump_rules(spec: RuleSpec) -> list[Argv]:
     outs: list[Argv] = [["-o", ifname] for ifname in spec.interfaces] or [[]]
     jumps = [["-I", hook, "1", *out, *ports, "-j", CHAIN] for out in outs]
     jumps.append(["-I", "POSTROUTING", "1", *ports, "-j", POST_CHAIN])
+    if spec.block_quic:
+        udp = _port_match(spec.ports, proto="udp")
+        jumps += [["-I", hook, "1", *out, *udp, "-j", QUIC_CHAIN] for out in outs]
     if spec.inbound:
         in_hook = "INPUT" if spec.mode == "host" else "FORWARD"
         ins: list[Argv] = [["-i", ifname] for ifname in spec.interfaces] or [[]]
@@ -190,6 +220,8 @@ def plan_install(spec: RuleSpec, family: Family, binary: str | None = None) -> l
     ]
     if spec.inbound:
         body += [["-N", IN_CHAIN], *inbound_rules(spec, family)]
+    if spec.block_quic:
+        body += [["-N", QUIC_CHAIN], *quic_rules(spec, family)]
     body += jump_rules(spec)
     return [[prog, WAIT, "-t", TABLE, *args] for args in body]
 
@@ -204,6 +236,8 @@ def plan_probe(spec: RuleSpec, family: Family, binary: str) -> tuple[list[Argv],
     ]
     if spec.inbound:
         load += [[binary, WAIT, "-t", TABLE, *r] for r in inbound_rules(spec, family, PROBE_CHAIN)]
+    if spec.block_quic:
+        load += [[binary, WAIT, "-t", TABLE, *r] for r in quic_rules(spec, family, PROBE_CHAIN)]
     unload = [
         [binary, WAIT, "-t", TABLE, "-F", PROBE_CHAIN],
         [binary, WAIT, "-t", TABLE, "-X", PROBE_CHAIN],

@@ -19,6 +19,9 @@ TABLE_NAME = "govpass"
 TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 CHAIN = "govpass"
 IN_CHAIN = "govpass_in"  # replies, for auto-learning (RuleSpec.inbound)
+QUIC_CHAIN = "govpass_quic"  # RuleSpec.block_quic
+# First UDP payload byte: long header, type Initial/0-RTT (QUIC v1 and v2).
+NFT_QUIC_INITIAL = "@th,64,8 & 0xf0 { 0xc0, 0xd0 }"
 
 # payload byte 0 = 0x16 (handshake), byte 1 = 0x03, byte 5 = 0x01 (ClientHello)
 NFT_CLIENT_HELLO = "@ih,0,16 0x1603 @ih,40,8 0x1"
@@ -31,11 +34,11 @@ def _quote(ifname: str) -> str:
     return '"' + (ifname[:-1] + "*" if ifname.endswith("+") else ifname) + '"'
 
 
-def _ports(spec: RuleSpec, side: str = "d") -> str:
+def _ports(spec: RuleSpec, side: str = "d", proto: str = "tcp") -> str:
     """`side` "d": destination ports (outbound), "s": source ports (replies)."""
     if len(spec.ports) == 1:
-        return f"tcp {side}port {spec.ports[0]}"
-    return f"tcp {side}port {{ " + ", ".join(str(p) for p in spec.ports) + " }"
+        return f"{proto} {side}port {spec.ports[0]}"
+    return f"{proto} {side}port {{ " + ", ".join(str(p) for p in spec.ports) + " }"
 
 
 def _family_match(spec: RuleSpec) -> str:
@@ -77,7 +80,19 @@ def chain_body(spec: RuleSpec) -> list[str]:
 def hook_rules(spec: RuleSpec) -> list[str]:
     match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec)}"
     outs = [f"oifname {_quote(name)} " for name in spec.interfaces] or [""]
-    return [f"{out}{match} jump {CHAIN}" for out in outs]
+    rules = [f"{out}{match} jump {CHAIN}" for out in outs]
+    if spec.block_quic:
+        udp = f"{_family_match(spec)}meta l4proto udp {_ports(spec, proto='udp')}"
+        rules += [f"{out}{udp} jump {QUIC_CHAIN}" for out in outs]
+    return rules
+
+
+def quic_body(spec: RuleSpec) -> list[str]:
+    """Rules of the regular chain ``govpass_quic``: drop QUIC Initial packets."""
+    rules = ['oifname "lo" return'] if spec.mode == "host" else []
+    rules += [f"oifname {_quote(name)} return" for name in spec.exclude_interfaces]
+    rules.append(f"{NFT_QUIC_INITIAL} drop")
+    return rules
 
 
 def inbound_body(spec: RuleSpec) -> list[str]:
@@ -124,6 +139,8 @@ def render_table(spec: RuleSpec) -> str:
         hook, f"type filter hook {hook} priority mangle; policy accept;", hook_rules(spec)
     )
     lines += _chain(CHAIN, None, chain_body(spec))
+    if spec.block_quic:
+        lines += _chain(QUIC_CHAIN, None, quic_body(spec))
     lines += _chain(
         "postrouting",
         "type filter hook postrouting priority mangle; policy accept;",

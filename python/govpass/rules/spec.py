@@ -58,6 +58,9 @@ class RuleSpec:
     max_packets: int = DEFAULT_MAX_PACKETS
     bypass: bool = True
     inbound: bool = False
+    # Drop outbound QUIC Initial (and 0-RTT) packets to the ports over UDP,
+    # so browsers fall back to TCP, where govpass works.
+    block_quic: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.
