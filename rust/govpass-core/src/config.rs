@@ -125,7 +125,9 @@ pub struct EngineConfig {
     pub max_buffer: u32,
     /// Most packets of one flow that are held.
     pub max_held_pkts: u32,
-    /// Largest payload of a generated segment.
+    /// Largest payload of a generated segment with bare 20-byte IPv4 and
+    /// TCP headers; longer headers (options, IPv6) reduce it by their extra
+    /// bytes.
     pub max_seg_payload: u32,
     /// A flow without packets for this long is forgotten.
     pub flow_timeout_us: u64,

@@ -386,7 +386,11 @@ fn seed_corpus_is_up_to_date() {
             std::fs::write(&path, s.as_bytes()).unwrap();
         } else {
             let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(committed, s.as_bytes(), "seed {name} is stale: GOVPASS_WRITE_SEEDS=1");
+            assert_eq!(
+                committed,
+                s.as_bytes(),
+                "seed {name} is stale: GOVPASS_WRITE_SEEDS=1"
+            );
         }
     }
 }

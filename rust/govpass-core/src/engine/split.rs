@@ -49,7 +49,19 @@ impl<T> Engine<T> {
             return None;
         }
         let base = held[0].seq;
-        let seg_limit = self.cfg.max_seg_payload.min(max_payload as u32);
+        // max-seg-payload is meant for bare 20-byte IPv4 and TCP headers:
+        // TCP options and IPv6 take their extra bytes off it, so a generated
+        // packet never outgrows max-seg-payload + 40 (1500 by default) even
+        // when the original was a large offloaded (GSO) packet.
+        let header_extra = held
+            .iter()
+            .map(|h| h.payload_offset.saturating_sub(40))
+            .max();
+        let cap = self
+            .cfg
+            .max_seg_payload
+            .saturating_sub(header_extra.unwrap_or(0) as u32);
+        let seg_limit = cap.max(1).min(max_payload as u32);
         let offset = |h: &HeldPacket<T>| h.seq.offset_from(base);
         let ranges = plan::pieces(0, w, &cuts, seg_limit);
         let last = ranges.len() - 1;

@@ -1,4 +1,4 @@
-//! A panic inside the engine never loses a held packet.
+//! A panic inside the engine never loses a held packet; segment limits with large packets.
 
 mod common;
 
@@ -34,4 +34,18 @@ fn panic_while_planning_a_single_packet_split_releases_it() {
     );
     assert_eq!(shape(&out), "R0");
     d.assert_all_fated();
+}
+
+/// A large offloaded (GSO) packet: segments stay within max-seg-payload + 40
+/// bytes even with TCP timestamps, and follow the flow's payload otherwise.
+#[test]
+fn segments_of_a_large_packet_fit_the_mtu_with_options() {
+    let hello = fixture("chromium_sni_late.bin"); // 2000 bytes in one packet
+    let flow = V4::port(7200).with_options(ts_option(1, 2));
+    let mut d = Driver::new(EngineConfig::default());
+    let out = d.take(&flow.packet(10, PSH, &hello), 1);
+    let sizes: Vec<usize> = sends(&out).iter().map(|p| p.len()).collect();
+    assert!(sizes.iter().all(|s| *s <= 1500), "{sizes:?}");
+    let payloads: Vec<usize> = sends(&out).iter().map(|p| payload(p).len()).collect();
+    assert_eq!(payloads, vec![5, 1448, 2000 - 1453]);
 }
