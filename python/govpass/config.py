@@ -228,6 +228,30 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=32 * 1024 * 1024,
     ),
     Setting(
+        "divert-port",
+        4430,
+        "FreeBSD: divert(4) port the ipfw/pf rules send packets to",
+        "int",
+        minimum=1,
+        maximum=65535,
+    ),
+    Setting(
+        "bsd-firewall",
+        "ipfw",
+        "FreeBSD: which firewall carries the divert rules (none: managed by hand)",
+        "choice",
+        choices=("ipfw", "pf", "none"),
+    ),
+    Setting(
+        "ipfw-rule",
+        100,
+        "FreeBSD: ipfw rule number for govpass's rules",
+        "int",
+        minimum=1,
+        maximum=65534,
+    ),
+    Setting("pf-anchor", "govpass", "FreeBSD: pf anchor holding govpass's rules", "str"),
+    Setting(
         "copy-range",
         65535,
         "Bytes of each queued packet copied to govpass (the netfilterqueue binding caps it "
@@ -360,6 +384,10 @@ class Config:
     queue_len: int = 4096
     queue_time: int = 2000
     queue_size: int = 32 * 1024 * 1024
+    divert_port: int = 4430
+    bsd_firewall: str = "ipfw"
+    ipfw_rule: int = 100
+    pf_anchor: str = "govpass"
     copy_range: int = 65535
     mark: int = 0x10000000
     watch_mark: int = 0x20000000

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from govpass.config import Config
-from govpass.errors import BackendError, GovpassError
+from govpass.errors import BackendError, ConfigError, GovpassError
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/govpass"
@@ -83,6 +83,36 @@ def rule_spec(config: Config, detection: Any = None) -> Any:
 # ---------------------------------------------------------------- worker side
 
 
+def worker_targeting(
+    config: Config,
+    engine: Any,
+    index: int,
+    log: Callable[[str], None] | None = None,
+    fallback: list[Any] | None = None,
+) -> tuple[Any, Any]:
+    """(targeting, list watcher or None) of a worker, its engine's profiles set.
+
+    A worker started again while a list file is broken gets `fallback`, the
+    profiles the parent last loaded, instead of failing: the previous lists stay
+    in force, as in the workers that kept running."""
+    from govpass.targeting import ListWatcher, Targeting
+
+    targeting = Targeting.from_config(config)
+    if not targeting.active:
+        return targeting, None
+    try:
+        profiles = targeting.build()
+    except ConfigError as e:
+        if fallback is None:
+            raise
+        if log is not None:
+            log(f"worker {index}: {e}; using the previous lists")
+        profiles = fallback
+    engine.set_profiles(profiles)
+    quiet = index != 0 or log is None
+    return targeting, ListWatcher(targeting, engine.set_profiles, None if quiet else log)
+
+
 def worker_main(
     config: Config,
     index: int,
@@ -90,15 +120,15 @@ def worker_main(
     directory: str,
     events_fd: int = -1,
     log: Callable[[str], None] | None = None,
+    fallback: list[Any] | None = None,
 ) -> None:
     """Entry point of a worker process: bind queue `queue_num + index`, run.
 
     `events_fd`: write end of the parent's auto-learning pipe (-1: none);
     `log`: where worker 0 reports list reloads (the others stay quiet, they
-    read the same files)."""
+    read the same files); `fallback`: see :func:`worker_targeting`."""
     from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
-    from govpass.targeting import ListWatcher, Targeting
 
     # A parent killed with SIGKILL cannot stop its workers; without this check they
     # would keep the queue bound, so the next `govpass run` could not start.
@@ -131,12 +161,7 @@ def worker_main(
             config.ipv6,
             copy_range=config.copy_range,
         )
-        targeting = Targeting.from_config(config)
-        watcher = None
-        if targeting.active:
-            worker.engine.set_profiles(targeting.build())
-            quiet = index != 0 or log is None
-            watcher = ListWatcher(targeting, worker.engine.set_profiles, None if quiet else log)
+        targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
         worker.bind()
     except GovpassError as e:
         ready.send(("error", str(e)))
@@ -223,9 +248,11 @@ def aggregate(directory: Path) -> dict[str, Any]:
                     bucket[reason] = bucket.get(reason, 0) + n
             elif isinstance(value, int | float):
                 total[key] = total.get(key, 0) + value
-    table = queue_table()
-    total["queue_dropped"] = sum(table[q]["queue_dropped"] for q in queues if q in table)
-    total["user_dropped"] = sum(table[q]["user_dropped"] for q in queues if q in table)
+    nfqueues = [q for q in queues if q >= 0]
+    if nfqueues:  # other backends report their own drop counters
+        table = queue_table()
+        total["queue_dropped"] = sum(table[q]["queue_dropped"] for q in nfqueues if q in table)
+        total["user_dropped"] = sum(table[q]["user_dropped"] for q in nfqueues if q in table)
     return total
 
 
@@ -243,6 +270,9 @@ class Daemon:
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
+        # The lists as last loaded here, for workers started again (worker_targeting).
+        self.profiles: list[Any] | None = None
+        self._lists: Any = None  # a quiet ListWatcher keeping self.profiles current
         self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
         self._reader: Any = None
 
@@ -251,7 +281,15 @@ class Daemon:
         events_fd = self._events[1] if self._events else -1
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, index, child_end, str(self.directory), events_fd, self.log),
+            args=(
+                self.config,
+                index,
+                child_end,
+                str(self.directory),
+                events_fd,
+                self.log,
+                self.profiles,
+            ),
             name=f"govpass-worker-{index}",
             daemon=True,
         )
@@ -277,12 +315,13 @@ class Daemon:
     def _start_targeting(self) -> None:
         """Reads the lists once here, so a bad file stops the start with one line."""
         from govpass.autolearn import EventReader, learner_for
-        from govpass.targeting import Targeting
+        from govpass.targeting import ListWatcher, Targeting
 
         targeting = Targeting.from_config(self.config)
         if not targeting.active:
             return
-        targeting.build()
+        self.profiles = targeting.build()
+        self._lists = ListWatcher(targeting, self._set_profiles)
         self.log(f"profiles: {targeting.summary}")
         self.learner = learner_for(self.config, self.log)
         if self.learner is not None:
@@ -357,9 +396,14 @@ class Daemon:
             f"added {sorted(after - before)}, removed {sorted(before - after)}): rules reinstalled"
         )
 
+    def _set_profiles(self, profiles: list[Any]) -> None:
+        self.profiles = profiles
+
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its lists (and resolves interfaces again)."""
         self.log("SIGHUP: reloading host lists and IP sets")
+        if self._lists is not None:
+            self._lists.request()
         for w in self.workers:
             if w.process.is_alive():
                 with suppress(ProcessLookupError):
@@ -367,16 +411,16 @@ class Daemon:
 
     def wait(self, seconds: float) -> None:
         """Sleeps `seconds`, meanwhile handing the workers' auto-learning verdicts
-        to the learner as they arrive."""
-        if self._events is None:
-            time.sleep(seconds)
-            return
-        fd = self._events[0]
+        to the learner as they arrive and keeping its own copy of the lists current."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([fd], [], [], left)
-            if readable:
-                self.take_events(os.read(fd, 65536))
+            step = min(left, 1.0) if self._lists is not None else left
+            if self._events is None:
+                time.sleep(step)
+            elif select.select([self._events[0]], [], [], step)[0]:
+                self.take_events(os.read(self._events[0], 65536))
+            if self._lists is not None:
+                self._lists.poll()
 
     def take_events(self, data: bytes) -> None:
         for profile, host, failed in self._reader.feed(data):

@@ -6,6 +6,7 @@ Each check returns data; the CLI prints it. Nothing here changes the system
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -222,7 +223,7 @@ def check_interfaces(config: Config) -> list[Check]:
     return out
 
 
-def check_backends() -> list[Check]:
+def check_backends(config: Config) -> list[Check]:
     from govpass.backends import NAMES, unavailable_reason
 
     out = []
@@ -232,6 +233,19 @@ def check_backends() -> list[Check]:
             out.append(Check(f"backend {name}", "ok", "usable"))
         else:
             out.append(Check(f"backend {name}", "warn", reason))
+    if importlib.util.find_spec("pydivert") is not None and not sys.platform.startswith("freebsd"):
+        from govpass.backends import divert
+
+        info = divert.describe(config)
+        out.append(
+            Check(
+                "divert details",
+                "ok",
+                f"{info['implementation']}; queue len {info['queue_len']}, time "
+                f"{info['queue_time_ms']} ms, size {info['queue_size']} B; "
+                f"filter: {info['filter']}",
+            )
+        )
     return out
 
 
@@ -246,7 +260,7 @@ def run_checks(config: Config) -> list[Check]:
             [check_offload(i) for i in default_interfaces()]
             or [Check("default route", "warn", "no default route found")]
         ),
-        check_backends,
+        lambda: check_backends(config),
     ]
     results: list[Check] = []
     for check in checks:

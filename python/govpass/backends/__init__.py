@@ -26,7 +26,13 @@ def unavailable_reason(name: str) -> str | None:
             return f"needs root or CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
         return None
     if name == "divert":
+        if sys.platform.startswith("freebsd"):
+            from govpass.backends import freebsd
+
+            return freebsd.unavailable_reason()
         if importlib.util.find_spec("pydivert") is None:
             return "Python package pydivert is missing (pip install 'govpass[divert]')"
-        return None
+        from govpass.backends import divert
+
+        return divert.unavailable_reason()
     return f"unknown backend {name!r} (accepted: {', '.join(NAMES)})"

@@ -204,8 +204,16 @@ def run_divert(
     from govpass.cli.status import table
     from govpass.daemon import _jsonable, run_dir, write_json_atomic
 
+    if sys.platform.startswith("freebsd"):
+        from govpass.backends import freebsd
+
+        stop = should_stop or (lambda: False)
+        freebsd.run_freebsd(config, freebsd.options_from(config), log, should_stop=stop)
+        return
     if not (sys.platform.startswith("linux") or sys.platform == "win32"):
-        raise BackendError(f"backend divert runs on Windows and Linux only, not {sys.platform}")
+        raise BackendError(
+            f"backend divert runs on Windows, Linux and FreeBSD only, not {sys.platform}"
+        )
     reason = divert.unavailable_reason()
     if reason:
         raise BackendError(f"divert backend unusable: {reason}")

@@ -320,6 +320,17 @@ class FreeBSDOptions:
     pf_anchor: str = DEFAULT_PF_ANCHOR
 
 
+def options_from(config: Any) -> FreeBSDOptions:
+    """The FreeBSD options of a `govpass.config.Config`."""
+    firewall = None if config.bsd_firewall == "none" else config.bsd_firewall
+    return FreeBSDOptions(
+        divert_port=config.divert_port,
+        firewall=firewall,
+        ipfw_rule=config.ipfw_rule,
+        pf_anchor=config.pf_anchor,
+    )
+
+
 def rule_spec(config: Any, options: FreeBSDOptions) -> BsdRuleSpec:
     """The BSD rule spec for a `govpass.config.Config` and these options."""
     return BsdRuleSpec(
@@ -440,20 +451,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, default=None, help="TOML settings file")
     for s in SETTINGS:
         common.add_argument(f"--{s.name}", dest=f"setting_{s.attr}", default=None, help=s.help)
-    env = os.environ.get
-    common.add_argument(
-        "--divert-port", type=int, default=int(env("GOVPASS_DIVERT_PORT", DEFAULT_DIVERT_PORT))
-    )
-    common.add_argument(
-        "--rules",
-        choices=("ipfw", "pf", "none"),
-        default=env("GOVPASS_RULES", "ipfw"),
-        help="firewall that diverts the packets (none: managed by hand)",
-    )
-    common.add_argument(
-        "--ipfw-rule", type=int, default=int(env("GOVPASS_IPFW_RULE", DEFAULT_IPFW_RULE))
-    )
-    common.add_argument("--pf-anchor", default=env("GOVPASS_PF_ANCHOR", DEFAULT_PF_ANCHOR))
+    # `--rules` is the older spelling of the shared setting `--bsd-firewall`.
+    common.add_argument("--rules", dest="setting_bsd_firewall", help=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="python -m govpass.backends.freebsd",
         description="govpass on FreeBSD: divert(4) sockets with ipfw or pf rules.",
@@ -482,12 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             if k.startswith("setting_") and v is not None
         }
         config = config_mod.load(args.config, flags=flags)
-        options = FreeBSDOptions(
-            divert_port=args.divert_port,
-            firewall=None if args.rules == "none" else args.rules,
-            ipfw_rule=args.ipfw_rule,
-            pf_anchor=args.pf_anchor,
-        )
+        options = options_from(config)
         spec = rule_spec(config, options)
         if args.command == "run":
             final = run_freebsd(config, options, _log)
@@ -496,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{final.get('inject_errors', 0)} write errors"
             )
             return 0
-        firewall: BsdFirewall = "pf" if args.rules == "pf" else "ipfw"
+        firewall: BsdFirewall = "pf" if config.bsd_firewall == "pf" else "ipfw"
         if args.action == "plan":
             print(bsd.render_plan(spec, firewall), end="")
         elif args.action == "install":
