@@ -211,3 +211,43 @@ def test_worker_profiles_follow_the_file(tmp_path: Path) -> None:
     assert s.watcher.poll()
     assert s.splits()
     assert time.monotonic() - started < 1.0
+
+
+def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
+    tmp_path: Path,
+) -> None:
+    from govpass.daemon import worker_targeting
+    from govpass.errors import ConfigError
+
+    path = tmp_path / "hosts.txt"
+    path.write_text("blocked.example\n")
+    config = load(env={}, flags={"hostlist": str(path)})
+    logs: list[str] = []
+    daemon = Daemon(config, logs.append)
+    daemon._start_targeting()
+    good = daemon.profiles
+    assert good is not None and daemon._events is None  # no auto profile: no pipe
+    edit(path, "blocked.example\nbad host\n")
+    daemon._lists._next = 0.0
+    daemon.wait(0.01)
+    assert daemon.profiles is good, "the parent's copy keeps the last good lists"
+
+    engine = Engine(config.engine_config())
+    _, watcher = worker_targeting(config, engine, 1, logs.append, daemon.profiles)
+    assert logs[-1] == (
+        f'worker 1: hostlist {path} line 2: "bad host" is not a valid entry; '
+        "using the previous lists"
+    )
+    assert watcher is not None and watcher.log is None, "only worker 0 logs reloads"
+    pkt = IP(src="198.51.100.2", dst="203.0.113.9") / TCP(sport=41000, dport=443, flags="PA")
+    actions = engine.process(bytes(pkt / Raw(HELLO)), 1.0, object())
+    assert actions is not None and any(a.kind == SEND for a in actions)
+    with pytest.raises(ConfigError):  # at the first start there is nothing to fall back on
+        worker_targeting(config, Engine(config.engine_config()), 0, None, None)
+
+    edit(path, "other.example\n")
+    daemon._lists._next = 0.0
+    daemon.wait(0.01)
+    assert daemon.profiles is not good
+    daemon.reload()  # SIGHUP also re-reads the parent's copy (no workers here)
+    assert daemon._lists._requested

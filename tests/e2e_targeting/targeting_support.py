@@ -68,11 +68,11 @@ def wait_until(what: str, ready: Callable[[], bool], timeout: float = 10.0) -> N
 
 
 class Daemon:
-    """``govpass run --workers 1`` in the client namespace with its own run directory."""
+    """``govpass run`` in the client namespace with its own run directory."""
 
-    def __init__(self, lab: Lab, args: Sequence[str]) -> None:
+    def __init__(self, lab: Lab, args: Sequence[str], workers: int = 1) -> None:
         self.lab = lab
-        self.args = ["run", "--workers", "1", "--stats-interval", "0.5", *args]
+        self.args = ["run", "--workers", str(workers), "--stats-interval", "0.5", *args]
         self.run_dir = lab.workdir / f"run-{time.monotonic_ns()}"
         self.pid = lab.spawn(
             "client",
@@ -109,6 +109,15 @@ class Daemon:
             return dict(json.loads((self.run_dir / "stats.json").read_text()))
         return aggregate(self.run_dir)
 
+    def worker_stats(self) -> list[dict[str, object]]:
+        import json
+
+        out = []
+        for path in sorted(self.run_dir.glob("worker-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(dict(json.loads(path.read_text())))
+        return out
+
     def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
         wait_until(f"{count}x {text!r} in the log:\n{self.log()[-3000:]}",
                    lambda: self.log().count(text) >= count, timeout)  # fmt: skip
@@ -123,8 +132,8 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running(lab: Lab, args: Sequence[str]) -> Iterator[Daemon]:
-    daemon = Daemon(lab, args)
+def running(lab: Lab, args: Sequence[str], workers: int = 1) -> Iterator[Daemon]:
+    daemon = Daemon(lab, args, workers)
     try:
         yield daemon
     finally:

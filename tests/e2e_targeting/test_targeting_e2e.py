@@ -70,6 +70,24 @@ def test_auto_mode_learns_a_blocked_name(lab: Lab) -> None:
         assert stats["splits"] >= 1 and stats["watched"] >= 3, stats
 
 
+def test_two_workers_learn_together(lab: Lab) -> None:
+    """Failures seen by either worker count for the name; both workers load the learned
+    name (flows are spread over the two queues by the kernel's flow hash)."""
+    auto = lab.workdir / "auto-two.txt"
+    args = ["--hostlist-auto", str(auto), "--auto-fail-threshold", "3"]
+    with running(lab, args, workers=2) as gp:
+        for attempt in (1, 2, 3):
+            assert not curl(lab, BLOCKED, 4 if attempt % 2 else 6, FAIL_TIMEOUT), attempt
+        wait_until(f"{BLOCKED} learned", lambda: auto.exists() and BLOCKED in auto.read_text())
+        wait_until(
+            "both workers reloading the auto list",
+            lambda: [w.get("list_reloads") for w in gp.worker_stats()] == [1, 1],
+        )
+        results = [curl(lab, BLOCKED, family) for family in (4, 6) for _ in range(5)]
+        assert all(results), (results, gp.log()[-3000:])
+        assert gp.log().count("auto: learned") == 1, gp.log()[-3000:]
+
+
 def test_list_edit_is_picked_up_without_restart(lab: Lab) -> None:
     hostlist = lab.workdir / "hosts-edit.txt"
     hostlist.write_text("# hosts to split\nother.example\n")

@@ -155,10 +155,22 @@ def test_tls_record_expression_rejects_other_replies() -> None:
 # ---------------------------------------------------------------- real kernel
 
 
+@pytest.fixture(params=["host", "router"])
+def topo(request: pytest.FixtureRequest) -> Lab:
+    lab: Lab = request.getfixturevalue("lab" if request.param == "host" else "router_lab")
+    return lab
+
+
 @pytest.fixture
-def inbound_installed(lab: Lab, request: pytest.FixtureRequest) -> Iterator[str]:
-    backend = request.param
+def inbound_installed(topo: Lab, request: pytest.FixtureRequest) -> Iterator[str]:
+    lab, backend = topo, request.param
     spec = RuleSpec(queue_num=200, mark=0x10000000, ports=(443, 8443), inbound=True)
+    if lab.router is not None:
+        assert lab.wan_dev is not None
+        spec = RuleSpec(
+            queue_num=200, mark=0x10000000, ports=(443, 8443), inbound=True,
+            mode="router", interfaces=(lab.wan_dev,),
+        )  # fmt: skip
     result = install(spec, lab.gateway.runner, backend)
     assert result.backend == backend
     try:
@@ -170,9 +182,10 @@ def inbound_installed(lab: Lab, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.mark.netns
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("inbound_installed", ["iptables-nft", "iptables-legacy"], indirect=True)
-def test_only_first_replies_reach_the_queue(lab: Lab, inbound_installed: str, family: str) -> None:
+def test_only_first_replies_reach_the_queue(topo: Lab, inbound_installed: str, family: str) -> None:
     from test_netns_traffic import Consumer, run_client, server_addr
 
+    lab = topo
     consumer = Consumer(lab)
     host = server_addr(lab, family)
     tls = run_client(lab, "tls", host, "443", lab.cafile, "3")
