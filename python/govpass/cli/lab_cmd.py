@@ -34,24 +34,12 @@ from rich.table import Table
 
 from govpass import config as config_mod
 from govpass.cli import app
-from govpass.cli.options import with_settings
+from govpass.cli.options import ENGINE_SETTINGS, with_settings
 from govpass.errors import ConfigError, GovpassError
 
 if TYPE_CHECKING:
     from govpass.lab import Lab
 
-# The engine's settings: how the hello is cut. Capture and rule settings are the lab's.
-ENGINE_SETTINGS = (
-    "split-mode",
-    "split-chunk",
-    "split-pos",
-    "collect-timeout",
-    "max-buffer",
-    "max-held-pkts",
-    "max-seg-payload",
-    "flow-timeout",
-    "max-flows",
-)
 ALLOWED_NAME = "allowed.example"
 TOOLS = ("ip", "iptables", "ip6tables", "tcpdump", "openssl")
 START_TIMEOUT = 20.0

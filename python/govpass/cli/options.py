@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,19 @@ import typer
 from rich.markup import escape
 
 from govpass.config import BY_NAME, SETTINGS, Setting
+
+# The engine's settings: how a hello is cut (capture and rule settings excluded).
+ENGINE_SETTINGS = (
+    "split-mode",
+    "split-chunk",
+    "split-pos",
+    "collect-timeout",
+    "max-buffer",
+    "max-held-pkts",
+    "max-seg-payload",
+    "flow-timeout",
+    "max-flows",
+)
 
 
 def _default_text(s: Setting) -> str:
@@ -55,7 +69,14 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
 
     def deco(fn: Callable[..., Any]) -> Any:
         sig = inspect.signature(fn)
-        own = [p for n, p in sig.parameters.items() if n not in ("flags", "config_file")]
+        # Real annotation objects (the command's module may use postponed
+        # annotations, which typer would otherwise resolve in this module).
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(n, p.annotation))
+            for n, p in sig.parameters.items()
+            if n not in ("flags", "config_file")
+        ]
         params = list(own)
         annotations: dict[str, Any] = {p.name: p.annotation for p in own}
         params.append(

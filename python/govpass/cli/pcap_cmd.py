@@ -12,37 +12,14 @@ from rich.table import Table
 
 from govpass import config, pcap
 from govpass.cli import app
-from govpass.config import BY_NAME
-
-# The engine's settings, each a flag spelled as its config key.
-ENGINE_SETTINGS = (
-    "split-mode",
-    "split-chunk",
-    "split-pos",
-    "collect-timeout",
-    "max-buffer",
-    "max-held-pkts",
-    "max-seg-payload",
-    "flow-timeout",
-    "max-flows",
-    "ports",
-)
-
-
-def _help(name: str) -> str:
-    s = BY_NAME[name]
-    default = ",".join(s.default) if isinstance(s.default, tuple) else s.default
-    return f"{s.help} [default: {default or 'none'}; env {s.env}]"
-
-
-def _opt(name: str, metavar: str) -> Any:
-    # Values arrive as text and are checked by config.load, so a bad value is one
-    # ConfigError line naming the setting, as for the file and the environment.
-    return typer.Option(f"--{name}", help=_help(name), metavar=metavar, show_default=False)
+from govpass.cli.options import ENGINE_SETTINGS, with_settings
 
 
 @app.command("pcap")
+@with_settings((*ENGINE_SETTINGS, "ports"))
 def pcap_command(
+    flags: dict[str, Any],
+    config_file: Path | None,
     input_path: Annotated[
         Path,
         typer.Argument(metavar="IN", show_default=False, help="Capture to read (pcap or pcapng)"),
@@ -50,44 +27,12 @@ def pcap_command(
     output_path: Annotated[
         Path, typer.Argument(metavar="OUT", show_default=False, help="pcap file to write")
     ],
-    split_mode: Annotated[str | None, _opt("split-mode", "[tls-hello|immediate]")] = None,
-    split_chunk: Annotated[str | None, _opt("split-chunk", "BYTES")] = None,
-    split_pos: Annotated[str | None, _opt("split-pos", "LIST")] = None,
-    collect_timeout: Annotated[str | None, _opt("collect-timeout", "MS")] = None,
-    max_buffer: Annotated[str | None, _opt("max-buffer", "BYTES")] = None,
-    max_held_pkts: Annotated[str | None, _opt("max-held-pkts", "N")] = None,
-    max_seg_payload: Annotated[str | None, _opt("max-seg-payload", "BYTES")] = None,
-    flow_timeout: Annotated[str | None, _opt("flow-timeout", "SECONDS")] = None,
-    max_flows: Annotated[str | None, _opt("max-flows", "N")] = None,
-    ports: Annotated[str | None, _opt("ports", "LIST")] = None,
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            metavar="FILE",
-            show_default=False,
-            help="TOML config file (keys spelled as the flags, optionally under [govpass])",
-        ),
-    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Run the engine over a capture; write what would go on the wire to OUT.
 
     Settings come from defaults < --config file < GOVPASS_* environment < flags.
     """
-    values = (
-        split_mode,
-        split_chunk,
-        split_pos,
-        collect_timeout,
-        max_buffer,
-        max_held_pkts,
-        max_seg_payload,
-        flow_timeout,
-        max_flows,
-        ports,
-    )
-    flags = dict(zip(ENGINE_SETTINGS, values, strict=True))
     cfg = config.load(file=config_file, flags=flags)
     summary = pcap.rewrite(input_path, output_path, cfg.engine_config())
     if summary.input_truncated:
