@@ -47,7 +47,7 @@ from typing import Literal
 
 from govpass.errors import FirewallError
 from govpass.rules.runner import CommandResult, Runner
-from govpass.rules.spec import RuleSpecError
+from govpass.rules.spec import RuleSpecError, check_scope
 
 BsdFirewall = Literal["ipfw", "pf"]
 PfFlavor = Literal["freebsd", "openbsd"]
@@ -95,26 +95,7 @@ class BsdRuleSpec:
     def _validate(self) -> None:
         if not 1 <= self.divert_port <= 0xFFFF:
             raise RuleSpecError(f"divert port must be in 1..65535, got {self.divert_port}")
-        if not self.ports or len(self.ports) > MAX_PORTS:
-            raise RuleSpecError(f"between 1 and {MAX_PORTS} ports, got {len(self.ports)}")
-        if len(set(self.ports)) != len(self.ports):
-            raise RuleSpecError(f"ports contain duplicates: {self.ports}")
-        for port in self.ports:
-            if not 1 <= port <= 0xFFFF:
-                raise RuleSpecError(f"port must be in 1..65535, got {port}")
-        if self.mode not in ("host", "router"):
-            raise RuleSpecError(f"mode must be 'host' or 'router', got {self.mode!r}")
-        for name in ("interfaces", "exclude_interfaces"):
-            for ifname in getattr(self, name):
-                if not _IFNAME.match(ifname):
-                    raise RuleSpecError(f"{name}: invalid interface name {ifname!r}")
-        overlap = set(self.interfaces) & set(self.exclude_interfaces)
-        if overlap:
-            raise RuleSpecError(f"interfaces both included and excluded: {sorted(overlap)}")
-        if self.mode == "router" and not self.interfaces:
-            raise RuleSpecError("router mode needs at least one WAN interface in interfaces")
-        if not (self.ipv4 or self.ipv6):
-            raise RuleSpecError("at least one of ipv4 / ipv6 must be enabled")
+        check_scope(self, MAX_PORTS, _IFNAME)
         if not 1 <= self.ipfw_rule <= IPFW_MAX_RULE:
             raise RuleSpecError(f"ipfw rule number must be in 1..{IPFW_MAX_RULE}")
         if not _ANCHOR.match(self.pf_anchor) or len(self.pf_anchor) > 64:

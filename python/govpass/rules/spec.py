@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from govpass.errors import FirewallError
 
@@ -30,6 +30,39 @@ _IFNAME = re.compile(r"^[^\s/\"'+*\\]{1,15}\+?$")
 
 class RuleSpecError(FirewallError, ValueError):
     """A RuleSpec field is out of range; raised at construction, never later."""
+
+
+class _Scope(Protocol):
+    ports: tuple[int, ...]
+    mode: str
+    interfaces: tuple[str, ...]
+    exclude_interfaces: tuple[str, ...]
+    ipv4: bool
+    ipv6: bool
+
+
+def check_scope(spec: _Scope, max_ports: int, ifname: re.Pattern[str]) -> None:
+    """Checks every platform's rule spec shares: ports, mode, interfaces, families."""
+    if not 1 <= len(spec.ports) <= max_ports:
+        raise RuleSpecError(f"at least one and at most {max_ports} ports, got {len(spec.ports)}")
+    if len(set(spec.ports)) != len(spec.ports):
+        raise RuleSpecError(f"ports contain duplicates: {spec.ports}")
+    for port in spec.ports:
+        if not 1 <= port <= 0xFFFF:
+            raise RuleSpecError(f"port must be in 1..65535, got {port}")
+    if spec.mode not in ("host", "router"):
+        raise RuleSpecError(f"mode must be 'host' or 'router', got {spec.mode!r}")
+    for name in ("interfaces", "exclude_interfaces"):
+        for name_ in getattr(spec, name):
+            if not ifname.match(name_):
+                raise RuleSpecError(f"{name}: invalid interface name {name_!r}")
+    overlap = set(spec.interfaces) & set(spec.exclude_interfaces)
+    if overlap:
+        raise RuleSpecError(f"interfaces both included and excluded: {sorted(overlap)}")
+    if spec.mode == "router" and not spec.interfaces:
+        raise RuleSpecError("router mode needs at least one WAN interface in interfaces")
+    if not (spec.ipv4 or spec.ipv6):
+        raise RuleSpecError("at least one of ipv4 / ipv6 must be enabled")
 
 
 @dataclass(frozen=True)
@@ -71,8 +104,6 @@ class RuleSpec:
         self._validate()
 
     def _validate(self) -> None:
-        if self.mode not in ("host", "router"):
-            raise RuleSpecError(f"mode must be 'host' or 'router', got {self.mode!r}")
         if not 0 <= self.queue_num <= 0xFFFF:
             raise RuleSpecError(f"queue_num must be in 0..65535, got {self.queue_num}")
         if self.queue_count < 1 or self.queue_num + self.queue_count - 1 > 0xFFFF:
@@ -84,26 +115,7 @@ class RuleSpec:
             value = getattr(self, name)
             if not 0 < value <= U32_MAX:
                 raise RuleSpecError(f"{name} must be a non-zero 32-bit value, got {value:#x}")
-        if not self.ports:
-            raise RuleSpecError("ports must not be empty")
-        if len(self.ports) > MULTIPORT_MAX:
-            raise RuleSpecError(f"at most {MULTIPORT_MAX} ports, got {len(self.ports)}")
-        if len(set(self.ports)) != len(self.ports):
-            raise RuleSpecError(f"ports contain duplicates: {self.ports}")
-        for port in self.ports:
-            if not 1 <= port <= 0xFFFF:
-                raise RuleSpecError(f"port must be in 1..65535, got {port}")
-        for name in ("interfaces", "exclude_interfaces"):
-            for ifname in getattr(self, name):
-                if not _IFNAME.match(ifname):
-                    raise RuleSpecError(f"{name}: invalid interface name {ifname!r}")
-        overlap = set(self.interfaces) & set(self.exclude_interfaces)
-        if overlap:
-            raise RuleSpecError(f"interfaces both included and excluded: {sorted(overlap)}")
-        if self.mode == "router" and not self.interfaces:
-            raise RuleSpecError("router mode needs at least one WAN interface in interfaces")
-        if not (self.ipv4 or self.ipv6):
-            raise RuleSpecError("at least one of ipv4 / ipv6 must be enabled")
+        check_scope(self, MULTIPORT_MAX, _IFNAME)
         if not 1 <= self.max_packets <= U32_MAX:
             raise RuleSpecError(f"max_packets must be >= 1, got {self.max_packets}")
 
