@@ -613,3 +613,20 @@ def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path, args: list[str]
     proc = _run(*[a.format(good=good, out=tmp_path / "out.pcap") for a in args])
     assert "Traceback" not in proc.stderr, proc.stderr[-300:]
     assert proc.returncode == 2
+
+
+def test_host_list_flags_split_only_listed_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    intranet = (HELLOS / "openssl_single_label.bin").read_bytes()  # SNI "intranet"
+    packets = [(T0, tcp4(OPENSSL, sport=40001)), (T0 + 0.01, tcp4(intranet, sport=40002))]
+    src = write_capture(tmp_path / "in.pcap", framed("ethernet", packets))
+    dst = tmp_path / "out.pcap"
+    summary = run_json(capsys, str(src), str(dst), "--hosts", "blocked.example")
+    assert (summary["splits"], summary["profile_pass"]) == (1, 1)
+    _, outs = read_output(dst)
+    by_port: dict[int, list[int]] = {}
+    for o in outs:
+        sport = int.from_bytes(o.ip[20:22], "big")  # IPv4 without options here
+        by_port.setdefault(sport, []).append(len(o.payload))
+    assert by_port == {40001: [5, 512], 40002: [len(intranet)]}

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import dpkt  # type: ignore[import-untyped]
 
 from govpass import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
+from govpass._core import Profile
 from govpass.errors import EngineError, GovpassError
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
@@ -180,6 +181,7 @@ class Summary:
             "splits": e.get("splits", 0),
             "resplits": e.get("resplits", 0),
             "segments": e.get("segments", 0),
+            "profile_pass": e.get("profile_pass", 0),
             "evicted": e.get("evicted", 0),
             "held_packets_peak": e.get("held_packets_peak", 0),
             "fail_open": self.fail_open,
@@ -403,7 +405,12 @@ class _Rewriter:
                 raise EngineError(f"unknown engine action kind {kind}")
 
 
-def rewrite(src: Path, dst: Path, engine_config: EngineConfig | None = None) -> Summary:
+def rewrite(
+    src: Path,
+    dst: Path,
+    engine_config: EngineConfig | None = None,
+    profiles: list[Profile] | None = None,
+) -> Summary:
     """Runs the engine over capture `src` and writes the resulting wire to `dst` (pcap).
 
     A regular output file is written beside `dst` and renamed into place, so a
@@ -415,6 +422,8 @@ def rewrite(src: Path, dst: Path, engine_config: EngineConfig | None = None) -> 
         if dst.exists() and src.exists() and os.path.samefile(src, dst):
             raise PcapError(f"output {dst} is the input file; choose another path")
     engine = Engine(cfg)
+    if profiles:
+        engine.set_profiles(profiles)
     with open_capture(src) as cap:
         summary = Summary(str(src), str(dst), cap.format, cap.linktype, settings=_settings(cfg))
         # A regular file is written beside and renamed into place; anything else

@@ -66,9 +66,9 @@ def test_queue_statement_variants() -> None:
     assert nft.queue_statement(RuleSpec()) == "queue num 200 bypass"
     assert nft.queue_statement(RuleSpec(bypass=False)) == "queue num 200"
     assert nft.queue_statement(RuleSpec(queue_num=3, queue_count=4)) == (
-        "queue num 3-6 fanout,bypass"
+        "queue num 3-6 bypass"
     )
-    assert nft.queue_statement(RuleSpec(queue_count=2, bypass=False)) == "queue num 200-201 fanout"
+    assert nft.queue_statement(RuleSpec(queue_count=2, bypass=False)) == "queue num 200-201"
 
 
 def test_ports_marks_bound() -> None:

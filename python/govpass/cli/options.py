@@ -28,6 +28,18 @@ ENGINE_SETTINGS = (
     "max-flows",
 )
 
+# Which flows are split (host lists, IP sets); auto-learning needs a live daemon.
+TARGETING_SETTINGS = (
+    "hostlist",
+    "hosts",
+    "hostlist-exclude",
+    "hosts-exclude",
+    "ipset",
+    "ips",
+    "ipset-exclude",
+    "ips-exclude",
+)
+
 
 def _default_text(s: Setting) -> str:
     d = s.default

@@ -12,11 +12,11 @@ from rich.table import Table
 
 from govpass import config, pcap
 from govpass.cli import app
-from govpass.cli.options import ENGINE_SETTINGS, with_settings
+from govpass.cli.options import ENGINE_SETTINGS, TARGETING_SETTINGS, with_settings
 
 
 @app.command("pcap")
-@with_settings((*ENGINE_SETTINGS, "ports"))
+@with_settings((*ENGINE_SETTINGS, "ports", *TARGETING_SETTINGS))
 def pcap_command(
     flags: dict[str, Any],
     config_file: Path | None,
@@ -34,7 +34,11 @@ def pcap_command(
     Settings come from defaults < --config file < GOVPASS_* environment < flags.
     """
     cfg = config.load(file=config_file, flags=flags)
-    summary = pcap.rewrite(input_path, output_path, cfg.engine_config())
+    from govpass.targeting import Targeting
+
+    targeting = Targeting.from_config(cfg)
+    profiles = targeting.build() if targeting.active else None
+    summary = pcap.rewrite(input_path, output_path, cfg.engine_config(), profiles)
     if summary.input_truncated:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"govpass: warning: {input_path} ends mid-packet; "
@@ -68,6 +72,7 @@ def _rows(summary: pcap.Summary) -> list[tuple[str, str]]:
         ("splits", str(d["splits"])),
         ("resplits", str(d["resplits"])),
         ("segments", str(d["segments"])),
+        ("passed by profile", str(d["profile_pass"])),
     ]
     fails = {k: v for k, v in d["fail_open"].items() if v}
     rows.append(("fail-open", str(sum(fails.values()))))

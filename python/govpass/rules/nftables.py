@@ -52,8 +52,11 @@ def queue_statement(spec: RuleSpec) -> str:
         stmt = f"queue num {spec.queue_num}"
         flags = ["bypass"] if spec.bypass else []
     else:
+        # Without `fanout` nft spreads a range by a hash of the addresses (the
+        # same for both directions), like iptables' --queue-balance, so one
+        # flow always reaches one worker; `fanout` would spread by CPU.
         stmt = f"queue num {spec.queue_num}-{spec.queue_last}"
-        flags = ["fanout", "bypass"] if spec.bypass else ["fanout"]
+        flags = ["bypass"] if spec.bypass else []
     return f"{stmt} {','.join(flags)}" if flags else stmt
 
 
