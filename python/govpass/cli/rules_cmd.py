@@ -29,6 +29,7 @@ RULE_SETTINGS = (
     "firewall",
     "ipv6",
     "block-quic",
+    "hostlist-auto",  # auto-learning adds the inbound rules
 )
 
 
