@@ -35,13 +35,10 @@ missing tool.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -53,17 +50,20 @@ sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lab_report import PEERS, evaluate, render_table, write_section  # noqa: E402
+from bench_lab_summary import percentile, round_modes, summarize  # noqa: E402
+from bench_lab_sys import (  # noqa: E402
+    cpu_seconds,
+    kernel_threads,
+    machine,
+    machine_busy,
+    proc_tree,
+)
 
 HS_SCRIPT = Path(__file__).resolve().parent / "bench_lab_hs.py"
 NAME = "bench.example"
 TOOLS = ("wrk", "nginx", "curl", "iptables", "ip")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Fallback while `python -m govpass` cannot be imported (a module being added elsewhere).
 CLI_FALLBACK = ["-c", "from govpass.cli import app, run_cmd, rules_cmd, stats_cmd; app()"]
-
-
-# A round is "quiet" when other jobs used fewer cores than this during its conn/s phase.
-QUIET_CORES = 0.1
 
 
 class BenchError(RuntimeError):
@@ -72,111 +72,6 @@ class BenchError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[bench_lab {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ small measurements
-
-
-def proc_tree(root: int) -> list[int]:
-    """``root`` and all its live descendants (from /proc/*/stat parent pids)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """utime+stime (plus reaped children's) per pid, in seconds."""
-    out = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
-        out[pid] = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
-    return out
-
-
-def kernel_threads() -> list[int]:
-    """kthreadd (pid 2) and its children: ksoftirqd, kworkers, ..."""
-    out = [2]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                    if f.read().rsplit(")", 1)[1].split()[1] == "2":
-                        out.append(int(entry))
-            except (OSError, IndexError):
-                continue
-    return out
-
-
-def machine_busy() -> tuple[float, float, float]:
-    """CPU seconds (all cores) in processes (user+nice+system), in irq+softirq, and stolen,
-    from /proc/stat. Softirq time (the lab's packet forwarding, mostly) is not part of
-    any process's utime/stime, so it is kept apart."""
-    with open("/proc/stat", encoding="ascii") as f:
-        cols = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice
-    steal = cols[7] if len(cols) > 7 else 0
-    return ((cols[0] + cols[1] + cols[2]) / CLK_TCK, (cols[5] + cols[6]) / CLK_TCK, steal / CLK_TCK)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank-interpolated percentile (``statistics.quantiles``, inclusive)."""
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
-
-
-def machine() -> dict[str, Any]:
-    model, cores = platform.processor() or "?", os.cpu_count() or 0
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-
-    def version(argv: list[str]) -> str:
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return "?"
-        text = (p.stdout + p.stderr).strip().splitlines()
-        return text[0] if text else "?"
-
-    return {
-        "cpu": model,
-        "cores": cores,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nginx": version(["nginx", "-v"]).replace("nginx version: ", ""),
-        "wrk": version(["wrk", "-v"]).split(" [")[0],
-        "curl": version(["curl", "--version"]).split(" (")[0],
-        "iptables": version(["iptables", "--version"]),
-        "git": subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        or "?",
-    }
 
 
 # ------------------------------------------------------------------ the bench
@@ -639,125 +534,6 @@ def wait(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
 # ------------------------------------------------------------------ summary
 
 
-def round_modes(rounds: int, conntrack: bool = False) -> list[str]:
-    """ABBA order — without, with | with, without | ... — so a steady drift in the
-    machine's speed (other jobs starting or ending) weighs on both sides alike. With the
-    conntrack baseline each group is without, with, conntrack (reversed every other)."""
-    base = ["without", "with", *(["conntrack"] if conntrack else [])]
-    return [m for k in range(rounds // 2) for m in (base if k % 2 == 0 else base[::-1])]
-
-
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    def by(mode: str) -> list[dict[str, Any]]:
-        return [r for r in rounds if r["mode"] == mode]
-
-    s: dict[str, Any] = {}
-    for mode in ("without", "with", "conntrack"):
-        rs = by(mode)
-        if not rs:
-            continue
-        hs = [x for r in rs for x in r["handshake_us"]]
-        stack_cpu = sum(
-            r["wrk"]["wrk_cpu_s"] + r["wrk"]["nginx_cpu_s"] + r.get("cpu_s", 0.0) for r in rs
-        )
-        s[mode] = {
-            "conn_per_s": statistics.mean(r["wrk"]["rps"] for r in rs),
-            "conn_per_s_rounds": [round(r["wrk"]["rps"]) for r in rs],
-            # connections per CPU second of wrk + nginx (+ govpass): less sensitive to
-            # other jobs on the machine than connections per wall-clock second
-            "conn_per_cpu_s": sum(r["wrk"]["connections"] for r in rs) / stack_cpu,
-            "other_cores": statistics.mean(r["wrk"]["other_cores"] for r in rs),
-            "handshake_p50_ms": percentile(hs, 50) / 1000,
-            "handshake_p99_ms": percentile(hs, 99) / 1000,
-            "handshake_p50_ms_rounds": [
-                round(percentile(r["handshake_us"], 50) / 1000, 3) for r in rs
-            ],
-            "handshakes": len(hs),
-            "download_MBps": statistics.median(r["download"]["mbps"] for r in rs),
-            "upload_MBps": statistics.median(r["upload"]["mbps"] for r in rs),
-            "download_MBps_rounds": [round(r["download"]["mbps"]) for r in rs],
-            "upload_MBps_rounds": [round(r["upload"]["mbps"]) for r in rs],
-            "wrk_errors": sum(r["wrk"]["errors"] + r["wrk"]["non2xx"] for r in rs),
-        }
-    if "conntrack" in s:
-        ct, wo = s["conntrack"], s["without"]
-        s["ratio_conntrack_only"] = {
-            "conn_per_s": ct["conn_per_s"] / wo["conn_per_s"],
-            "conn_per_cpu_s": ct["conn_per_cpu_s"] / wo["conn_per_cpu_s"],
-            "handshake_p50_added_ms": ct["handshake_p50_ms"] - wo["handshake_p50_ms"],
-            "download": ct["download_MBps"] / wo["download_MBps"],
-            "upload": ct["upload_MBps"] / wo["upload_MBps"],
-        }
-    w, wo = s["with"], s["without"]
-    pairs = list(zip(by("without"), by("with"), strict=True))
-    # Pairs where other jobs left both rounds alone: the headline connections/s ratio
-    # when there is at least one (a burst of other work in one round of a pair skews it).
-    quiet = [
-        (a, b)
-        for a, b in pairs
-        if max(a["wrk"]["other_cores"], b["wrk"]["other_cores"]) < QUIET_CORES
-    ]
-    all_ratio = w["conn_per_s"] / wo["conn_per_s"]
-    quiet_ratio = (
-        sum(b["wrk"]["rps"] for _, b in quiet) / sum(a["wrk"]["rps"] for a, _ in quiet)
-        if quiet
-        else None
-    )
-    s["ratio"] = {
-        "conn_per_s": quiet_ratio if quiet_ratio is not None else all_ratio,
-        "conn_per_s_all_pairs": all_ratio,
-        "conn_per_s_quiet_pairs": quiet_ratio,
-        "quiet_pairs": len(quiet),
-        "pairs": len(pairs),
-        "conn_per_s_pairs": [round(b["wrk"]["rps"] / a["wrk"]["rps"], 3) for a, b in pairs],
-        "conn_per_cpu_s": w["conn_per_cpu_s"] / wo["conn_per_cpu_s"],
-        "handshake_p50": w["handshake_p50_ms"] / wo["handshake_p50_ms"],
-        "download": w["download_MBps"] / wo["download_MBps"],
-        "upload": w["upload_MBps"] / wo["upload_MBps"],
-    }
-    s["added_ms"] = {
-        "handshake_p50": w["handshake_p50_ms"] - wo["handshake_p50_ms"],
-        "handshake_p99": w["handshake_p99_ms"] - wo["handshake_p99_ms"],
-        "handshake_p50_pairs": [
-            round((percentile(b["handshake_us"], 50) - percentile(a["handshake_us"], 50)) / 1000, 3)
-            for a, b in pairs
-        ],
-    }
-    gp = by("with")
-    conns = sum(r["connections_total"] for r in gp)
-    packets = sum(r["stats"].get("packets", 0) for r in gp)
-    wrk_conns = sum(r["wrk"]["connections"] for r in gp)
-    hs_conns = sum(r["hs_phase"]["connections"] for r in gp)
-    s["govpass"] = {
-        "connections": conns,
-        "packets_queued": packets,
-        "packets_per_connection": packets / conns if conns else float("nan"),
-        "queue_dropped": sum(r["stats"].get("queue_dropped", 0) for r in gp),
-        "user_dropped": sum(r["stats"].get("user_dropped", 0) for r in gp),
-        "cpu_s": sum(r["cpu_s"] for r in gp),
-        "cpu_s_per_1000_conn": 1000 * sum(r["cpu_s"] for r in gp) / wrk_conns,
-        "cpu_s_per_1000_conn_rounds": [
-            round(1000 * r["cpu_s"] / r["wrk"]["connections"], 3) for r in gp
-        ],
-        "wrk_connections": wrk_conns,
-        # Share of the new connections whose ClientHello govpass actually split.
-        "split_share_handshake_phase": sum(r["hs_phase"]["splits"] for r in gp) / hs_conns,
-        "split_share_conn_phase": sum(r["wrk_phase"]["splits"] for r in gp) / wrk_conns,
-        "fail_open": merge_counts(r["stats"].get("fail_open", {}) for r in gp),
-        "callback_errors": sum(r["stats"].get("callback_errors", 0) for r in gp),
-        "inject_errors": sum(r["stats"].get("inject_errors", 0) for r in gp),
-    }
-    return s
-
-
-def merge_counts(dicts: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return {k: v for k, v in out.items() if v}
-
-
 # ------------------------------------------------------------------ main
 
 
@@ -843,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         if (argv if argv is not None else sys.argv[1:])
         else ""
     )
-    info = machine()
+    info = machine(REPO)
     t_start = time.monotonic()
     rounds: list[dict[str, Any]] = []
     try:
