@@ -103,6 +103,8 @@ pub enum FlowState<T> {
 pub struct Flow<T> {
     pub id: u64,
     pub last_seen: u64,
+    /// Sequence number of the flow's first payload byte seen.
+    pub first_seq: Seq,
     pub state: FlowState<T>,
 }
 
@@ -157,7 +159,7 @@ impl<T> FlowTable<T> {
     }
 
     /// Inserts a new flow and returns its id.
-    pub fn insert(&mut self, key: FlowKey, now: u64, state: FlowState<T>) -> u64 {
+    pub fn insert(&mut self, key: FlowKey, now: u64, first_seq: Seq, state: FlowState<T>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         self.map.insert(
@@ -165,6 +167,7 @@ impl<T> FlowTable<T> {
             Flow {
                 id,
                 last_seen: now,
+                first_seq,
                 state,
             },
         );

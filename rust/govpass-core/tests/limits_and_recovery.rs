@@ -49,3 +49,35 @@ fn segments_of_a_large_packet_fit_the_mtu_with_options() {
     let payloads: Vec<usize> = sends(&out).iter().map(|p| payload(p).len()).collect();
     assert_eq!(payloads, vec![5, 1448, 2000 - 1453]);
 }
+
+/// The server closed first and the client reused its port at once: the new
+/// connection's SYN was not queued, but its ClientHello (at a new sequence
+/// number) is split like any first ClientHello, within the flow timeout.
+#[test]
+fn a_new_connection_on_a_reused_tuple_is_split_again() {
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(7300);
+    let mut d = Driver::new(EngineConfig::default());
+    assert_eq!(
+        shape(&d.take(&flow.packet(1_000, PSH, &hello), 1)),
+        "S S D0"
+    );
+    // A retransmission of the first hello is re-split, not restarted.
+    assert_eq!(
+        shape(&d.take(&flow.packet(1_000, PSH, &hello), 2)),
+        "S S D1"
+    );
+    assert_eq!(
+        shape(&d.take(&flow.packet(900_000, PSH, &hello), 3)),
+        "S S D2"
+    );
+    let s = d.engine.stats();
+    assert_eq!((s.flows, s.splits, s.resplits), (2, 2, 1));
+    // Also after a flow that was passed as not TLS.
+    let other = V4::port(7301);
+    d.pass(&other.packet(5, PSH, b"GET / HTTP/1.1\r\n\r\n"), 4);
+    assert_eq!(
+        shape(&d.take(&other.packet(77_777, PSH, &hello), 5)),
+        "S S D4"
+    );
+}

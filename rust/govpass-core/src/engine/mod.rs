@@ -12,10 +12,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::{check_strategy, EngineConfig, SplitMode};
 use crate::error::ConfigError;
-use crate::flow::{Collector, FlowState, FlowTable, HeldPacket, WatchMemo};
+use crate::flow::{Collector, Flow, FlowState, FlowTable, HeldPacket, WatchMemo};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
 use crate::plan;
 use crate::reassembly::{Added, Assembler};
+use crate::seq::Seq;
 use crate::stats::{FailReason, Stats};
 use crate::target::{preselect, select, Choice, FlowFacts, Pre, Profile, ProfileAction, Strategy};
 use crate::tls::{self, Detect};
@@ -306,6 +307,12 @@ impl<T> Engine<T> {
                 self.remove_flow(p.key, FailReason::FinRst, out);
                 return self.new_flow(&p, now, slot, out);
             }
+            Some(flow) if restarts(flow, &p, self.cfg.max_buffer) => {
+                // A ClientHello at another sequence number: a new connection
+                // reusing the tuple (its SYN was not seen). Start afresh.
+                self.flows.map.remove(&p.key);
+                return self.new_flow(&p, now, slot, out);
+            }
             Some(flow) if flow.last_seen.saturating_add(timeout) > now => {
                 flow.last_seen = now;
                 &mut flow.state
@@ -397,7 +404,7 @@ impl<T> Engine<T> {
         if p.has(flags::SYN) {
             // Data on a SYN (TCP Fast Open): never touched.
             self.stats.fail(FailReason::SynData);
-            self.insert(p.key, now, FlowState::PassThrough, out);
+            self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
             return Disposition::Pass;
         }
         self.stats.flows += 1;
@@ -407,19 +414,19 @@ impl<T> Engine<T> {
         };
         if preselect(&self.profiles, &facts) == Pre::Pass {
             self.stats.profile_pass += 1;
-            self.insert(p.key, now, FlowState::PassThrough, out);
+            self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
             return Disposition::Pass;
         }
         let payload = p.payload();
         match tls::detect_client_hello(payload) {
             Detect::Mismatch => {
                 self.stats.fail(FailReason::NotTls);
-                self.insert(p.key, now, FlowState::PassThrough, out);
+                self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
                 Disposition::Pass
             }
             Detect::Match { record_len } if record_len > self.cfg.max_buffer as usize => {
                 self.stats.fail(FailReason::Overflow);
-                self.insert(p.key, now, FlowState::PassThrough, out);
+                self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
                 Disposition::Pass
             }
             Detect::Match { record_len }
@@ -429,7 +436,7 @@ impl<T> Engine<T> {
                 let window = window_len(self.cfg.split_mode, record_len, payload.len());
                 let held = vec![HeldPacket::new(slot.take(), p)];
                 let state = self.decide(facts, held, payload, window, payload.len(), out);
-                self.insert(p.key, now, state, out);
+                self.insert(p.key, now, p.seq, state, out);
                 Disposition::Taken
             }
             _ => {
@@ -444,7 +451,13 @@ impl<T> Engine<T> {
                     first_payload: Some(payload.len()),
                     iface: self.iface,
                 };
-                let id = self.insert(p.key, now, FlowState::Collecting(Box::new(collector)), out);
+                let id = self.insert(
+                    p.key,
+                    now,
+                    p.seq,
+                    FlowState::Collecting(Box::new(collector)),
+                    out,
+                );
                 let deadline = now.saturating_add(self.cfg.collect_timeout_us);
                 self.flows.set_deadline(p.key, id, deadline);
                 Disposition::Taken
@@ -648,6 +661,7 @@ impl<T> Engine<T> {
         &mut self,
         key: FlowKey,
         now: u64,
+        first_seq: Seq,
         state: FlowState<T>,
         out: &mut Vec<Action<T>>,
     ) -> u64 {
@@ -661,7 +675,7 @@ impl<T> Engine<T> {
                 release_all(*c, &mut self.stats, out);
             }
         }
-        self.flows.insert(key, now, state)
+        self.flows.insert(key, now, first_seq, state)
     }
 
     /// Releases what a collecting flow holds and lets the rest of it pass.
@@ -718,6 +732,23 @@ impl<T> Engine<T> {
             }
         }
     }
+}
+
+/// Whether `p` opens a new connection on the tuple of a decided flow (whose
+/// SYN was not seen: the rules do not queue SYNs). It must start a
+/// ClientHello record, and lie after the flow's first byte (a new connection
+/// on a reused tuple gets a larger initial sequence number) — but not inside
+/// a split record (a retransmission) nor shortly before the first byte seen
+/// (the real start of a flow first seen out of order). Flows still
+/// collecting are never restarted.
+fn restarts<T>(flow: &Flow<T>, p: &TcpPacket<'_>, max_buffer: u32) -> bool {
+    let offset = p.seq.offset_from(flow.first_seq);
+    let same_connection = match &flow.state {
+        FlowState::Collecting(_) => return false,
+        FlowState::Injected(memo) => (0..i64::from(memo.window)).contains(&offset),
+        _ => offset == 0,
+    } || (-i64::from(max_buffer)..0).contains(&offset);
+    !same_connection && matches!(tls::detect_client_hello(p.payload()), Detect::Match { .. })
 }
 
 /// The number of first-record bytes that are reshaped.
