@@ -3,6 +3,7 @@
 #
 #   ci/fuzz.sh [SECONDS]          default 60; FUZZ_TIME overrides too
 #   FUZZ_INSTALL=1 ci/fuzz.sh      installs cargo-fuzz first when missing
+#   FUZZ_REQUIRED=1 ci/fuzz.sh     fails (instead of skipping) when it cannot run
 #
 # Exits 0 when the pass finds nothing, non-zero when libFuzzer reports a
 # crash (the input is then in rust/fuzz/artifacts/process/), and 0 with a
@@ -28,10 +29,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: cargo-fuzz is not installed; skipping the libFuzzer pass." >&2
     echo "fuzz.sh: install it with 'cargo install cargo-fuzz', or run the stable" >&2
     echo "fuzz.sh: equivalent: cargo test -p govpass-core --test fuzz_process" >&2
+    [ "${FUZZ_REQUIRED:-0}" = 1 ] && exit 1
     exit 0
 fi
 if ! command -v c++ >/dev/null 2>&1; then
     echo "fuzz.sh: no C++ compiler (libFuzzer is built from source); skipping." >&2
+    [ "${FUZZ_REQUIRED:-0}" = 1 ] && exit 1
     exit 0
 fi
 

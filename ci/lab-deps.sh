@@ -14,8 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-apt_pkgs=(iproute2 iptables tcpdump tshark ethtool openssl curl libnetfilter-queue-dev
-          build-essential)
+apt_pkgs=(iproute2 iptables nftables conntrack tcpdump tshark ethtool openssl curl
+          libnetfilter-queue-dev build-essential util-linux)
+# The lab benchmark (ci/bench_lab.py) also needs a fast TLS server and load generator.
+if [ "${LAB_BENCH:-0}" = "1" ]; then
+    apt_pkgs+=(wrk nginx-light)
+fi
 
 # Other jobs on the machine may hold the dpkg/apt locks: wait for them, then retry.
 apt_get() {

@@ -29,6 +29,6 @@ step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests
 
 step "fuzz: bounded pass"
-FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash ci/fuzz.sh
+FUZZ_INSTALL=1 FUZZ_REQUIRED=1 bash ci/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 step "all tests passed"
