@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension ``govpass._core``."""
 
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 __version__: Final[str]
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "IpSet",
     "Profile",
     "__version__",
+    "client_hello_sni",
 ]
 
 RELEASE: Final[int]
@@ -137,6 +138,11 @@ class Engine:
         self, packet: bytes, now: float, handle: Any = None, iface: int = 0
     ) -> list[Action] | None: ...
     def set_profiles(self, profiles: list[Profile]) -> None: ...
+    def choose(
+        self, host: str | None, dst: str, dport: int, iface: int = 0
+    ) -> Literal["split", "pass", "watch"]:
+        """What a TCP flow to ``dst``:``dport`` whose ClientHello names ``host``
+        would get from the profiles. ``ValueError`` if ``dst`` is not an address."""
     def profile_names(self) -> list[str]: ...
     def take_events(self) -> list[tuple[str, str, bool]]:
         """Auto-learning verdicts since the last call: (profile, host, failed)."""
@@ -146,3 +152,10 @@ class Engine:
     def config(self) -> EngineConfig: ...
     def stats(self) -> dict[str, Any]: ...
     def _arm_panic(self) -> None: ...
+
+def client_hello_sni(
+    handshake: bytes,
+) -> tuple[Literal["found", "absent", "needmore", "malformed"], str | None]:
+    """Server name of the ClientHello handshake message (no TLS record header)
+    that ``handshake`` starts with: ``("found", name)``, ``("absent", None)``,
+    ``("needmore", None)`` for a prefix too short to tell, ``("malformed", None)``."""

@@ -47,6 +47,8 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    # "choice": (spelling, choice) pairs also taken, e.g. a former bool's true/false
+    aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def attr(self) -> str:
@@ -91,9 +93,11 @@ class Setting:
                 return False
             raise bad
         if self.kind == "choice":
-            if str(value) not in self.choices:
+            text = str(value)
+            text = dict(self.aliases).get(text.lower(), text)
+            if text not in self.choices:
                 raise bad
-            return str(value)
+            return text
         if self.kind == "str":
             if not isinstance(value, str):
                 raise bad
@@ -295,9 +299,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
     Setting(
         "block-quic",
-        False,
-        "Drop outbound QUIC Initial packets (UDP to the ports) so browsers fall back to TCP",
-        "bool",
+        "off",
+        "Outbound QUIC Initial packets (UDP to the ports): all: dropped, so browsers fall "
+        "back to TCP; listed: dropped only for names govpass would split over TCP "
+        "(nfqueue backend); off: untouched",
+        "choice",
+        choices=("off", "all", "listed"),
+        aliases=(("true", "all"), ("false", "off")),
     ),
     Setting(
         "stats-interval",
@@ -396,7 +404,7 @@ class Config:
     exclude_iface: tuple[str, ...] = ()
     firewall: str = "auto"
     ipv6: bool = True
-    block_quic: bool = False
+    block_quic: str = "off"
     stats_interval: float = 2.0
     hostlist: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()

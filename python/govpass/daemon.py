@@ -76,7 +76,7 @@ def rule_spec(config: Config, detection: Any = None) -> Any:
         ipv4=True,
         ipv6=config.ipv6,
         inbound=uses_auto(config),  # auto-learning reads the first replies
-        block_quic=config.block_quic,
+        block_quic=config.block_quic,  # type: ignore[arg-type]
     )
 
 
@@ -160,6 +160,7 @@ def worker_main(
             config.queue_len,
             config.ipv6,
             copy_range=config.copy_range,
+            quic_listed=config.block_quic == "listed",
         )
         targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
         worker.bind()

@@ -1,4 +1,4 @@
-"""--block-quic: outbound QUIC Initial packets are dropped (so browsers fall
+"""--block-quic all: outbound QUIC Initial packets are dropped (so browsers fall
 back to TCP); other UDP to port 443 and everything after the daemon stops pass."""
 
 from __future__ import annotations
@@ -38,17 +38,20 @@ def _received(log: Path, after: int) -> list[int]:
 def test_block_quic_drops_initial_packets_only(host_lab: Lab) -> None:
     log = host_lab.workdir / "udp-received.log"
     log.touch()
-    host_lab.spawn("server", ["python3", str(HERE / "udp_probe.py"), "serve", str(log)])
-    time.sleep(0.3)
-    _send_all(host_lab)
-    before = _received(log, 0)
-    assert before == sorted([INITIAL_V1, INITIAL_V2, SHORT_HEADER] * 2), before
-    seen = len(log.read_text().splitlines())
-    with running(host_lab, ["--block-quic"], name="quic"):
+    pid = host_lab.spawn("server", ["python3", str(HERE / "udp_probe.py"), "serve", str(log)])
+    try:
+        time.sleep(0.3)
         _send_all(host_lab)
-        during = _received(log, seen)
-        assert during == [SHORT_HEADER, SHORT_HEADER], during
-    seen = len(log.read_text().splitlines())
-    _send_all(host_lab)
-    after = _received(log, seen)
-    assert after == sorted([INITIAL_V1, INITIAL_V2, SHORT_HEADER] * 2), after
+        before = _received(log, 0)
+        assert before == sorted([INITIAL_V1, INITIAL_V2, SHORT_HEADER] * 2), before
+        seen = len(log.read_text().splitlines())
+        with running(host_lab, ["--block-quic", "all"], name="quic"):
+            _send_all(host_lab)
+            during = _received(log, seen)
+            assert during == [SHORT_HEADER, SHORT_HEADER], during
+        seen = len(log.read_text().splitlines())
+        _send_all(host_lab)
+        after = _received(log, seen)
+        assert after == sorted([INITIAL_V1, INITIAL_V2, SHORT_HEADER] * 2), after
+    finally:
+        host_lab.kill(pid)  # port 443/udp free for the next test

@@ -70,7 +70,7 @@ def test_block_quic_adds_a_drop_chain_for_udp_initials() -> None:
     from govpass.rules import iptables as ipt
     from govpass.rules import nftables as nft
 
-    spec = RuleSpec(block_quic=True, exclude_interfaces=("wg0",))
+    spec = RuleSpec(block_quic="all", exclude_interfaces=("wg0",))
     v4 = [" ".join(a) for a in ipt.plan_install(spec, "ipv4")]
     assert "iptables -w -t mangle -N GOVPASS_QUIC" in v4
     assert "iptables -w -t mangle -A GOVPASS_QUIC -o wg0 -j RETURN" in v4

@@ -34,7 +34,7 @@ from typing import Any
 
 from govpass.backends import divert
 from govpass.config import Config
-from govpass.errors import BackendError
+from govpass.errors import BackendError, ConfigError
 
 TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
 
@@ -204,6 +204,12 @@ def run_divert(
     from govpass.cli.status import table
     from govpass.daemon import _jsonable, run_dir, write_json_atomic
 
+    if config.block_quic == "listed":
+        raise ConfigError(
+            "invalid block-quic: 'listed' needs the nfqueue backend "
+            "(the divert backend captures TCP only)",
+            field="block-quic",
+        )
     if sys.platform.startswith("freebsd"):
         from govpass.backends import freebsd
 

@@ -32,6 +32,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
+UDP = 17  # IP protocol number
 
 
 def config_flags_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
@@ -99,6 +100,7 @@ class NfqueueWorker:
         ipv6: bool = True,
         injector: RawInjector | None = None,
         copy_range: int = 0xFFFF,
+        quic_listed: bool = False,
     ) -> None:
         self.queue_num = queue_num
         self.mark = mark
@@ -107,6 +109,13 @@ class NfqueueWorker:
         self.engine = Engine(engine_config)
         self.injector = injector or RawInjector(mark, ipv6=ipv6)
         self.errors = 0
+        # --block-quic listed: the rules also queue QUIC Initials (UDP), decided
+        # here with the engine's profiles.
+        self.quic: Any = None
+        if quic_listed:
+            from govpass.quic import QuicFilter
+
+            self.quic = QuicFilter(self.engine.choose)
         tick_ms = min(max(engine_config.collect_timeout_ms / 5, 5.0), 50.0)
         self.tick = tick_ms / 1000.0
         self._nfq: Any = None
@@ -118,7 +127,7 @@ class NfqueueWorker:
         try:
             nfq.bind(
                 self.queue_num,
-                self._on_packet,
+                self._on_packet if self.quic is None else self._on_packet_or_quic,
                 max_len=self.queue_len,
                 mode=COPY_PACKET,
                 range=self.copy_range,
@@ -148,6 +157,26 @@ class NfqueueWorker:
             pkt.accept()
         else:
             self.apply(result)
+
+    def _on_packet_or_quic(self, pkt: Any) -> None:
+        """The callback when QUIC Initials are queued too: UDP goes to the QUIC
+        filter, TCP on to :meth:`_on_packet` (which stays the TCP-only callback
+        otherwise)."""
+        try:
+            data = pkt.get_payload()
+            udp = data[9 if data[0] >> 4 == 4 else 6] == UDP
+            drop = udp and self.quic.should_drop(data, time.monotonic(), pkt.outdev)
+        except Exception:
+            # Never leave a packet without a verdict; a doubt lets it through.
+            self.errors += 1
+            pkt.accept()
+            return
+        if not udp:
+            self._on_packet(pkt)
+        elif drop:
+            pkt.drop()
+        else:
+            pkt.accept()
 
     def apply(self, actions: list[Any]) -> None:
         """Carries out engine actions in order."""
@@ -205,4 +234,6 @@ class NfqueueWorker:
         s["inject_sent"] = self.injector.sent
         s["inject_errors"] = self.injector.errors
         s["callback_errors"] = self.errors
+        if self.quic is not None:
+            s.update(self.quic.stats())
         return s

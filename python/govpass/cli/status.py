@@ -28,6 +28,7 @@ TARGETING_KEYS = (
     ("auto_successes", "auto: working flows"),
     ("auto_learned", "auto: names learned"),
     ("list_errors", "list reload errors"),
+    ("quic_dropped", "QUIC Initials dropped (listed)"),
 )
 
 

@@ -18,12 +18,14 @@ Layout, all in the ``mangle`` table::
     GOVPASS_POST
         mark has MARK bit and ct mark has WATCH bit -> CONNMARK &= ~WATCH
 
-    with ``block_quic``, also
+    with ``block_quic`` "all" or "listed", also
     OUTPUT (host) or FORWARD -o WAN (router)
         -p udp --dport PORTS  -> GOVPASS_QUIC
     GOVPASS_QUIC
         -o lo / excluded interfaces  RETURN
-        QUIC long header, type Initial or 0-RTT   DROP
+        QUIC long header, type Initial or 0-RTT   DROP             "all"
+        conntrack packets <= 8, the same u32      NFQUEUE          "listed" (govpass
+                                                                   drops listed names)
 
     with ``inbound`` (auto-learning), also
     INPUT (host) or FORWARD -i WAN (router)
@@ -44,7 +46,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from govpass.rules.spec import INBOUND_PACKETS, Family, RuleSpec
+from govpass.rules.spec import INBOUND_PACKETS, QUIC_PACKETS, Family, RuleSpec
 
 TABLE = "mangle"
 CHAIN = "GOVPASS"
@@ -167,14 +169,24 @@ def inbound_rules(spec: RuleSpec, family: Family, chain: str = IN_CHAIN) -> list
 
 
 def quic_rules(spec: RuleSpec, family: Family, chain: str = QUIC_CHAIN) -> list[Argv]:
-    """The body of GOVPASS_QUIC: drop QUIC Initial packets (UDP to the ports)."""
+    """The body of GOVPASS_QUIC: drop QUIC Initial packets (UDP to the ports), or
+    with "listed" queue a flow's first few to govpass, which drops those of names
+    it would split."""
     rules: list[Argv] = []
     if spec.mode == "host":
         rules.append(["-o", "lo", "-j", "RETURN"])
     for ifname in spec.exclude_interfaces:
         rules.append(["-o", ifname, "-j", "RETURN"])
     u32 = U32_QUIC_INITIAL_V4 if family == "ipv4" else U32_QUIC_INITIAL_V6
-    rules.append(["-m", "u32", "--u32", u32, "-j", "DROP"])
+    initial = ["-m", "u32", "--u32", u32]
+    if spec.block_quic == "listed":
+        first = [
+            "-m", "connbytes", "--connbytes", f"0:{QUIC_PACKETS}",
+            "--connbytes-dir", "original", "--connbytes-mode", "packets",
+        ]  # fmt: skip
+        rules.append([*first, *initial, *_queue_target(spec)])
+    else:
+        rules.append([*initial, "-j", "DROP"])
     return [["-A", chain, *rule] for rule in rules]
 
 
@@ -194,7 +206,7 @@ def jump_rules(spec: RuleSpec) -> list[Argv]:
     outs: list[Argv] = [["-o", ifname] for ifname in spec.interfaces] or [[]]
     jumps = [["-I", hook, "1", *out, *ports, "-j", CHAIN] for out in outs]
     jumps.append(["-I", "POSTROUTING", "1", *ports, "-j", POST_CHAIN])
-    if spec.block_quic:
+    if spec.block_quic != "off":
         udp = _port_match(spec.ports, proto="udp")
         jumps += [["-I", hook, "1", *out, *udp, "-j", QUIC_CHAIN] for out in outs]
     if spec.inbound:
@@ -220,7 +232,7 @@ def plan_install(spec: RuleSpec, family: Family, binary: str | None = None) -> l
     ]
     if spec.inbound:
         body += [["-N", IN_CHAIN], *inbound_rules(spec, family)]
-    if spec.block_quic:
+    if spec.block_quic != "off":
         body += [["-N", QUIC_CHAIN], *quic_rules(spec, family)]
     body += jump_rules(spec)
     return [[prog, WAIT, "-t", TABLE, *args] for args in body]
@@ -236,7 +248,7 @@ def plan_probe(spec: RuleSpec, family: Family, binary: str) -> tuple[list[Argv],
     ]
     if spec.inbound:
         load += [[binary, WAIT, "-t", TABLE, *r] for r in inbound_rules(spec, family, PROBE_CHAIN)]
-    if spec.block_quic:
+    if spec.block_quic != "off":
         load += [[binary, WAIT, "-t", TABLE, *r] for r in quic_rules(spec, family, PROBE_CHAIN)]
     unload = [
         [binary, WAIT, "-t", TABLE, "-F", PROBE_CHAIN],

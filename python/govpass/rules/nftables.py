@@ -12,14 +12,14 @@ fragments have no inner header and therefore never match.
 
 from __future__ import annotations
 
-from govpass.rules.spec import INBOUND_PACKETS, RuleSpec
+from govpass.rules.spec import INBOUND_PACKETS, QUIC_PACKETS, RuleSpec
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "govpass"
 TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 CHAIN = "govpass"
 IN_CHAIN = "govpass_in"  # replies, for auto-learning (RuleSpec.inbound)
-QUIC_CHAIN = "govpass_quic"  # RuleSpec.block_quic
+QUIC_CHAIN = "govpass_quic"  # RuleSpec.block_quic "all" / "listed"
 # First UDP payload byte: long header, type Initial/0-RTT (QUIC v1 and v2).
 NFT_QUIC_INITIAL = "@th,64,8 & 0xf0 { 0xc0, 0xd0 }"
 
@@ -84,17 +84,22 @@ def hook_rules(spec: RuleSpec) -> list[str]:
     match = f"{_family_match(spec)}meta l4proto tcp {_ports(spec)}"
     outs = [f"oifname {_quote(name)} " for name in spec.interfaces] or [""]
     rules = [f"{out}{match} jump {CHAIN}" for out in outs]
-    if spec.block_quic:
+    if spec.block_quic != "off":
         udp = f"{_family_match(spec)}meta l4proto udp {_ports(spec, proto='udp')}"
         rules += [f"{out}{udp} jump {QUIC_CHAIN}" for out in outs]
     return rules
 
 
 def quic_body(spec: RuleSpec) -> list[str]:
-    """Rules of the regular chain ``govpass_quic``: drop QUIC Initial packets."""
+    """Rules of the regular chain ``govpass_quic``: drop QUIC Initial packets, or
+    with "listed" queue a flow's first few to govpass (as iptables' GOVPASS_QUIC)."""
     rules = ['oifname "lo" return'] if spec.mode == "host" else []
     rules += [f"oifname {_quote(name)} return" for name in spec.exclude_interfaces]
-    rules.append(f"{NFT_QUIC_INITIAL} drop")
+    if spec.block_quic == "listed":
+        first = f"ct original packets < {QUIC_PACKETS + 1}"
+        rules.append(f"{first} {NFT_QUIC_INITIAL} {queue_statement(spec)}")
+    else:
+        rules.append(f"{NFT_QUIC_INITIAL} drop")
     return rules
 
 
@@ -142,7 +147,7 @@ def render_table(spec: RuleSpec) -> str:
         hook, f"type filter hook {hook} priority mangle; policy accept;", hook_rules(spec)
     )
     lines += _chain(CHAIN, None, chain_body(spec))
-    if spec.block_quic:
+    if spec.block_quic != "off":
         lines += _chain(QUIC_CHAIN, None, quic_body(spec))
     lines += _chain(
         "postrouting",

@@ -14,6 +14,8 @@ from govpass.errors import FirewallError
 
 Mode = Literal["host", "router"]
 Family = Literal["ipv4", "ipv6"]
+QuicMode = Literal["off", "all", "listed"]
+QUIC_MODES: tuple[QuicMode, ...] = ("off", "all", "listed")
 
 U32_MAX = 0xFFFFFFFF
 DEFAULT_QUEUE_NUM = 200
@@ -21,6 +23,7 @@ DEFAULT_MARK = 0x10000000
 DEFAULT_WATCH_MARK = 0x20000000
 DEFAULT_MAX_PACKETS = 12
 INBOUND_PACKETS = 4  # replies queued per connection when `inbound` is on
+QUIC_PACKETS = 8  # outbound QUIC datagrams of a flow queued with block_quic "listed"
 MULTIPORT_MAX = 15  # xt_multiport accepts at most 15 ports per rule
 
 # Kernel interface names are at most 15 bytes (IFNAMSIZ - 1).  A trailing "+" is
@@ -91,9 +94,12 @@ class RuleSpec:
     max_packets: int = DEFAULT_MAX_PACKETS
     bypass: bool = True
     inbound: bool = False
-    # Drop outbound QUIC Initial (and 0-RTT) packets to the ports over UDP,
-    # so browsers fall back to TCP, where govpass works.
-    block_quic: bool = False
+    # Outbound QUIC Initial (and 0-RTT) packets to the ports over UDP: "all" drops
+    # them in the kernel, so browsers fall back to TCP, where govpass works;
+    # "listed" queues the first QUIC_PACKETS of a flow so govpass drops only
+    # those of names it would split; "off" leaves UDP alone. (True/False are
+    # taken as "all"/"off".)
+    block_quic: QuicMode = "off"
 
     def __post_init__(self) -> None:
         # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.
@@ -101,6 +107,8 @@ class RuleSpec:
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.block_quic, bool):
+            object.__setattr__(self, "block_quic", "all" if self.block_quic else "off")
         self._validate()
 
     def _validate(self) -> None:
@@ -118,6 +126,10 @@ class RuleSpec:
         check_scope(self, MULTIPORT_MAX, _IFNAME)
         if not 1 <= self.max_packets <= U32_MAX:
             raise RuleSpecError(f"max_packets must be >= 1, got {self.max_packets}")
+        if self.block_quic not in QUIC_MODES:
+            raise RuleSpecError(
+                f"block_quic must be one of {', '.join(QUIC_MODES)}, got {self.block_quic!r}"
+            )
 
     @property
     def families(self) -> tuple[Family, ...]:

@@ -1,6 +1,7 @@
 //! `govpass._core.Engine` and `Action`: a thin wrapper over the core engine.
 
 use govpass_core::engine::Disposition;
+use govpass_core::target::{choose_for_destination, Choice};
 use govpass_core::{Action, Engine, FailReason};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -135,6 +136,30 @@ impl PyEngine {
         self.engine
             .set_profiles(list)
             .map_err(crate::error::config_error)
+    }
+
+    /// What a TCP flow to `dst`:`dport` (on interface index `iface`) whose
+    /// ClientHello names `host` would get from the profiles: "split",
+    /// "pass" or "watch". For traffic the engine does not track, e.g. QUIC.
+    #[pyo3(signature = (host, dst, dport, iface = 0))]
+    fn choose(
+        &self,
+        host: Option<&str>,
+        dst: &str,
+        dport: u16,
+        iface: u32,
+    ) -> PyResult<&'static str> {
+        let addr: std::net::IpAddr = dst.parse().map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!("not an IP address: {dst:?}"))
+        })?;
+        let host = host.map(str::as_bytes);
+        Ok(
+            match choose_for_destination(self.engine.profiles(), addr, dport, iface, host) {
+                Choice::Split(_) => "split",
+                Choice::Pass => "pass",
+                Choice::Watch(_) => "watch",
+            },
+        )
     }
 
     /// Names of the profiles in use, in order.

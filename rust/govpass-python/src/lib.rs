@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod config;
 mod engine;
 mod error;
+mod hello;
 mod target;
 
 #[pymodule]
@@ -16,6 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<target::PyHostList>()?;
     m.add_class::<target::PyIpSet>()?;
     m.add_class::<target::PyProfile>()?;
+    m.add_function(wrap_pyfunction!(hello::client_hello_sni, m)?)?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;

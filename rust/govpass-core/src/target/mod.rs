@@ -2,12 +2,14 @@
 //! match wins; each has filters (host lists, IP sets, ports, family,
 //! interface) and an action (split with its own strategy, or pass).
 
+pub mod destination;
 pub mod hosts;
 pub mod ipset;
 pub mod profile;
 
 use std::fmt;
 
+pub use destination::choose_for_destination;
 pub use hosts::HostSet;
 pub use ipset::IpSet;
 pub use profile::{
