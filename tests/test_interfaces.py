@@ -85,3 +85,47 @@ def test_real_machine_has_loopback() -> None:
     det = ifs.detect()
     lo = det.by_name("lo")
     assert lo is not None and lo.kind == "loopback"
+
+
+def test_windows_adapters_are_classified_by_type_and_driver() -> None:
+    adapters = [
+        ifs.WinAdapter("Loopback Pseudo-Interface 1", 1, 24, "Software Loopback Interface 1"),
+        ifs.WinAdapter("Ethernet", 7, 6, "Intel(R) Ethernet Connection", gateway_v4=True),
+        ifs.WinAdapter("Wi-Fi", 12, 71, "Intel(R) Wi-Fi 6 AX201", gateway_v6=True),
+        ifs.WinAdapter("wg0", 23, 53, "WireGuard Tunnel"),
+        ifs.WinAdapter("OpenVPN TAP", 30, 6, "TAP-Windows Adapter V9"),
+        ifs.WinAdapter("Teredo", 14, 131, "Teredo Tunneling Pseudo-Interface"),
+        ifs.WinAdapter("vEthernet (WSL)", 40, 6, "Hyper-V Virtual Ethernet Adapter"),
+    ]
+    det = ifs.detect_windows(adapters)
+    kinds = {i.name: i.kind for i in det.interfaces}
+    assert kinds == {
+        "Loopback Pseudo-Interface 1": "loopback",
+        "Ethernet": "physical",
+        "Wi-Fi": "physical",
+        "wg0": "tunnel",
+        "OpenVPN TAP": "tunnel",
+        "Teredo": "tunnel",
+        "vEthernet (WSL)": "physical",
+    }
+    assert [i.name for i in det.default_route] == ["Ethernet", "Wi-Fi"]
+    assert det.by_name("wg0").index == 23
+
+
+def test_divert_filter_skips_detected_tunnels_unless_included(tmp_path: Path) -> None:
+    from govpass import config
+    from govpass.backends import divert
+
+    det = ifs.detect_windows(
+        [
+            ifs.WinAdapter("Ethernet", 7, 6, "Intel(R) Ethernet", gateway_v4=True),
+            ifs.WinAdapter("wg0", 23, 53, "WireGuard Tunnel"),
+        ]
+    )
+    cfg = config.load(env={})
+    assert divert.filter_spec(cfg, detection=det).exclude_ifidx == (23,)
+    assert "ifIdx != 23" in divert.build_filter(divert.filter_spec(cfg, detection=det))
+    # Named in --iface, a tunnel is acted on.
+    included = config.load(env={}, flags={"iface": "wg0"})
+    assert divert.detected_tunnel_indexes(included, det) == ()
+    assert divert.filter_spec(cfg, detection=ifs.Detection()).exclude_ifidx == ()

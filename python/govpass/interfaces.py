@@ -7,13 +7,17 @@ interfaces carrying the default route per IP family, so `govpass doctor` can
 say what it will touch and why. Explicit `--iface` (include) and
 `--exclude-iface` always win over detection.
 
-Windows adapter types are not read here; on Windows only explicit
-exclusions apply.
+On Windows the same questions are answered from the adapter list
+(``GetAdaptersAddresses``): the interface type (loopback, tunnel, PPP,
+Ethernet, Wi-Fi), VPN drivers recognised by their description (WireGuard,
+Wintun, TAP, ...), and whether the adapter has a default gateway.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,7 @@ class Interface:
     reason: str
     default_v4: bool = False
     default_v6: bool = False
+    index: int = 0  # interface index where known (Windows: IfIndex)
 
     @property
     def excluded_by_default(self) -> bool:
@@ -111,6 +116,8 @@ def default_route_interfaces(proc: Path = Path("/proc/net")) -> tuple[set[str], 
 
 
 def detect(sys_net: Path = SYS_NET, proc: Path = Path("/proc/net")) -> Detection:
+    if sys.platform == "win32":
+        return detect_windows()
     try:
         names = sorted(os.listdir(sys_net))
     except OSError:
@@ -149,3 +156,133 @@ def describe(detection: Detection, include: Iterable[str], exclude: Iterable[str
         verdict = "acted on" if acted else "left alone"
         lines.append(f"{i.name}: {i.kind} ({i.reason}{route}) - {verdict}")
     return lines
+
+
+# ------------------------------------------------------------------ Windows
+
+# IF_TYPE_* values of the Windows IP Helper API (ipifcons.h).
+WIN_LOOPBACK = 24
+WIN_TUNNEL_TYPES = {131: "tunnel", 23: "PPP", 53: "virtual (VPN client)"}
+WIN_PHYSICAL_TYPES = {6: "Ethernet", 71: "Wi-Fi", 243: "mobile broadband", 244: "mobile broadband"}
+# Drivers of VPN software that present themselves as Ethernet adapters.
+WIN_VPN_DRIVER = re.compile(
+    r"wireguard|wintun|tap-windows|openvpn|tailscale|zerotier|fortinet|cisco anyconnect|"
+    r"juniper|globalprotect|pangp|nordlynx|vpn",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class WinAdapter:
+    """The fields of one IP_ADAPTER_ADDRESSES entry that classification needs."""
+
+    name: str  # FriendlyName ("Ethernet", "Wi-Fi", "wg0")
+    index: int  # IfIndex
+    if_type: int
+    description: str
+    gateway_v4: bool = False
+    gateway_v6: bool = False
+
+
+def classify_windows(a: WinAdapter) -> tuple[str, str]:
+    if a.if_type == WIN_LOOPBACK:
+        return "loopback", "loopback"
+    if a.if_type in WIN_TUNNEL_TYPES:
+        return "tunnel", f"interface type {WIN_TUNNEL_TYPES[a.if_type]}"
+    if WIN_VPN_DRIVER.search(a.description):
+        return "tunnel", f"VPN driver ({a.description})"
+    if a.if_type in WIN_PHYSICAL_TYPES:
+        return "physical", f"{WIN_PHYSICAL_TYPES[a.if_type]} adapter ({a.description})"
+    return "virtual", f"interface type {a.if_type} ({a.description})"
+
+
+def detect_windows(adapters: Iterable[WinAdapter] | None = None) -> Detection:
+    """Classifies Windows adapters (read with GetAdaptersAddresses when not given)."""
+    if adapters is None:
+        adapters = _windows_adapters()
+    found = []
+    for a in adapters:
+        kind, reason = classify_windows(a)
+        found.append(Interface(a.name, kind, reason, a.gateway_v4, a.gateway_v6, a.index))
+    return Detection(tuple(found))
+
+
+def _windows_adapters() -> list[WinAdapter]:  # pragma: no cover - Windows only
+    """Reads the adapter list through iphlpapi.GetAdaptersAddresses (ctypes)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class SockAddr(ctypes.Structure):
+        _fields_ = [
+            ("lpSockaddr", ctypes.POINTER(ctypes.c_ushort)),
+            ("iSockaddrLength", ctypes.c_int),
+        ]
+
+    class Gateway(ctypes.Structure):
+        pass
+
+    Gateway._fields_ = [
+        ("Length", ctypes.c_ulong),
+        ("Reserved", wintypes.DWORD),
+        ("Next", ctypes.POINTER(Gateway)),
+        ("Address", SockAddr),
+    ]
+
+    class Adapter(ctypes.Structure):
+        pass
+
+    Adapter._fields_ = [
+        ("Length", ctypes.c_ulong),
+        ("IfIndex", wintypes.DWORD),
+        ("Next", ctypes.POINTER(Adapter)),
+        ("AdapterName", ctypes.c_char_p),
+        ("FirstUnicastAddress", ctypes.c_void_p),
+        ("FirstAnycastAddress", ctypes.c_void_p),
+        ("FirstMulticastAddress", ctypes.c_void_p),
+        ("FirstDnsServerAddress", ctypes.c_void_p),
+        ("DnsSuffix", ctypes.c_wchar_p),
+        ("Description", ctypes.c_wchar_p),
+        ("FriendlyName", ctypes.c_wchar_p),
+        ("PhysicalAddress", ctypes.c_ubyte * 8),
+        ("PhysicalAddressLength", wintypes.DWORD),
+        ("Flags", wintypes.DWORD),
+        ("Mtu", wintypes.DWORD),
+        ("IfType", wintypes.DWORD),
+        ("OperStatus", ctypes.c_int),
+        ("Ipv6IfIndex", wintypes.DWORD),
+        ("ZoneIndices", wintypes.DWORD * 16),
+        ("FirstPrefix", ctypes.c_void_p),
+        ("TransmitLinkSpeed", ctypes.c_ulonglong),
+        ("ReceiveLinkSpeed", ctypes.c_ulonglong),
+        ("FirstWinsServerAddress", ctypes.c_void_p),
+        ("FirstGatewayAddress", ctypes.POINTER(Gateway)),
+    ]
+    gaa_flag_include_gateways = 0x0080
+    size = ctypes.c_ulong(16 * 1024)
+    for _ in range(4):
+        buf = ctypes.create_string_buffer(size.value)
+        ret = ctypes.windll.iphlpapi.GetAdaptersAddresses(  # type: ignore[attr-defined]
+            0, gaa_flag_include_gateways, None, buf, ctypes.byref(size)
+        )
+        if ret != 111:  # ERROR_BUFFER_OVERFLOW: size now holds what is needed
+            break
+    if ret != 0:
+        return []
+    out = []
+    node = ctypes.cast(buf, ctypes.POINTER(Adapter))
+    while node:
+        a = node.contents
+        v4 = v6 = False
+        gw = a.FirstGatewayAddress
+        while gw:
+            family = gw.contents.Address.lpSockaddr[0]
+            v4 |= family == 2
+            v6 |= family == 23
+            gw = gw.contents.Next
+        out.append(
+            WinAdapter(
+                a.FriendlyName or "", int(a.IfIndex), int(a.IfType), a.Description or "", v4, v6
+            )
+        )
+        node = a.Next
+    return out

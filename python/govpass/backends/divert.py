@@ -155,16 +155,36 @@ def interface_indexes(
     return tuple(out)
 
 
-def filter_spec(config: Config, hello_only: bool = False) -> FilterSpec:
+def detected_tunnel_indexes(
+    config: Config, detection: Any = None, lookup: Callable[[str], int] = socket.if_nametoindex
+) -> tuple[int, ...]:
+    """Indexes of the tunnel/VPN interfaces detected here that the filter skips by
+    default (unless named in --iface); see govpass.interfaces."""
+    from govpass import interfaces
+
+    det = detection if detection is not None else interfaces.detect()
+    out = []
+    for i in det.interfaces:
+        if i.kind != "tunnel" or i.name in config.iface:
+            continue
+        try:
+            out.append(i.index or lookup(i.name))
+        except OSError:
+            continue  # gone meanwhile
+    return tuple(out)
+
+
+def filter_spec(config: Config, hello_only: bool = False, detection: Any = None) -> FilterSpec:
     if config.mode != "host":
         raise ConfigError(
             "backend divert supports host mode only (accepted here: --mode host)", field="mode"
         )
+    excluded = interface_indexes(config.exclude_iface, "exclude-iface")
     return FilterSpec(
         ports=config.port_numbers,
         ipv6=config.ipv6,
         include_ifidx=interface_indexes(config.iface, "iface"),
-        exclude_ifidx=interface_indexes(config.exclude_iface, "exclude-iface"),
+        exclude_ifidx=excluded + detected_tunnel_indexes(config, detection),
         hello_only=hello_only,
     )
 
