@@ -1,0 +1,177 @@
+//! Choosing a flow's profile once its first record is complete (the host
+//! name is known then), and the auto-learning watch of flows passed on
+//! behalf of an auto profile.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::engine::split::SplitPlan;
+use crate::engine::{Action, Engine};
+use crate::flow::{FlowState, HeldPacket, WatchMemo};
+use crate::packet::{flags, FlowKey, TcpPacket};
+use crate::plan;
+use crate::stats::FailReason;
+use crate::target::{select, Choice, FlowFacts, ProfileAction};
+
+/// What to do with a flow whose first record is complete.
+pub(super) enum Outcome {
+    Split(SplitPlan),
+    NoCut,
+    Pass,
+    Watch { profile: usize, host: Box<[u8]> },
+}
+
+/// An auto-learning verdict about one flow's host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoEvent {
+    /// Name of the auto profile the flow was watched for.
+    pub profile: String,
+    pub host: String,
+    /// True: looked blocked (retransmitted hello, RST); false: it worked.
+    pub failed: bool,
+}
+
+impl<T> Engine<T> {
+    /// The first record is complete: choose the profile (now that the host
+    /// name is known) and split, pass, or pass and watch.
+    pub(super) fn decide(
+        &mut self,
+        facts: FlowFacts,
+        mut held: Vec<HeldPacket<T>>,
+        stream: &[u8],
+        window: usize,
+        max_payload: usize,
+        out: &mut Vec<Action<T>>,
+    ) -> FlowState<T> {
+        let base = held[0].seq;
+        held.sort_by_key(|h| h.seq.offset_from(base));
+        // Everything that could fail runs here, while the tokens stay in
+        // `held`: a panic releases them instead of losing them.
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            self.plan_first_record(facts, &held, stream, window, max_payload)
+        }));
+        let release = |held: Vec<HeldPacket<T>>, out: &mut Vec<Action<T>>| {
+            out.extend(held.into_iter().map(|h| Action::Release(h.token)));
+        };
+        match planned {
+            Err(_) => {
+                self.stats.fail(FailReason::Internal);
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Split(plan)) => {
+                FlowState::Injected(Box::new(self.emit_split(held, plan, out)))
+            }
+            Ok(Outcome::NoCut) => {
+                self.stats.fail(FailReason::NoCut);
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Pass) => {
+                self.stats.profile_pass += 1;
+                release(held, out);
+                FlowState::PassThrough
+            }
+            Ok(Outcome::Watch { profile, host }) => {
+                self.stats.watched += 1;
+                release(held, out);
+                FlowState::Watching(Box::new(WatchMemo {
+                    profile,
+                    host,
+                    base,
+                    retrans: 0,
+                }))
+            }
+        }
+    }
+
+    /// Chooses the profile (the host name is known now) and, for a split,
+    /// works out every segment. Moves no token.
+    fn plan_first_record(
+        &self,
+        facts: FlowFacts,
+        held: &[HeldPacket<T>],
+        stream: &[u8],
+        window: usize,
+        max_payload: usize,
+    ) -> Outcome {
+        if self
+            .panic_in_plan
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("armed panic in plan");
+        }
+        let record = &stream[..window];
+        let span = if self.needs_host {
+            plan::host_span(record)
+        } else {
+            None
+        };
+        let host = span.map(|h| &record[h.start as usize..(h.start + h.len) as usize]);
+        match select(&self.profiles, &facts, host) {
+            Choice::Split(i) => {
+                let ProfileAction::Split(strategy) = &self.profiles[i].action else {
+                    unreachable!("select returns Split only for split profiles");
+                };
+                let cuts =
+                    plan::cut_points(strategy.chunk, &strategy.positions, span, window as u32);
+                match self.plan_split(facts.key, held, stream, window, max_payload, cuts) {
+                    Some(plan) => Outcome::Split(plan),
+                    None => Outcome::NoCut,
+                }
+            }
+            Choice::Pass => Outcome::Pass,
+            Choice::Watch(profile) => Outcome::Watch {
+                profile,
+                host: host.unwrap_or_default().into(),
+            },
+        }
+    }
+
+    /// An inbound packet (from a watched port) of a flow watched for an
+    /// auto-learning profile: a RST means blocked, data means it works.
+    pub(super) fn inbound(&mut self, p: &TcpPacket<'_>) {
+        let k = p.key;
+        let key = FlowKey {
+            src: k.dst,
+            dst: k.src,
+            sport: k.dport,
+            dport: k.sport,
+            v6: k.v6,
+        };
+        let Some(flow) = self.flows.map.get(&key) else {
+            return;
+        };
+        if !matches!(flow.state, FlowState::Watching(_)) {
+            return;
+        }
+        if p.has(flags::RST) {
+            self.verdict(key, true);
+        } else if p.payload_len() > 0 {
+            self.verdict(key, false);
+        }
+    }
+
+    /// Reports an auto-learning verdict for a watched flow and stops watching it.
+    pub(super) fn verdict(&mut self, key: FlowKey, failed: bool) {
+        let Some(flow) = self.flows.map.get_mut(&key) else {
+            return;
+        };
+        let FlowState::Watching(w) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
+        else {
+            return;
+        };
+        if failed {
+            self.stats.auto_failures += 1;
+        } else {
+            self.stats.auto_successes += 1;
+        }
+        self.events.push(AutoEvent {
+            profile: self
+                .profiles
+                .get(w.profile)
+                .map_or_else(String::new, |p| p.name.clone()),
+            host: String::from_utf8_lossy(&w.host).into_owned(),
+            failed,
+        });
+    }
+}
