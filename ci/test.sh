@@ -23,6 +23,7 @@ cargo test --workspace --quiet
 
 step "python: ruff, stubs"
 "$PYTHON" -m ruff check python tests ci
+"$PYTHON" -m ruff format --check python tests ci
 "$PYTHON" -m mypy.stubtest govpass._core
 
 step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"

@@ -34,9 +34,9 @@ def test_daemon_runs_with_only_net_admin_and_net_raw(tmp_path: Path) -> None:
         argv = [*ONLY_TWO_CAPS, sys.executable, "-m", "govpass", "run", "--workers", "1"]
         pid = lab.spawn("client", argv, env={"GOVPASS_RUN_DIR": str(tmp_path)})
         deadline = time.monotonic() + 15
-        while not (tmp_path / "daemon.json").exists() or "running" not in lab.log_of(
-            pid
-        ).read_text():
+        while (
+            not (tmp_path / "daemon.json").exists() or "running" not in lab.log_of(pid).read_text()
+        ):
             assert time.monotonic() < deadline, lab.log_of(pid).read_text()
             assert pid in lab.alive(), lab.log_of(pid).read_text()
             time.sleep(0.1)

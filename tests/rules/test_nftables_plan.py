@@ -65,9 +65,7 @@ def test_single_family_is_restricted() -> None:
 def test_queue_statement_variants() -> None:
     assert nft.queue_statement(RuleSpec()) == "queue num 200 bypass"
     assert nft.queue_statement(RuleSpec(bypass=False)) == "queue num 200"
-    assert nft.queue_statement(RuleSpec(queue_num=3, queue_count=4)) == (
-        "queue num 3-6 bypass"
-    )
+    assert nft.queue_statement(RuleSpec(queue_num=3, queue_count=4)) == ("queue num 3-6 bypass")
     assert nft.queue_statement(RuleSpec(queue_count=2, bypass=False)) == "queue num 200-201"
 
 
