@@ -34,7 +34,8 @@ def require_privileges() -> None:
 @app.command("run")
 @with_settings()
 def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
-    """Capture outbound TLS flows and split their first ClientHello (Linux: NFQUEUE)."""
+    """Capture outbound TLS flows and split their first ClientHello (NFQUEUE on Linux;
+    --backend divert: WinDivert, or its eBPF version on Linux, or divert(4) on FreeBSD)."""
     config = config_mod.load(config_file, flags=flags)
     if config.backend == "divert":
         from govpass.backends.divert_run import run_divert
