@@ -205,6 +205,14 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         maximum=256,
     ),
+    Setting(
+        "worker-sched",
+        "batch",
+        "Scheduling of NFQUEUE workers: batch (no wake-up preemption; best throughput "
+        "under load) or normal",
+        "choice",
+        choices=("batch", "normal"),
+    ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
     Setting(
         "queue-len",
@@ -388,6 +396,7 @@ class Config:
     ports: tuple[str, ...] = ("443",)
     backend: str = "nfqueue"
     workers: int = 0
+    worker_sched: str = "batch"
     queue_num: int = 200
     queue_len: int = 4096
     queue_time: int = 2000

@@ -151,6 +151,14 @@ def worker_main(
     with suppress(OSError):
         cpus = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    if config.worker_sched == "batch":
+        # A batch task does not preempt the running one when a packet wakes it:
+        # under load it takes the packets that queued meanwhile in one go
+        # instead of a context switch per connection (measured in the lab:
+        # connections/s x0.72 -> x0.80-0.87 against no splitter, CPU per
+        # connection halved); on an idle CPU it runs at once as before.
+        with suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     queue = config.queue_num + index
     try:
         worker = NfqueueWorker(
