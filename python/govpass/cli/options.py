@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from govpass.config import BY_NAME, SETTINGS, Setting
+from govpass.targeting import SHORTCUTS
 
 # The engine's settings: how a hello is cut (capture and rule settings excluded).
 ENGINE_SETTINGS = (
@@ -29,16 +30,7 @@ ENGINE_SETTINGS = (
 )
 
 # Which flows are split (host lists, IP sets); auto-learning needs a live daemon.
-TARGETING_SETTINGS = (
-    "hostlist",
-    "hosts",
-    "hostlist-exclude",
-    "hosts-exclude",
-    "ipset",
-    "ips",
-    "ipset-exclude",
-    "ips-exclude",
-)
+TARGETING_SETTINGS = tuple(name for name in SHORTCUTS if name != "hostlist-auto")
 
 
 def _default_text(s: Setting) -> str:
