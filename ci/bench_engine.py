@@ -28,12 +28,13 @@ import gc
 import json
 import os
 import platform
-import re
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_md import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = (ROOT / "tests/fixtures/hellos/openssl_default.bin").read_bytes()
@@ -338,16 +339,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Engine\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
@@ -401,7 +392,7 @@ def main() -> int:
     section = markdown(result)
     print(section, file=sys.stderr)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, "Engine", section)
     if args.check and not all(result["targets_met"].values()):
         return 1
     return 0

@@ -30,13 +30,14 @@ import gzip
 import os
 import platform
 import random
-import re
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_md import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -405,17 +406,6 @@ def markdown(r: dict) -> str:
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    # Re-read right before writing: other benchmarks may have rewritten their sections.
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Lists\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 k entries, fewer rounds")
@@ -440,7 +430,7 @@ def main() -> int:
     section = markdown(result)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, "Lists", section)
     if args.check and not all(result["targets_met"].values()):
         return 1
     return 0
