@@ -27,14 +27,14 @@ import argparse
 import gc
 import json
 import os
-import platform
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_md import write_section
+from bench_common import machine as common_machine
+from bench_common import rss_bytes, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = (ROOT / "tests/fixtures/hellos/openssl_default.bin").read_bytes()
@@ -100,36 +100,11 @@ def _verify(pkt: bytes) -> None:
 
 
 def machine() -> dict:
-    model = cores = "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "Model name":
-                model = val.strip()
-            elif key.strip() == "CPU(s)":
-                cores = val.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
     try:
         rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout
     except OSError:
         rustc = "?"
-    return {
-        "cpu": model,
-        "cpus": cores,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "rustc": rustc.strip(),
-    }
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    return {**common_machine(), "rustc": rustc.strip()}
 
 
 def best_rate(rounds: int, fn) -> float:

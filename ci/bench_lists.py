@@ -28,7 +28,6 @@ import argparse
 import gc
 import gzip
 import os
-import platform
 import random
 import struct
 import subprocess
@@ -37,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_md import write_section
+from bench_common import machine, rss_bytes, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -113,34 +112,6 @@ def make_packets(n: int, payload: bytes, dst: str = DST) -> list[bytes]:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def machine() -> dict[str, str]:
-    model = cpus = "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "Model name":
-                model = val.strip()
-            elif key.strip() == "CPU(s)":
-                cpus = val.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "cpu": model,
-        "cpus": cpus,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def best(rounds: int, fn) -> float:
@@ -226,9 +197,9 @@ def memory_probe(kind: str, n: int) -> int:
     rng = random.Random(20261122)
     lines = make_hosts(n, rng) if kind == "hosts" else make_prefixes(n, rng)
     gc.collect()
-    before = rss()
+    before = rss_bytes()
     parsed = (HostList if kind == "hosts" else IpSet)(lines)
-    growth = rss() - before
+    growth = rss_bytes() - before
     assert len(parsed) > 0
     return growth
 
