@@ -281,9 +281,19 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=0xFFFFFFFF,
     ),
     Setting(
+        "prefilter",
+        "auto",
+        "How the rules find a ClientHello's later packets: bpf (an eBPF program in the "
+        "iptables bpf match follows the record; no connection tracking, needs "
+        "iptables-nft and CAP_BPF), conntrack (a connmark bit bounded by connbytes), "
+        "auto (bpf when it loads, else conntrack)",
+        "choice",
+        choices=("auto", "bpf", "conntrack"),
+    ),
+    Setting(
         "watch-mark",
         0x20000000,
-        "Conntrack mark bit for flows still watched",
+        "Conntrack mark bit for flows still watched (prefilter conntrack)",
         "int",
         minimum=1,
         maximum=0xFFFFFFFF,
@@ -414,6 +424,7 @@ class Config:
     firewall: str = "auto"
     ipv6: bool = True
     block_quic: str = "off"
+    prefilter: str = "auto"
     stats_interval: float = 2.0
     hostlist: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()

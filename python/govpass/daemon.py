@@ -77,6 +77,9 @@ def rule_spec(config: Config, detection: Any = None) -> Any:
         ipv6=config.ipv6,
         inbound=uses_auto(config),  # auto-learning reads the first replies
         block_quic=config.block_quic,  # type: ignore[arg-type]
+        prefilter=config.prefilter,  # type: ignore[arg-type]
+        # Later packets of a record are queued for twice the collect timeout at most.
+        prefilter_age_ms=max(1, int(config.collect_timeout * 2)),
     )
 
 
@@ -373,6 +376,7 @@ class Daemon:
             self.rules_installed = True
             self._spec_checked = time.monotonic()
             self.log(f"rules installed with {result.backend}: {result.reason}")
+            self.log(f"pre-filter: {result.prefilter_summary}")
 
     def check_workers(self) -> None:
         """Restarts a worker that died (its queue fails open meanwhile)."""

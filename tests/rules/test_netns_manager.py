@@ -15,7 +15,9 @@ from rules_lab import Netns
 pytestmark = pytest.mark.netns
 
 IPT_BACKENDS = ["iptables-nft", "iptables-legacy"]
-SPEC = RuleSpec()
+# The conntrack pre-filter: its rules are the same in every iptables flavour
+# (the eBPF one has its own tests in test_netns_bpf.py).
+SPEC = RuleSpec(prefilter="conntrack")
 
 
 def tool(family: str, backend: str) -> str:
@@ -78,8 +80,10 @@ def test_install_twice_leaves_one_copy(netns: Netns, backend: str) -> None:
 
 
 def test_reinstall_with_other_spec_replaces(netns: Netns) -> None:
-    install(RuleSpec(interfaces=("eth0", "eth1")), netns.runner, "iptables-nft")
-    install(RuleSpec(queue_count=4), netns.runner, "iptables-nft")
+    install(
+        RuleSpec(interfaces=("eth0", "eth1"), prefilter="conntrack"), netns.runner, "iptables-nft"
+    )
+    install(RuleSpec(queue_count=4, prefilter="conntrack"), netns.runner, "iptables-nft")
     dump = mangle_dump(netns, "iptables-nft", "ipv4")
     jumps = [ln for ln in dump if ln.endswith("-j GOVPASS")]
     assert jumps == ["-A OUTPUT -p tcp -m tcp --dport 443 -j GOVPASS"]

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -81,13 +82,12 @@ def server_addr(lab: Lab, family: str) -> str:
     return lab.v4_server if family == "ipv4" else lab.v6_server
 
 
-def spec_for(lab: Lab) -> RuleSpec:
+def spec_for(lab: Lab, prefilter: str = "conntrack") -> RuleSpec:
+    base = RuleSpec(queue_num=QUEUE, mark=MARK, watch_mark=WATCH, prefilter=prefilter)  # type: ignore[arg-type]
     if lab.router is None:
-        return RuleSpec(queue_num=QUEUE, mark=MARK, watch_mark=WATCH)
+        return base
     assert lab.wan_dev is not None
-    return RuleSpec(
-        queue_num=QUEUE, mark=MARK, watch_mark=WATCH, mode="router", interfaces=(lab.wan_dev,)
-    )
+    return replace(base, mode="router", interfaces=(lab.wan_dev,))
 
 
 @pytest.fixture(params=["host", "router"])
@@ -235,7 +235,10 @@ def test_connbytes_bound_holds_when_verdicts_carry_no_mark(lab: Lab) -> None:
     Per connection: #1 SYN returns, #2 ACK passes, #3 ClientHello (u32) and
     #4..#N-1 (watch bit) are queued, #N onwards return."""
     bound = 6
-    spec = RuleSpec(queue_num=QUEUE, mark=MARK, watch_mark=WATCH, max_packets=bound, ipv6=False)
+    spec = RuleSpec(
+        queue_num=QUEUE, mark=MARK, watch_mark=WATCH, max_packets=bound, ipv6=False,
+        prefilter="conntrack",
+    )  # fmt: skip
     install(spec, lab.client.runner, "iptables-nft")
     try:
         log = lab.workdir / "nomark.jsonl"
@@ -263,3 +266,69 @@ def test_connbytes_bound_holds_when_verdicts_carry_no_mark(lab: Lab) -> None:
         assert all(m & WATCH for m in ct_marks(lab))  # nobody cleared it
     finally:
         remove(lab.client.runner)
+
+
+# -- the eBPF pre-filter ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def bpf_installed(topo: Lab) -> Iterator[Lab]:
+    result = install(spec_for(topo, "bpf"), topo.gateway.runner, "iptables-nft")
+    assert result.prefilter == "bpf", result.prefilter_reason
+    try:
+        yield topo
+    finally:
+        remove(topo.gateway.runner)
+
+
+def tracked_flows(lab: Lab) -> int:
+    res = lab.gateway.run("conntrack", "-L", check=False)
+    return sum(1 for line in res.stdout.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_bpf_one_packet_per_tls_connection(bpf_installed: Lab, family: str) -> None:
+    """Same traffic as with the conntrack pre-filter: one packet per connection, the
+    ClientHello; bulk data, SYNs, pure ACKs and plain TCP stay in the kernel."""
+    lab = bpf_installed
+    consumer = Consumer(lab)
+    host = server_addr(lab, family)
+    tls = run_client(lab, "tls", host, "443", lab.cafile, str(TLS_CONNS))
+    bulk = run_client(lab, "bulk", host, "443", lab.cafile, str(BULK_BYTES))
+    plain = run_client(lab, "plain", host, "443", lab.cafile)
+    packets = consumer.packets()
+
+    assert tls["replies"] == [f"OK {i}" for i in range(TLS_CONNS)]
+    assert bulk["upload_reply"] == f"GOT {BULK_BYTES}"
+    assert bulk["downloaded"] == BULK_BYTES
+    assert plain["reply"] == "PLAIN hello, not tls"
+    counts = per_port(packets)
+    for port in [*tls["ports"], *bulk["ports"]]:
+        assert counts[port] == 1, f"port {port}: {counts[port]} packets queued"
+    assert sum(counts.values()) == len(tls["ports"]) + len(bulk["ports"])
+    for pkt in packets:
+        assert pkt["v"] == (4 if family == "ipv4" else 6)
+        assert is_client_hello_head(pkt["head"]), f"non-ClientHello queued: {pkt}"
+    if lab.router is None:
+        # Nothing in the host's rules asks for connection tracking.
+        assert tracked_flows(lab) == 0
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_bpf_queues_second_segment(bpf_installed: Lab, family: str) -> None:
+    """The consumer holds the ClientHello head; the program queues the rest of the
+    record by its sequence numbers, and nothing after the record."""
+    lab = bpf_installed
+    consumer = Consumer(lab, hold=True)
+    out = run_client(lab, "split", server_addr(lab, family), "443", lab.cafile)
+    packets = consumer.packets()
+
+    assert out["reply"] == "OK split"
+    flow = [p for p in packets if p["sport"] == out["ports"][0]]
+    assert len(flow) == 2, flow
+    first, second = sorted(flow, key=lambda p: p["seq"])
+    assert is_client_hello_head(first["head"])
+    assert first["verdict"] == "held-until-next"
+    assert first["payload_len"] + second["payload_len"] == out["hello_len"]
+    assert second["seq"] == (first["seq"] + first["payload_len"]) % 2**32
+    assert len(packets) == 2

@@ -22,6 +22,8 @@ RULE_SETTINGS = (
     "workers",
     "mark",
     "watch-mark",
+    "prefilter",
+    "collect-timeout",
     "ports",
     "mode",
     "iface",
@@ -52,6 +54,7 @@ def install(flags: dict[str, Any], config_file: Path | None) -> None:
     backend = None if config.firewall in ("auto", "none") else config.firewall
     result = rules.install(rule_spec(config), backend=backend)  # type: ignore[arg-type]
     typer.echo(f"installed with {result.backend} ({', '.join(result.families)}): {result.reason}")
+    typer.echo(f"pre-filter: {result.prefilter_summary}")
 
 
 @rules_app.command("remove")

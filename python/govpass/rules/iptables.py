@@ -18,6 +18,16 @@ Layout, all in the ``mangle`` table::
     GOVPASS_POST
         mark has MARK bit and ct mark has WATCH bit -> CONNMARK &= ~WATCH
 
+    with the eBPF pre-filter (``spec.uses_bpf``), instead
+    GOVPASS                                      no connection tracking
+        mark has MARK bit            RETURN
+        -o lo / excluded interfaces  RETURN
+        SYN flag set                 RETURN
+        bpf program matches          NFQUEUE     a ClientHello record's first
+                                                 packet, or a later one of a record
+                                                 still in flight (see govpass.bpf)
+    and no GOVPASS_POST.
+
     with ``block_quic`` "all" or "listed", also
     OUTPUT (host) or FORWARD -o WAN (router)
         -p udp --dport PORTS  -> GOVPASS_QUIC
@@ -135,6 +145,9 @@ def chain_rules(spec: RuleSpec, family: Family, chain: str = CHAIN) -> list[Argv
     for ifname in spec.exclude_interfaces:
         rules.append(["-o", ifname, "-j", "RETURN"])
     rules.append(["-p", "tcp", "-m", "tcp", "--tcp-flags", "SYN", "SYN", "-j", "RETURN"])
+    if spec.uses_bpf:
+        rules.append(["-m", "bpf", "--object-pinned", spec.bpf_pin(family), *_queue_target(spec)])
+        return [["-A", chain, *rule] for rule in rules]
     rules.append(
         [
             "-m", "connbytes", "--connbytes", f"{spec.max_packets}:",
@@ -191,6 +204,8 @@ def quic_rules(spec: RuleSpec, family: Family, chain: str = QUIC_CHAIN) -> list[
 
 
 def post_rules(spec: RuleSpec) -> list[Argv]:
+    if spec.uses_bpf:
+        return []
     return [
         [
             "-A", POST_CHAIN, "-m", "mark", "--mark", _mask(spec.mark),
@@ -205,7 +220,8 @@ def jump_rules(spec: RuleSpec) -> list[Argv]:
     hook = "OUTPUT" if spec.mode == "host" else "FORWARD"
     outs: list[Argv] = [["-o", ifname] for ifname in spec.interfaces] or [[]]
     jumps = [["-I", hook, "1", *out, *ports, "-j", CHAIN] for out in outs]
-    jumps.append(["-I", "POSTROUTING", "1", *ports, "-j", POST_CHAIN])
+    if not spec.uses_bpf:
+        jumps.append(["-I", "POSTROUTING", "1", *ports, "-j", POST_CHAIN])
     if spec.block_quic != "off":
         udp = _port_match(spec.ports, proto="udp")
         jumps += [["-I", hook, "1", *out, *udp, "-j", QUIC_CHAIN] for out in outs]
@@ -224,12 +240,10 @@ def plan_install(spec: RuleSpec, family: Family, binary: str | None = None) -> l
     half-built chain.
     """
     prog = binary or binary_for(family)
-    body = [
-        ["-N", CHAIN],
-        ["-N", POST_CHAIN],
-        *chain_rules(spec, family),
-        *post_rules(spec),
-    ]
+    body = [["-N", CHAIN]]
+    if not spec.uses_bpf:
+        body.append(["-N", POST_CHAIN])
+    body += [*chain_rules(spec, family), *post_rules(spec)]
     if spec.inbound:
         body += [["-N", IN_CHAIN], *inbound_rules(spec, family)]
     if spec.block_quic != "off":

@@ -8,12 +8,17 @@
   ``GOVPASS*`` in ``mangle``) in every backend present, so leftovers of a crashed
   run or of another backend are removed too.  Removing nothing is success.
 * show: the same inventory, as text.
+
+The pre-filter (``spec.prefilter``): with iptables-nft, "auto" and "bpf" load
+the eBPF program of :mod:`govpass.bpf.prefilter`, probe it and install the
+rules that use it; "auto" falls back to the conntrack rules, with the reason
+in :attr:`InstallResult.prefilter_reason`, when that does not work here.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from govpass.errors import FirewallError
 from govpass.rules import iptables as ipt
@@ -24,6 +29,7 @@ from govpass.rules.detect import (
     detect,
     is_permission_error,
     nft_error_summary,
+    probe_iptables,
 )
 from govpass.rules.runner import CommandResult, Runner
 from govpass.rules.spec import Family, RuleSpec
@@ -38,6 +44,17 @@ class InstallResult:
     families: tuple[Family, ...]
     commands: tuple[tuple[str, ...], ...]  # what was executed, in order
     nft_script: str | None = None
+    prefilter: str = "conntrack"  # "bpf" or "conntrack": what the rules use
+    prefilter_reason: str = ""  # why conntrack when bpf was allowed
+
+    @property
+    def prefilter_summary(self) -> str:
+        """One phrase: which pre-filter the rules use, and why not bpf."""
+        if self.prefilter == "bpf":
+            return "bpf (eBPF program, no connection tracking)"
+        if self.prefilter_reason:
+            return f"conntrack ({self.prefilter_reason})"
+        return "conntrack"
 
 
 @dataclass(frozen=True)
@@ -187,9 +204,16 @@ def _install_iptables(
 
 
 def render_plan(spec: RuleSpec, backend: BackendName) -> str:
-    """What `install` would apply with `backend`, as text (for dry runs); pure."""
+    """What `install` would apply with `backend`, as text (for dry runs); pure.
+
+    With the eBPF pre-filter allowed and iptables-nft, the program's path reads
+    ``<pinned at install>-<family>``: it is pinned only while installing."""
     if backend == "nftables":
-        return nft.render_install(spec)
+        return nft.render_install(replace(spec, prefilter_pin=""))
+    if spec.prefilter != "conntrack" and backend == "iptables-nft":
+        spec = replace(spec, prefilter_pin="<pinned at install>")
+    else:
+        spec = replace(spec, prefilter_pin="")
     variant = backend.removeprefix("iptables-")
     lines = [
         shlex.join(argv)
@@ -199,11 +223,34 @@ def render_plan(spec: RuleSpec, backend: BackendName) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _install_with_bpf(
+    spec: RuleSpec, runner: Runner
+) -> tuple[list[tuple[str, ...]], tuple[Family, ...]] | str:
+    """Install iptables-nft rules that use the eBPF pre-filter; on failure, the
+    reason (nothing installed)."""
+    from govpass.bpf import prefilter
+    from govpass.bpf.syscall import BpfError
+
+    try:
+        with prefilter.pinned(spec.families, spec.prefilter_age_ms * 1_000_000) as pin:
+            bpf_spec = replace(spec, prefilter="bpf", prefilter_pin=pin)
+            status = probe_iptables(bpf_spec, "nft", runner)
+            if not status.usable:
+                return f"iptables-nft refused the bpf match ({status.reason})"
+            remove(runner)
+            return _install_iptables(bpf_spec, status, runner)
+    except BpfError as e:
+        return f"cannot load the eBPF program: {e}"
+    except OSError as e:
+        return f"cannot pin the eBPF program: {e.strerror or e}"
+
+
 def install(
     spec: RuleSpec, runner: Runner | None = None, backend: BackendName | None = None
 ) -> InstallResult:
     """Install the rules for `spec`; installing again replaces, never duplicates."""
     runner = runner or Runner()
+    spec = replace(spec, prefilter_pin="")
     detection = detect(spec, runner, prefer=backend)
     chosen = detection.chosen
     if chosen is None:
@@ -213,9 +260,27 @@ def install(
     if skipped:
         reason += " (skipped " + "; ".join(f"{s.name}: {s.reason}" for s in skipped) + ")"
 
+    why_not_bpf = ""
+    if spec.prefilter != "conntrack":
+        if chosen.name == "iptables-nft":
+            outcome = _install_with_bpf(spec, runner)
+            if not isinstance(outcome, str):
+                commands, families = outcome
+                return InstallResult(chosen.name, reason, families, tuple(commands), None, "bpf")
+            why_not_bpf = outcome
+        else:
+            why_not_bpf = f"the eBPF pre-filter needs iptables-nft, not {chosen.name}"
+        if spec.prefilter == "bpf":
+            raise FirewallError(f"prefilter bpf: {why_not_bpf}")
+        spec = replace(spec, prefilter="conntrack")
+
     remove(runner)  # leftovers of an earlier or crashed run, in any backend
     if chosen.name == "nftables":
         commands, script = _install_nft(spec, runner)
-        return InstallResult("nftables", reason, spec.families, tuple(commands), script)
+        return InstallResult(
+            "nftables", reason, spec.families, tuple(commands), script, "conntrack", why_not_bpf
+        )
     commands_ipt, families = _install_iptables(spec, chosen, runner)
-    return InstallResult(chosen.name, reason, families, tuple(commands_ipt))
+    return InstallResult(
+        chosen.name, reason, families, tuple(commands_ipt), None, "conntrack", why_not_bpf
+    )

@@ -16,6 +16,9 @@ Mode = Literal["host", "router"]
 Family = Literal["ipv4", "ipv6"]
 QuicMode = Literal["off", "all", "listed"]
 QUIC_MODES: tuple[QuicMode, ...] = ("off", "all", "listed")
+Prefilter = Literal["auto", "bpf", "conntrack"]
+PREFILTERS: tuple[Prefilter, ...] = ("auto", "bpf", "conntrack")
+DEFAULT_PREFILTER_AGE_MS = 500
 
 U32_MAX = 0xFFFFFFFF
 DEFAULT_QUEUE_NUM = 200
@@ -100,6 +103,16 @@ class RuleSpec:
     # those of names it would split; "off" leaves UDP alone. (True/False are
     # taken as "all"/"off".)
     block_quic: QuicMode = "off"
+    # How the kernel knows which later packets of a flow to queue: "bpf", an eBPF
+    # program in an iptables `bpf` match that follows the ClientHello record by
+    # sequence number (no connection tracking; iptables-nft only), "conntrack", a
+    # connmark bit bounded by connbytes, or "auto", bpf when it can be loaded.
+    # `install` resolves it; the plan uses the program only when
+    # `prefilter_pin` names where it is pinned (`<prefilter_pin>-ipv4`, `-ipv6`).
+    prefilter: Prefilter = "auto"
+    prefilter_pin: str = ""
+    # How long the program keeps queueing a record's later packets (ms).
+    prefilter_age_ms: int = DEFAULT_PREFILTER_AGE_MS
 
     def __post_init__(self) -> None:
         # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.
@@ -126,6 +139,16 @@ class RuleSpec:
         check_scope(self, MULTIPORT_MAX, _IFNAME)
         if not 1 <= self.max_packets <= U32_MAX:
             raise RuleSpecError(f"max_packets must be >= 1, got {self.max_packets}")
+        if self.prefilter not in PREFILTERS:
+            raise RuleSpecError(
+                f"prefilter must be one of {', '.join(PREFILTERS)}, got {self.prefilter!r}"
+            )
+        if not 1 <= self.prefilter_age_ms <= 3_600_000:
+            raise RuleSpecError(
+                f"prefilter_age_ms must be in 1..3600000, got {self.prefilter_age_ms}"
+            )
+        if self.prefilter_pin and self.prefilter == "conntrack":
+            raise RuleSpecError("prefilter_pin is set but prefilter is conntrack")
         if self.block_quic not in QUIC_MODES:
             raise RuleSpecError(
                 f"block_quic must be one of {', '.join(QUIC_MODES)}, got {self.block_quic!r}"
@@ -139,6 +162,14 @@ class RuleSpec:
         if self.ipv6:
             out.append("ipv6")
         return tuple(out)
+
+    @property
+    def uses_bpf(self) -> bool:
+        """Whether the plan queues through the pinned eBPF program."""
+        return bool(self.prefilter_pin)
+
+    def bpf_pin(self, family: Family) -> str:
+        return f"{self.prefilter_pin}-{family}"
 
     @property
     def queue_last(self) -> int:
