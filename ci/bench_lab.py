@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -89,6 +90,7 @@ class Bench:
         self.run_dir = self.wd / "govpass-run"
         self.cli: list[str] = ["-m", "govpass"]
         self.daemon_pid: int | None = None
+        self.prefilter = "unknown"  # as the daemon's log names it
         self.py_env = dict(os.environ)
         self.py_env["PYTHONPATH"] = str(REPO / "python") + (
             os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""
@@ -170,6 +172,8 @@ class Bench:
             )
 
         wait(ready, 20, "govpass run to install its rules")
+        found = re.search(r"pre-filter: (.+)", logf.read_text(errors="replace"))
+        self.prefilter = found.group(1).strip() if found else "unknown"
 
     def stop_daemon(self) -> None:
         if self.daemon_pid is None:
@@ -637,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"other jobs still use {load:.2f} cores; measuring anyway")
                 log(f"round {i + 1}/{len(modes)}: {mode}")
                 r = bench.round(i + 1, mode)
+                if mode == "with":
+                    info["prefilter"] = bench.prefilter
                 rounds.append(r)
                 log(
                     f"  conn/s {r['wrk']['rps']:.0f} (other jobs: "

@@ -304,7 +304,8 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         f"without/with govpass ({a['rounds']} rounds"
         + (f" + {a['rounds'] // 2} conntrack-only" if a.get("conntrack_baseline") else "")
         + "); govpass is started fresh in the client",
-        f'namespace for each "with" round as `{m["govpass_cmd"]}`.',
+        f'namespace for each "with" round as `{m["govpass_cmd"]}`'
+        + (f"; its rules used the pre-filter {m['prefilter']}." if m.get("prefilter") else "."),
         "",
         f"- Command: `{result['command']}` (took {m['elapsed_s']} s)",
         f"- Machine: {m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, "

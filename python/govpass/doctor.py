@@ -99,6 +99,7 @@ def check_firewall(config: Config) -> list[Check]:
         status: Status = "ok" if s.usable else "warn"
         label = " (will be used)" if chosen else ""
         out.append(Check(f"firewall {s.name}", status, s.reason + label))
+    out.append(check_prefilter(config, detection.chosen.name if detection.chosen else None))
     if detection.chosen is None:
         out.append(
             Check(
@@ -130,6 +131,32 @@ def check_firewall(config: Config) -> list[Check]:
     else:
         out.append(Check("installed rules", "ok", "none installed"))
     return out
+
+
+def check_prefilter(config: Config, backend: str | None) -> Check:
+    """Which pre-filter `run` would install: the eBPF program or conntrack, and why."""
+    if config.prefilter == "conntrack":
+        return Check("pre-filter", "ok", "conntrack (set by prefilter)")
+    status: Status = "fail" if config.prefilter == "bpf" else "warn"
+    if backend != "iptables-nft":
+        return Check(
+            "pre-filter",
+            status,
+            f"conntrack: the eBPF pre-filter needs iptables-nft, the rules go to {backend}",
+            "install iptables with the nf_tables backend (iptables-nft)",
+        )
+    from govpass.bpf.prefilter import unavailable_reason
+
+    why = unavailable_reason()
+    if why is None:
+        return Check("pre-filter", "ok", "bpf: eBPF program loads; no connection tracking")
+    return Check(
+        "pre-filter",
+        status,
+        f"conntrack: {why}",
+        "grant CAP_BPF and CAP_SYS_ADMIN (to load the program and mount a bpf fs); "
+        "with conntrack every packet of the host pays for connection tracking",
+    )
 
 
 def _daemon_running() -> bool:

@@ -41,9 +41,8 @@ from govpass.bpf.asm import FP, R0, R1, R2, R3, R4, R6, R7, R8, R9
 
 PIN_PREFIX = "prefilter-"
 MAP_ENTRIES = 8192  # flows with a ClientHello record still in flight, per family
-VALUE_SIZE = 16  # u32 end sequence, u32 zero, u64 time of the record's first packet (ns)
+VALUE_SIZE = 16  # u32 end and u32 start sequence, u64 time of the record's first packet (ns)
 KEY_SIZE = {"ipv4": 12, "ipv6": 36}  # source and destination address, both ports
-MAX_RECORD = 5 + 0xFFFF  # a record's header plus the largest length it can announce
 
 # Stack layout of the program (offsets from the frame pointer, all naturally aligned).
 _IP = -128  # up to 40 bytes: the IP header
@@ -138,7 +137,7 @@ def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
     p.movr(R7, R9, bits=32)
     p.alu(R7, "+", R1, reg=True, bits=32)  # R7 = where the record ends (mod 2^32)
     p.stx(4, FP, _VAL, R7)
-    p.st(4, FP, _VAL + 4, 0)
+    p.stx(4, FP, _VAL + 4, R9)  # where it starts
     p.call(asm.KTIME_GET_NS)
     p.stx(8, FP, _VAL + 8, R0)
     p.ld_map_fd(R1, map_fd)
@@ -158,6 +157,7 @@ def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
     p.call(asm.MAP_LOOKUP_ELEM)
     p.jif(R0, "==", 0, "no")
     p.ldx(4, R7, R0, 0)  # end sequence
+    p.ldx(4, R8, R0, 4)  # start sequence (R8, the payload length, is not needed any more)
     p.ldx(8, R1, R0, 8)  # first packet's time
     p.stx(8, FP, _VAL + 8, R1)
     p.call(asm.KTIME_GET_NS)
@@ -165,9 +165,10 @@ def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
     p.alu(R0, "-", R1, reg=True)
     p.ld_imm64(R1, max_age_ns)
     p.jif(R0, ">", R1, "forget_no", reg=True)  # collecting has ended long ago
-    p.alu(R7, "-", R9, reg=True, bits=32)  # bytes from this packet to the end, mod 2^32
-    p.jif(R7, "==", 0, "forget_no")  # starts at the end: past the record
-    p.jif(R7, ">", MAX_RECORD, "forget_no")  # behind the record's start, or past its end
+    # Inside the record when (seq - start) < (end - start), both mod 2^32.
+    p.alu(R7, "-", R8, reg=True, bits=32)  # R7 = the record's size
+    p.alu(R9, "-", R8, reg=True, bits=32)  # R9 = this packet's offset in the record
+    p.jif(R9, ">=", R7, "forget_no", reg=True)  # before the record or at/after its end
     p.label("yes")
     p.ret(1)
     p.label("forget_no")
@@ -214,7 +215,7 @@ class Loaded:
         raw = sc.map_lookup(self.map_fd, key, VALUE_SIZE)
         if raw is None:
             return None
-        end, _zero, when = struct.unpack("=IIQ", raw)
+        end, _start, when = struct.unpack("=IIQ", raw)
         return end, when
 
 

@@ -1,0 +1,374 @@
+"""The kernel pre-filter of ``govpass.bpf.prefilter``, run in the kernel through
+BPF_PROG_TEST_RUN on hand-built Ethernet frames (the program sees the packet from
+the IP header on). Return value 1 = the packet goes to NFQUEUE, 0 = it does not."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+from govpass.bpf import prefilter
+from govpass.bpf import syscall as sc
+from scapy.layers.inet import IP, TCP, UDP, IPOption
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+
+if os.geteuid() != 0:
+    pytest.skip("loading eBPF programs needs root", allow_module_level=True)
+
+FAMILIES = ("ipv4", "ipv6")
+ADDRS = {"ipv4": ("192.0.2.1", "198.51.100.7"), "ipv6": ("2001:db8::1", "2001:db8:1::7")}
+SPORT, DPORT = 40000, 443
+ISN = 1_000_000
+AGE = 60 * 10**9  # long enough never to expire during a test
+# Explicit MACs: without them scapy resolves neighbours (a second per IPv6 packet).
+ETH = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+
+
+# ------------------------------------------------------------- building inputs
+
+
+def record(length: int = 512, hs_type: int = 0x01, version: bytes = b"\x03\x01") -> bytes:
+    """A handshake record: 5-byte header announcing ``length``, then a body of that size."""
+    body = bytes([hs_type]) + bytes(range(256)) * (length // 256 + 1)
+    return b"\x16" + version + struct.pack("!H", length) + body[:length]
+
+
+def ip_layer(family: str, **kw: object) -> Packet:
+    src, dst = ADDRS[family]
+    if family == "ipv4":
+        return IP(src=src, dst=dst, **kw)
+    return IPv6(src=src, dst=dst, **kw)
+
+
+def frame(
+    family: str,
+    payload: bytes = b"",
+    seq: int = ISN,
+    *,
+    sport: int = SPORT,
+    flags: str = "PA",
+    tcp_options: list[tuple[str, object]] | None = None,
+    ip: Packet | None = None,
+) -> bytes:
+    tcp = TCP(sport=sport, dport=DPORT, seq=seq % 2**32, ack=1, flags=flags)
+    if tcp_options:
+        tcp.options = tcp_options
+    pkt = Ether(**ETH) / (ip if ip is not None else ip_layer(family)) / tcp
+    if payload:
+        pkt = pkt / Raw(payload)
+    return bytes(pkt)
+
+
+def key(family: str, sport: int = SPORT, dport: int = DPORT) -> bytes:
+    af = socket.AF_INET if family == "ipv4" else socket.AF_INET6
+    src, dst = ADDRS[family]
+    return socket.inet_pton(af, src) + socket.inet_pton(af, dst) + struct.pack("!HH", sport, dport)
+
+
+def run(loaded: prefilter.Loaded, data: bytes) -> int:
+    return sc.prog_test_run(loaded.prog_fd, data).retval
+
+
+def end_of(entry: tuple[int, int] | None) -> int | None:
+    return None if entry is None else entry[0]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def loaded(family: str) -> Iterator[prefilter.Loaded]:
+    with prefilter.Loaded(family, AGE) as lo:
+        yield lo
+
+
+# ------------------------------------------------------------- ClientHello records
+
+
+def test_whole_record_in_one_packet_matches_and_remembers_its_end(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    hello = record(512)
+    before = time.monotonic_ns()
+    assert run(loaded, frame(family, hello)) == 1
+    entry = loaded.entry(key(family))
+    assert entry is not None
+    end, when = entry
+    assert end == (ISN + len(hello)) % 2**32 == ISN + 517
+    assert before <= when <= time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+
+
+def test_record_length_comes_from_the_header_not_the_packet(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    hello = record(0x1234)
+    assert run(loaded, frame(family, hello[:100])) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + 5 + 0x1234
+
+
+def test_record_over_two_packets_then_the_next_record_forgets_the_flow(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    hello = record(1800)
+    first, second = hello[:1200], hello[1200:]
+    assert run(loaded, frame(family, first)) == 1
+    assert run(loaded, frame(family, second, ISN + len(first))) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+    # the next record (application data) starts exactly at the record's end
+    after = ISN + len(hello)
+    assert run(loaded, frame(family, b"\x17\x03\x03\x00\x20" + bytes(32), after)) == 0
+    assert loaded.entry(key(family)) is None
+    assert run(loaded, frame(family, bytes(100), after + 37)) == 0
+    assert loaded.entry(key(family)) is None
+
+
+def test_record_over_three_packets(family: str, loaded: prefilter.Loaded) -> None:
+    hello = record(3000)
+    for start in range(0, len(hello), 1000):
+        assert run(loaded, frame(family, hello[start : start + 1000], ISN + start)) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+
+
+def test_retransmitted_tail_of_a_whole_record_matches(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    hello = record(512)
+    assert run(loaded, frame(family, hello)) == 1
+    tail = hello[300:]
+    assert run(loaded, frame(family, tail, ISN + 300)) == 1
+    assert run(loaded, frame(family, hello[-1:], ISN + len(hello) - 1)) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+
+
+def test_retransmitted_record_from_its_start_matches_again(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    hello = record(512)
+    assert run(loaded, frame(family, hello)) == 1
+    assert run(loaded, frame(family, hello)) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+
+
+# ------------------------------------------------------------- what does not match
+
+
+def test_pure_ack_does_not_match(family: str, loaded: prefilter.Loaded) -> None:
+    assert run(loaded, frame(family, flags="A")) == 0
+
+
+def test_pure_ack_leaves_the_entry_alone(family: str, loaded: prefilter.Loaded) -> None:
+    hello = record(1800)
+    assert run(loaded, frame(family, hello[:1000])) == 1
+    assert run(loaded, frame(family, flags="A", seq=ISN + len(hello) + 5)) == 0
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+
+
+def test_data_without_an_entry_does_not_match(family: str, loaded: prefilter.Loaded) -> None:
+    assert run(loaded, frame(family, b"GET / HTTP/1.1\r\n\r\n")) == 0
+    assert run(loaded, frame(family, record(512)[100:], ISN + 100)) == 0
+    assert loaded.entry(key(family)) is None
+
+
+def test_server_hello_type_does_not_match(family: str, loaded: prefilter.Loaded) -> None:
+    assert run(loaded, frame(family, record(90, hs_type=0x02, version=b"\x03\x03"))) == 0
+    assert loaded.entry(key(family)) is None
+
+
+@pytest.mark.parametrize("size", [1, 5])
+def test_payload_shorter_than_six_bytes_does_not_match(
+    family: str, loaded: prefilter.Loaded, size: int
+) -> None:
+    assert run(loaded, frame(family, record(512)[:size])) == 0
+    assert loaded.entry(key(family)) is None
+
+
+@pytest.mark.parametrize("first", [0x15, 0x17])
+def test_other_record_types_do_not_match(family: str, loaded: prefilter.Loaded, first: int) -> None:
+    payload = bytes([first]) + record(512)[1:]
+    assert run(loaded, frame(family, payload)) == 0
+
+
+def test_expired_entry_does_not_match_and_is_deleted(family: str) -> None:
+    hello = record(1800)
+    with prefilter.Loaded(family, 1) as lo:  # max age: 1 ns
+        assert run(lo, frame(family, hello[:1000])) == 1
+        assert lo.entry(key(family)) is not None
+        assert run(lo, frame(family, hello[1000:], ISN + 1000)) == 0
+        assert lo.entry(key(family)) is None
+
+
+def test_sequence_wrap_inside_the_record(family: str, loaded: prefilter.Loaded) -> None:
+    start = 0xFFFFFF00
+    hello = record(1000)
+    assert run(loaded, frame(family, hello[:600], start)) == 1
+    end = (start + len(hello)) % 2**32
+    assert end < start  # the record spans 2^32
+    assert end_of(loaded.entry(key(family))) == end
+    assert run(loaded, frame(family, hello[600:], (start + 600) % 2**32)) == 1
+    assert run(loaded, frame(family, bytes(40), end)) == 0
+    assert loaded.entry(key(family)) is None
+
+
+def test_sequence_wrap_before_the_continuation(family: str, loaded: prefilter.Loaded) -> None:
+    start = 0xFFFFFF00  # first packet ends at 2^32 exactly: its continuation is seq 0
+    hello = record(1000)
+    assert run(loaded, frame(family, hello[:256], start)) == 1
+    assert run(loaded, frame(family, hello[256:], 0)) == 1
+
+
+@pytest.mark.parametrize(
+    "offset", [-100, -100_000, 517, 517 + 1000], ids=["before", "far-before", "at-end", "past-end"]
+)
+def test_packet_outside_the_record_does_not_match_and_forgets_the_flow(
+    family: str, loaded: prefilter.Loaded, offset: int
+) -> None:
+    hello = record(512)  # 517 bytes with its header
+    assert run(loaded, frame(family, hello)) == 1
+    assert run(loaded, frame(family, bytes(100), (ISN + offset) % 2**32)) == 0
+    assert loaded.entry(key(family)) is None
+
+
+# ------------------------------------------------------------- header shapes
+
+
+@pytest.mark.parametrize(
+    "fields", [{"flags": "MF"}, {"frag": 1}, {"flags": "MF", "frag": 8}], ids=str
+)
+def test_ipv4_fragment_does_not_match(fields: dict[str, object]) -> None:
+    with prefilter.Loaded("ipv4", AGE) as lo:
+        ip = ip_layer("ipv4", **fields)
+        assert run(lo, frame("ipv4", record(512), ip=ip)) == 0
+        assert lo.entry(key("ipv4")) is None
+
+
+def test_ipv4_dont_fragment_flag_is_not_a_fragment() -> None:
+    with prefilter.Loaded("ipv4", AGE) as lo:
+        ip = ip_layer("ipv4", flags="DF")
+        assert run(lo, frame("ipv4", record(512), ip=ip)) == 1
+
+
+@pytest.mark.parametrize(
+    "option", [IPOption(b"\x01\x01\x01\x01"), IPOption(b"\x01" * 8)], ids=["ihl6", "ihl7"]
+)
+def test_ipv4_options_shift_the_tcp_header(option: IPOption) -> None:
+    hello = record(512)
+    with prefilter.Loaded("ipv4", AGE) as lo:
+        data = frame("ipv4", hello, ip=ip_layer("ipv4", options=[option]))
+        assert data[14] & 0x0F > 5  # IHL
+        assert run(lo, data) == 1
+        assert end_of(lo.entry(key("ipv4"))) == ISN + len(hello)
+
+
+def test_udp_does_not_match(family: str, loaded: prefilter.Loaded) -> None:
+    data = bytes(Ether(**ETH) / ip_layer(family) / UDP(sport=SPORT, dport=DPORT) / record(512))
+    assert run(loaded, data) == 0
+    assert loaded.entry(key(family)) is None
+
+
+def test_ipv6_extension_header_before_tcp_does_not_match() -> None:
+    with prefilter.Loaded("ipv6", AGE) as lo:
+        ip = ip_layer("ipv6") / IPv6ExtHdrHopByHop()
+        assert run(lo, frame("ipv6", record(512), ip=ip)) == 0
+        assert lo.entry(key("ipv6")) is None
+
+
+@pytest.mark.parametrize("tcp_bytes", [0, 10, 19])
+def test_frame_truncated_inside_the_tcp_header_does_not_match(
+    family: str, loaded: prefilter.Loaded, tcp_bytes: int
+) -> None:
+    ip_len = 20 if family == "ipv4" else 40
+    data = frame(family, record(512))
+    assert run(loaded, data[: 14 + ip_len + tcp_bytes]) == 0
+
+
+def test_tcp_options_do_not_disturb_the_payload_offset(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    opts: list[tuple[str, object]] = [("NOP", None), ("NOP", None), ("Timestamp", (7, 8))]
+    hello = record(1800)
+    data = frame(family, hello[:1000], tcp_options=opts)
+    ip_len = 20 if family == "ipv4" else 40
+    assert data[14 + ip_len + 12] >> 4 == 8  # data offset: 32 bytes
+    assert run(loaded, data) == 1
+    assert end_of(loaded.entry(key(family))) == ISN + len(hello)
+    assert run(loaded, frame(family, hello[1000:], ISN + 1000, tcp_options=opts)) == 1
+
+
+def test_options_bytes_that_look_like_a_hello_are_not_payload(
+    family: str, loaded: prefilter.Loaded
+) -> None:
+    # 16 03 01 .. .. 01 inside the TCP options (as an unknown option's data), none after
+    opts: list[tuple[str, object]] = [(254, b"\x16\x03\x01\x02\x00\x01")]
+    assert run(loaded, frame(family, bytes(20), tcp_options=opts)) == 0
+
+
+# ------------------------------------------------------------- flows
+
+
+def test_flows_keep_separate_entries(family: str, loaded: prefilter.Loaded) -> None:
+    a, b = record(1800), record(700)
+    assert run(loaded, frame(family, a[:1000], ISN, sport=40001)) == 1
+    assert run(loaded, frame(family, b[:300], 5_000_000, sport=40002)) == 1
+    assert end_of(loaded.entry(key(family, 40001))) == ISN + len(a)
+    assert end_of(loaded.entry(key(family, 40002))) == 5_000_000 + len(b)
+    assert loaded.entry(key(family)) is None
+    # the other flow's continuation does not match under this flow's ports
+    assert run(loaded, frame(family, b[300:], 5_000_300, sport=40001)) == 0
+    assert loaded.entry(key(family, 40001)) is None
+    assert run(loaded, frame(family, b[300:], 5_000_300, sport=40002)) == 1
+    assert end_of(loaded.entry(key(family, 40002))) == 5_000_000 + len(b)
+
+
+def test_families_have_separate_maps() -> None:
+    with prefilter.Loaded("ipv4", AGE) as v4, prefilter.Loaded("ipv6", AGE) as v6:
+        assert run(v4, frame("ipv4", record(512))) == 1
+        assert v4.entry(key("ipv4")) is not None
+        assert v6.entry(key("ipv6")) is None
+
+
+# ------------------------------------------------------------- build, pinning
+
+
+def test_build_rejects_an_unknown_family() -> None:
+    with pytest.raises(ValueError, match="family"):
+        prefilter.build("ipx", 3, 10**9)
+
+
+def test_pinned_programs_exist_inside_the_block_only() -> None:
+    pattern = f"{prefilter.PIN_ROOT}/bpf-*"
+    before = set(glob.glob(pattern))
+    with prefilter.pinned(("ipv4", "ipv6"), 10**9) as prefix:
+        for family in FAMILIES:
+            path = f"{prefix}-{family}"
+            assert os.path.exists(path)
+            fd = sc.obj_get(path)
+            try:
+                assert sc.prog_test_run(fd, frame(family, record(512))).retval == 1
+            finally:
+                os.close(fd)
+    for family in FAMILIES:
+        assert not os.path.exists(f"{prefix}-{family}")
+    assert not os.path.exists(os.path.dirname(prefix))
+    assert set(glob.glob(pattern)) - before == set()
+    assert [d for d in glob.glob(pattern) if os.path.isdir(d)] == []
+
+
+def test_pinned_cleans_up_when_the_block_raises() -> None:
+    with pytest.raises(RuntimeError), prefilter.pinned(("ipv4",), 10**9) as prefix:
+        assert os.path.exists(f"{prefix}-ipv4")
+        raise RuntimeError("boom")
+    assert not os.path.exists(f"{prefix}-ipv4")
+    assert not os.path.exists(os.path.dirname(prefix))
+
+
+def test_unavailable_reason_is_none_as_root() -> None:
+    assert prefilter.unavailable_reason() is None
