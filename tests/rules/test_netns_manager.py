@@ -247,3 +247,45 @@ def test_nft_script_is_valid(netns: Netns, spec: RuleSpec) -> None:
             source = sources[sources.index(caret) - 1]
             assert source[caret.index("^") :].startswith("queue")
     assert govpass_lines(netns) == []  # -c never leaves anything behind
+
+
+# -- the eBPF pre-filter ----------------------------------------------------------------------
+
+
+def bpf_mounts_under_run() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        rows = [line.split() for line in f]
+    return [r[4] for r in rows if r[4].startswith("/run/govpass") and "bpf" in r]
+
+
+def test_auto_prefilter_with_iptables_nft_is_bpf_and_idempotent(netns: Netns) -> None:
+    first = install(RuleSpec(), netns.runner, "iptables-nft")
+    assert first.prefilter == "bpf", first.prefilter_reason
+    once = {f: mangle_dump(netns, "iptables-nft", f) for f in ("ipv4", "ipv6")}
+    second = install(RuleSpec(), netns.runner, "iptables-nft")
+    assert second.prefilter == "bpf"
+    twice = {f: mangle_dump(netns, "iptables-nft", f) for f in ("ipv4", "ipv6")}
+    assert once == twice
+    for family, dump in twice.items():
+        bpf = [ln for ln in dump if "-m bpf --object-pinned" in ln]
+        assert len(bpf) == 1 and bpf[0].split("--object-pinned ")[1].split()[0].endswith(
+            f"-{family}"
+        )
+        assert not any("GOVPASS_POST" in ln or "connbytes" in ln for ln in dump)
+    assert bpf_mounts_under_run() == []  # the pins went with the install
+    remove(netns.runner)
+    assert govpass_lines(netns) == []
+
+
+def test_auto_prefilter_with_iptables_legacy_falls_back_to_conntrack(netns: Netns) -> None:
+    result = install(RuleSpec(), netns.runner, "iptables-legacy")
+    assert result.prefilter == "conntrack"
+    assert "needs iptables-nft" in result.prefilter_reason
+    assert "conntrack (" in result.prefilter_summary
+    remove(netns.runner)
+
+
+def test_bpf_prefilter_refused_with_iptables_legacy(netns: Netns) -> None:
+    with pytest.raises(FirewallError, match=r"prefilter bpf: .*iptables-nft"):
+        install(RuleSpec(prefilter="bpf"), netns.runner, "iptables-legacy")
+    assert govpass_lines(netns) == []

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import shutil
 import struct
 from collections.abc import Iterable, Iterator
@@ -261,17 +260,30 @@ def _unmount(directory: str) -> None:
         os.rmdir(directory)
 
 
+def _netns_id() -> int:
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
 @contextmanager
 def _pin_dir() -> Iterator[str]:
-    """A directory on a bpf file system for this install's pins."""
-    private = f"{PIN_ROOT}/bpf-{os.getpid()}-{secrets.token_hex(3)}"
+    """A directory on a bpf file system for this install's pins.
+
+    Its name depends only on the network namespace, so the rules that name a
+    pinned program read the same after every install (idempotent installs)."""
+    private = f"{PIN_ROOT}/bpf-{_netns_id()}"
+    if _is_bpffs(private):
+        _unmount(private)  # left by an install that died half-way
     try:
         _mount_private(private)
     except OSError as mount_error:
         # No CAP_SYS_ADMIN: fall back to the system's bpf fs, when there is one.
         if not _is_bpffs(SYS_BPF):
             raise mount_error from None
-        shared = f"{SYS_BPF}/govpass-{os.getpid()}-{secrets.token_hex(3)}"
+        shared = f"{SYS_BPF}/govpass-{_netns_id()}"
+        shutil.rmtree(shared, ignore_errors=True)
         os.mkdir(shared, 0o700)
         try:
             yield shared
