@@ -63,6 +63,9 @@ from bench_lab_sys import (  # noqa: E402
 HS_SCRIPT = Path(__file__).resolve().parent / "bench_lab_hs.py"
 NAME = "bench.example"
 TOOLS = ("wrk", "nginx", "curl", "iptables", "ip")
+# The pass baseline: a host list no connection of the benchmark matches, so govpass
+# queues and parses every ClientHello and releases it unmodified.
+PASS_ARGS = ["--hosts", "pass-baseline.invalid"]
 # Fallback while `python -m govpass` cannot be imported (a module being added elsewhere).
 CLI_FALLBACK = ["-c", "from govpass.cli import app, run_cmd, rules_cmd, stats_cmd; app()"]
 
@@ -145,7 +148,7 @@ class Bench:
 
     # -- govpass daemon
 
-    def daemon_argv(self) -> list[str]:
+    def daemon_argv(self, extra: list[str] | None = None) -> list[str]:
         return [
             *self.cli,
             "run",
@@ -154,12 +157,16 @@ class Bench:
             "--stats-interval",
             "0.5",
             *self.args.govpass_arg,
+            *(extra or []),
         ]
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, extra: list[str] | None = None) -> None:
         self.run_dir.mkdir(exist_ok=True)
         pid = self.lab.spawn(
-            "client", self.daemon_argv(), python=True, env={"GOVPASS_RUN_DIR": str(self.run_dir)}
+            "client",
+            self.daemon_argv(extra),
+            python=True,
+            env={"GOVPASS_RUN_DIR": str(self.run_dir)},
         )
         self.daemon_pid = pid
         logf = self.lab.log_of(pid)
@@ -384,7 +391,7 @@ class Bench:
             )
 
     def round(self, index: int, mode: str) -> dict[str, Any]:
-        with_gp = mode == "with"
+        with_gp = mode in ("with", "pass")
         r: dict[str, Any] = {"round": index, "mode": mode, "timing": {}}
         t_last = time.monotonic()
 
@@ -395,7 +402,7 @@ class Bench:
             t_last = now
 
         if with_gp:
-            self.start_daemon()
+            self.start_daemon(PASS_ARGS if mode == "pass" else [])
             mark("daemon_start")
         elif mode == "conntrack":
             self.conntrack_rules("-I")
@@ -591,6 +598,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="add a third kind of round: no govpass, only a no-op conntrack rule in the "
         "client namespace (how much of the cost is connection tracking itself)",
     )
+    ap.add_argument(
+        "--pass-baseline",
+        action="store_true",
+        help="add a kind of round with govpass queueing every ClientHello and releasing "
+        "it unmodified (a host list no connection matches): the cost of the trip through "
+        "user space without the split",
+    )
     ap.add_argument("--json", type=Path, help="also write the full results here")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
@@ -632,8 +646,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"lab {lab.prefix}: setting up nginx, {args.bulk_mb} MB file, warm-up")
             bench.setup()
             info["govpass_cmd"] = "python " + shlex.join(bench.daemon_argv())
-            modes = round_modes(args.rounds, args.conntrack_baseline)
-            group = 3 if args.conntrack_baseline else 2
+            modes = round_modes(args.rounds, args.conntrack_baseline, args.pass_baseline)
+            group = 2 + args.conntrack_baseline + args.pass_baseline
             for i, mode in enumerate(modes):
                 if i % group == 0 and args.quiet_wait > 0:
                     load = bench.wait_quiet()
@@ -652,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (
                         f"  cpu {r['cpu_s']:.2f} s  packets {r['stats'].get('packets')}"
                         f"  splits {r['stats'].get('splits')}"
-                        if mode == "with"
+                        if mode in ("with", "pass")
                         else ""
                     )
                 )

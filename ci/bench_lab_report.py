@@ -208,7 +208,7 @@ def render_table(s: dict[str, Any], v: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(HEAD))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [ln for ln in conntrack_line(s) if ln])
+    return "\n".join(lines + [ln for ln in conntrack_line(s) + pass_line(s) if ln])
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -273,6 +273,22 @@ def conntrack_line(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def pass_line(s: dict[str, Any]) -> list[str]:
+    """The queue-and-pass baseline (``--pass-baseline``), when it was measured."""
+    ps = s.get("ratio_pass_only")
+    if not ps:
+        return []
+    return [
+        "Queue-and-pass baseline (govpass running with a host list no connection matches: "
+        "every ClientHello is queued, parsed and released unmodified, nothing is split), "
+        f"against no splitter: connections/s x{ps['conn_per_s']:.3f}, connections per CPU "
+        f"s x{ps['conn_per_cpu_s']:.3f}, handshake p50 {ps['handshake_p50_added_ms']:+.3f} "
+        f"ms, govpass CPU s per 1000 connections {ps['cpu_s_per_1000_conn']:.3f}, download "
+        f"x{ps['download']:.3f}, upload x{ps['upload']:.3f}.",
+        "",
+    ]
+
+
 def noise_warning(s: dict[str, Any], cores: int | str = "?") -> list[str]:
     """A warning paragraph when other jobs on the machine loaded it during conn/s."""
     wo, w = s["without"]["other_cores"], s["with"]["other_cores"]
@@ -303,6 +319,7 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         "Rounds alternate",
         f"without/with govpass ({a['rounds']} rounds"
         + (f" + {a['rounds'] // 2} conntrack-only" if a.get("conntrack_baseline") else "")
+        + (f" + {a['rounds'] // 2} queue-and-pass" if a.get("pass_baseline") else "")
         + "); govpass is started fresh in the client",
         f'namespace for each "with" round as `{m["govpass_cmd"]}`'
         + (f"; its rules used the pre-filter {m['prefilter']}." if m.get("prefilter") else "."),
@@ -345,6 +362,7 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         f"packets; fail-open reasons: {gp['fail_open'] or 'none'}.",
         "",
         *conntrack_line(s),
+        *pass_line(s),
         *noise_warning(s, m["cores"]),
         "**Goals met:** " + ("; ".join(met) if met else "none") + ".",
         "",

@@ -19,11 +19,17 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
-def round_modes(rounds: int, conntrack: bool = False) -> list[str]:
+def round_modes(rounds: int, conntrack: bool = False, passing: bool = False) -> list[str]:
     """ABBA order — without, with | with, without | ... — so a steady drift in the
     machine's speed (other jobs starting or ending) weighs on both sides alike. With the
-    conntrack baseline each group is without, with, conntrack (reversed every other)."""
-    base = ["without", "with", *(["conntrack"] if conntrack else [])]
+    conntrack and/or pass baselines each group is without, with, conntrack, pass
+    (reversed every other)."""
+    base = [
+        "without",
+        "with",
+        *(["conntrack"] if conntrack else []),
+        *(["pass"] if passing else []),
+    ]
     return [m for k in range(rounds // 2) for m in (base if k % 2 == 0 else base[::-1])]
 
 
@@ -32,7 +38,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return [r for r in rounds if r["mode"] == mode]
 
     s: dict[str, Any] = {}
-    for mode in ("without", "with", "conntrack"):
+    for mode in ("without", "with", "conntrack", "pass"):
         rs = by(mode)
         if not rs:
             continue
@@ -59,15 +65,23 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "upload_MBps_rounds": [round(r["upload"]["mbps"]) for r in rs],
             "wrk_errors": sum(r["wrk"]["errors"] + r["wrk"]["non2xx"] for r in rs),
         }
-    if "conntrack" in s:
-        ct, wo = s["conntrack"], s["without"]
-        s["ratio_conntrack_only"] = {
-            "conn_per_s": ct["conn_per_s"] / wo["conn_per_s"],
-            "conn_per_cpu_s": ct["conn_per_cpu_s"] / wo["conn_per_cpu_s"],
-            "handshake_p50_added_ms": ct["handshake_p50_ms"] - wo["handshake_p50_ms"],
-            "download": ct["download_MBps"] / wo["download_MBps"],
-            "upload": ct["upload_MBps"] / wo["upload_MBps"],
+    for mode, key in (("conntrack", "ratio_conntrack_only"), ("pass", "ratio_pass_only")):
+        if mode not in s:
+            continue
+        base, wo = s[mode], s["without"]
+        s[key] = {
+            "conn_per_s": base["conn_per_s"] / wo["conn_per_s"],
+            "conn_per_cpu_s": base["conn_per_cpu_s"] / wo["conn_per_cpu_s"],
+            "handshake_p50_added_ms": base["handshake_p50_ms"] - wo["handshake_p50_ms"],
+            "download": base["download_MBps"] / wo["download_MBps"],
+            "upload": base["upload_MBps"] / wo["upload_MBps"],
         }
+    if "pass" in s:
+        rs = by("pass")
+        conns = sum(r["wrk"]["connections"] for r in rs)
+        s["ratio_pass_only"]["cpu_s_per_1000_conn"] = (
+            1000 * sum(r.get("cpu_s", 0.0) for r in rs) / conns if conns else float("nan")
+        )
     w, wo = s["with"], s["without"]
     pairs = list(zip(by("without"), by("with"), strict=True))
     # Pairs where other jobs left both rounds alone: the headline connections/s ratio
