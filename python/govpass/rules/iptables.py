@@ -20,13 +20,19 @@ Layout, all in the ``mangle`` table::
 
     with the eBPF pre-filter (``spec.uses_bpf``), instead
     GOVPASS                                      no connection tracking
+        bpf program matches          goto GOVPASS_Q
+                                                 a ClientHello record's first packet,
+                                                 or a later one of a record still in
+                                                 flight (see govpass.bpf); all other
+                                                 packets (bulk) cost this one rule
+    GOVPASS_Q
         mark has MARK bit            RETURN
         -o lo / excluded interfaces  RETURN
         SYN flag set                 RETURN
-        bpf program matches          NFQUEUE     a ClientHello record's first
-                                                 packet, or a later one of a record
-                                                 still in flight (see govpass.bpf)
-    and no GOVPASS_POST.
+                                     NFQUEUE
+    and no GOVPASS_POST. (The bpf match is not on the jump rule: deleting a rule
+    by its text makes iptables reopen the program by path, which is gone after
+    install; chains are flushed instead.)
 
     with ``block_quic`` "all" or "listed", also
     OUTPUT (host) or FORWARD -o WAN (router)
@@ -61,11 +67,12 @@ from govpass.rules.spec import INBOUND_PACKETS, QUIC_PACKETS, Family, RuleSpec
 TABLE = "mangle"
 CHAIN = "GOVPASS"
 POST_CHAIN = "GOVPASS_POST"
+QUEUE_CHAIN = "GOVPASS_Q"
 IN_CHAIN = "GOVPASS_IN"
 QUIC_CHAIN = "GOVPASS_QUIC"
 PROBE_CHAIN = "GOVPASS_PROBE"
 WAIT = "-w"  # wait for the xtables lock instead of failing when another tool holds it
-OUR_CHAINS = (CHAIN, POST_CHAIN, IN_CHAIN, QUIC_CHAIN, PROBE_CHAIN)
+OUR_CHAINS = (CHAIN, POST_CHAIN, QUEUE_CHAIN, IN_CHAIN, QUIC_CHAIN, PROBE_CHAIN)
 
 Argv = list[str]
 
@@ -145,8 +152,8 @@ def chain_rules(spec: RuleSpec, family: Family, chain: str = CHAIN) -> list[Argv
     for ifname in spec.exclude_interfaces:
         rules.append(["-o", ifname, "-j", "RETURN"])
     rules.append(["-p", "tcp", "-m", "tcp", "--tcp-flags", "SYN", "SYN", "-j", "RETURN"])
-    if spec.uses_bpf:
-        rules.append(["-m", "bpf", "--object-pinned", spec.bpf_pin(family), *_queue_target(spec)])
+    if spec.uses_bpf:  # GOVPASS_Q: GOVPASS's program already chose the packet
+        rules.append(_queue_target(spec))
         return [["-A", chain, *rule] for rule in rules]
     rules.append(
         [
@@ -215,6 +222,15 @@ def post_rules(spec: RuleSpec) -> list[Argv]:
     ]  # fmt: skip
 
 
+def bpf_match(spec: RuleSpec, family: Family) -> Argv:
+    return ["-m", "bpf", "--object-pinned", spec.bpf_pin(family)]
+
+
+def bpf_chain_rules(spec: RuleSpec, family: Family, chain: str = CHAIN) -> list[Argv]:
+    """The body of GOVPASS with the eBPF pre-filter: the program, then GOVPASS_Q."""
+    return [["-A", chain, *bpf_match(spec, family), "-g", QUEUE_CHAIN]]
+
+
 def jump_rules(spec: RuleSpec) -> list[Argv]:
     ports = _port_match(spec.ports)
     hook = "OUTPUT" if spec.mode == "host" else "FORWARD"
@@ -241,9 +257,14 @@ def plan_install(spec: RuleSpec, family: Family, binary: str | None = None) -> l
     """
     prog = binary or binary_for(family)
     body = [["-N", CHAIN]]
-    if not spec.uses_bpf:
-        body.append(["-N", POST_CHAIN])
-    body += [*chain_rules(spec, family), *post_rules(spec)]
+    if spec.uses_bpf:
+        body += [
+            ["-N", QUEUE_CHAIN],
+            *chain_rules(spec, family, QUEUE_CHAIN),
+            *bpf_chain_rules(spec, family),
+        ]
+    else:
+        body += [["-N", POST_CHAIN], *chain_rules(spec, family), *post_rules(spec)]
     if spec.inbound:
         body += [["-N", IN_CHAIN], *inbound_rules(spec, family)]
     if spec.block_quic != "off":
@@ -260,6 +281,9 @@ def plan_probe(spec: RuleSpec, family: Family, binary: str) -> tuple[list[Argv],
         [binary, WAIT, "-t", TABLE, *[PROBE_CHAIN if a == POST_CHAIN else a for a in r]]
         for r in post_rules(spec)
     ]
+    if spec.uses_bpf:
+        probe = [*bpf_match(spec, family), "-j", "RETURN"]
+        load.append([binary, WAIT, "-t", TABLE, "-A", PROBE_CHAIN, *probe])
     if spec.inbound:
         load += [[binary, WAIT, "-t", TABLE, *r] for r in inbound_rules(spec, family, PROBE_CHAIN)]
     if spec.block_quic != "off":

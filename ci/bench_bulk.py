@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Bulk throughput under govpass's rules alone: none, the eBPF pre-filter, conntrack.
+
+Why a separate benchmark: bench_lab.py measures bulk transfers next to everything
+else, four rounds per side, and one 64 MB transfer on these shared 2 vCPUs varies
+by +-10 % from one try to the next, more than the effect in question. Here only
+the rules change between rounds (no daemon: with ``--queue-bypass`` the few
+queued ClientHellos pass), the kinds of round alternate (ABC CBA ...), and every
+round keeps the best of a few transfers each way.
+
+Run as root from the repository: ``python3 ci/bench_bulk.py [--rounds 10]``.
+Writes the ``## Bulk (rules only)`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "python"))
+
+import bench_lab  # noqa: E402
+from bench_common import machine, write_section  # noqa: E402
+
+KINDS = ("none", "bpf", "conntrack")
+HEADING = "Bulk (rules only)"
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    from govpass.lab import Lab
+    from govpass.rules import RuleSpec, Runner, install, remove
+
+    lab_args = bench_lab.parse_args(["--bulk-mb", str(args.bulk_mb), "--no-write"])
+    results: dict[str, dict[str, list[float]]] = {k: {"down": [], "up": []} for k in KINDS}
+    with Lab(router=False) as lab:
+        bench = bench_lab.Bench(lab, lab_args)
+        bench.setup()
+        runner = Runner(["ip", "netns", "exec", lab.ns("client")])
+        for index in range(args.rounds):
+            order = KINDS if index % 2 == 0 else KINDS[::-1]
+            for kind in order:
+                if kind != "none":
+                    result = install(RuleSpec(prefilter=kind), runner, "iptables-nft")  # type: ignore[arg-type]
+                    if result.prefilter != kind:
+                        raise SystemExit(
+                            f"bench_bulk: wanted {kind}, got {result.prefilter_summary}"
+                        )
+                try:
+                    down = max(bench.curl_get()["mbps"] for _ in range(args.reps))
+                    up = max(bench.curl_put()["mbps"] for _ in range(args.reps))
+                finally:
+                    if kind != "none":
+                        remove(runner)
+                results[kind]["down"].append(down)
+                results[kind]["up"].append(up)
+                print(f"round {index + 1} {kind:9s} down {down:6.0f} MB/s  up {up:6.0f} MB/s")
+        problems = lab.close()
+        if problems:
+            print(f"lab teardown problems: {problems}", file=sys.stderr)
+    return results
+
+
+def section(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) -> str:
+    base = {d: statistics.median(results["none"][d]) for d in ("down", "up")}
+    rows = []
+    for kind in KINDS:
+        med = {d: statistics.median(results[kind][d]) for d in ("down", "up")}
+        rows.append(
+            f"| {kind} | {med['down']:.0f} | x{med['down'] / base['down']:.3f} | "
+            f"{med['up']:.0f} | x{med['up'] / base['up']:.3f} |"
+        )
+    m = meta["machine"]
+    return "\n".join(
+        [
+            f"## {HEADING}",
+            "",
+            "One 64 MB TLS download and upload (curl, nginx) through the lab with only "
+            "govpass's rules in the client namespace, no daemon: `none` (no rules), `bpf` "
+            "(the eBPF pre-filter), `conntrack` (the connmark/connbytes pre-filter). Kinds "
+            "alternate in ABC CBA order; each round keeps the best of "
+            f"{meta['reps']} transfers each way; medians over {meta['rounds']} rounds.",
+            "",
+            f"- Command: `{meta['command']}`",
+            f"- Machine: {m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}",
+            f"- Date: {meta['date']}, commit {meta['commit']}",
+            "",
+            "| rules | download MB/s | vs none | upload MB/s | vs none |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Per round (MB/s): "
+            + "; ".join(
+                f"{k} down {[round(x) for x in results[k]['down']]} "
+                f"up {[round(x) for x in results[k]['up']]}"
+                for k in KINDS
+            )
+            + ".",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=2, help="transfers each way per round")
+    ap.add_argument("--bulk-mb", type=int, default=64)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_bulk: run as root (network namespaces, iptables)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    results = measure(args)
+    commit = bench_lab.machine(REPO).get("git", "?")
+    meta = {
+        "machine": machine(),
+        "command": "sudo python3 ci/bench_bulk.py " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "rounds": args.rounds,
+        "reps": args.reps,
+    }
+    text = section(results, meta)
+    print(text)
+    print(f"took {time.monotonic() - started:.0f} s")
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", HEADING, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
