@@ -125,7 +125,7 @@ def main() -> int:
     commit = bench_lab.machine(REPO).get("git", "?")
     meta = {
         "machine": machine(),
-        "command": "sudo python3 ci/bench_bulk.py " + shlex.join(sys.argv[1:]),
+        "command": " ".join(["sudo python3 ci/bench_bulk.py", shlex.join(sys.argv[1:])]).strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
         "rounds": args.rounds,
