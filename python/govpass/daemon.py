@@ -377,6 +377,17 @@ class Daemon:
             self._spec_checked = time.monotonic()
             self.log(f"rules installed with {result.backend}: {result.reason}")
             self.log(f"pre-filter: {result.prefilter_summary}")
+            self._record_rules(result.backend, result.prefilter_summary)
+
+    def _record_rules(self, backend: str, prefilter: str) -> None:
+        """Adds what the rules use to daemon.json, for `govpass stats`."""
+        path = self.directory / "daemon.json"
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        info["rules"] = {"backend": backend, "prefilter": prefilter}
+        write_json_atomic(path, info)
 
     def check_workers(self) -> None:
         """Restarts a worker that died (its queue fails open meanwhile)."""

@@ -161,6 +161,32 @@ class TestDefaults:
         fails = {k: n - before["fail_open"].get(k, 0) for k, n in after["fail_open"].items()}
         assert not any(fails.values()), fails
 
+    def test_stats_name_the_rules(self, gp: Govpass) -> None:
+        rules = gp.stats()["rules"]
+        assert rules["backend"] == "iptables-nft"
+        assert rules["prefilter"].startswith("bpf"), rules
+
+
+# -- the conntrack pre-filter ------------------------------------------------------------------
+
+
+def test_conntrack_prefilter_splits_every_client(host_lab: Lab, kinds: list[str]) -> None:
+    """``--prefilter conntrack`` (the rules of iptables-legacy, nftables and the
+    least-privilege unit): every client passes the first-packet censor, Chromium's
+    two-segment hello included, and every hello on the wire starts with 5 bytes."""
+    with (
+        running(host_lab, ["--prefilter", "conntrack"], name="conntrack") as daemon,
+        censoring(host_lab, "firstpacket"),
+        host_lab.capture("client") as ccap,
+    ):
+        results = run_matrix(host_lab, all_jobs(kinds), PASS_TIMEOUT)
+        assert daemon.stats()["rules"]["prefilter"] == "conntrack"
+    assert_all_ok(results, "--prefilter conntrack through the firstpacket censor")
+    flows = hello_flows(ccap.flows())
+    assert len(flows) >= len(results), [f.summary() for f in ccap.flows()]
+    for flow in flows:
+        assert flow.sizes[0] == 5 and flow.seq_continuous, flow.summary()
+
 
 # -- split positions that defeat the string censor ------------------------------------------
 

@@ -32,7 +32,13 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     except PermissionError:
         pass
     data = {"pid": pid, **aggregate(directory)}
+    rules = info.get("rules")
+    if rules:
+        data["rules"] = rules
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        Console().print(table(data, title=f"govpass (pid {pid})"))
+        out = table(data, title=f"govpass (pid {pid})")
+        if rules:
+            out.caption = f"rules: {rules['backend']}; pre-filter: {rules['prefilter']}"
+        Console().print(out)
