@@ -213,6 +213,15 @@ SETTINGS: tuple[Setting, ...] = (
         "choice",
         choices=("batch", "normal"),
     ),
+    Setting(
+        "packet-loop",
+        "rust",
+        "NFQUEUE workers: rust (the engine reads the queue's socket itself and sends "
+        "verdicts in batches) or python (a netfilterqueue callback per packet); "
+        "block-quic listed always uses python",
+        "choice",
+        choices=("rust", "python"),
+    ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
     Setting(
         "queue-len",
@@ -407,6 +416,7 @@ class Config:
     backend: str = "nfqueue"
     workers: int = 0
     worker_sched: str = "batch"
+    packet_loop: str = "rust"
     queue_num: int = 200
     queue_len: int = 4096
     queue_time: int = 2000

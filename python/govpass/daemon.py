@@ -172,6 +172,7 @@ def worker_main(
             config.ipv6,
             copy_range=config.copy_range,
             quic_listed=config.block_quic == "listed",
+            packet_loop=config.packet_loop,
         )
         targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
         worker.bind()

@@ -161,27 +161,40 @@ class TestDefaults:
         fails = {k: n - before["fail_open"].get(k, 0) for k, n in after["fail_open"].items()}
         assert not any(fails.values()), fails
 
-    def test_stats_name_the_rules(self, gp: Govpass) -> None:
-        rules = gp.stats()["rules"]
-        assert rules["backend"] == "iptables-nft"
-        assert rules["prefilter"].startswith("bpf"), rules
+    def test_stats_name_the_rules_and_the_loop(self, gp: Govpass) -> None:
+        stats = gp.stats()
+        assert stats["rules"]["backend"] == "iptables-nft"
+        assert stats["rules"]["prefilter"].startswith("bpf"), stats["rules"]
+        assert stats["verdict_errors"] == 0  # the Rust packet loop runs
 
 
-# -- the conntrack pre-filter ------------------------------------------------------------------
+# -- the other pre-filter and the other packet loop ----------------------------------------
 
 
-def test_conntrack_prefilter_splits_every_client(host_lab: Lab, kinds: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [["--prefilter", "conntrack"], ["--packet-loop", "python"]],
+    ids=["prefilter-conntrack", "packet-loop-python"],
+)
+def test_alternative_paths_split_every_client(
+    host_lab: Lab, kinds: list[str], args: list[str]
+) -> None:
     """``--prefilter conntrack`` (the rules of iptables-legacy, nftables and the
-    least-privilege unit): every client passes the first-packet censor, Chromium's
-    two-segment hello included, and every hello on the wire starts with 5 bytes."""
+    least-privilege unit) and ``--packet-loop python`` (a netfilterqueue callback per
+    packet): every client passes the first-packet censor, Chromium's two-segment hello
+    included, and every hello on the wire starts with 5 bytes."""
     with (
-        running(host_lab, ["--prefilter", "conntrack"], name="conntrack") as daemon,
+        running(host_lab, args, name=args[1]) as daemon,
         censoring(host_lab, "firstpacket"),
         host_lab.capture("client") as ccap,
     ):
         results = run_matrix(host_lab, all_jobs(kinds), PASS_TIMEOUT)
-        assert daemon.stats()["rules"]["prefilter"] == "conntrack"
-    assert_all_ok(results, "--prefilter conntrack through the firstpacket censor")
+        stats = daemon.stats()
+    assert_all_ok(results, f"{' '.join(args)} through the firstpacket censor")
+    if args[0] == "--prefilter":
+        assert stats["rules"]["prefilter"] == "conntrack"
+    else:
+        assert "verdict_errors" not in stats  # counted by the Rust loop only
     flows = hello_flows(ccap.flows())
     assert len(flows) >= len(results), [f.summary() for f in ccap.flows()]
     for flow in flows:

@@ -33,6 +33,11 @@ class RawInjector:
         self.sent = 0
         self.errors = 0
 
+    def fds(self) -> tuple[int, int | None]:
+        """The IPv4 and IPv6 (None when off) raw sockets' descriptors, for a
+        packet loop outside Python that sends through them."""
+        return self._v4.fileno(), (self._v6.fileno() if self._v6 is not None else None)
+
     def send(self, packet: bytes) -> bool:
         """Sends one packet; False (and counted) when the kernel refused it."""
         try:

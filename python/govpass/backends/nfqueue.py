@@ -101,6 +101,7 @@ class NfqueueWorker:
         injector: RawInjector | None = None,
         copy_range: int = 0xFFFF,
         quic_listed: bool = False,
+        packet_loop: str = "rust",
     ) -> None:
         self.queue_num = queue_num
         self.mark = mark
@@ -119,6 +120,10 @@ class NfqueueWorker:
         tick_ms = min(max(engine_config.collect_timeout_ms / 5, 5.0), 50.0)
         self.tick = tick_ms / 1000.0
         self._nfq: Any = None
+        # "rust": once bound, the engine reads the queue's socket itself
+        # (Engine.nfq_*); QUIC filtering (--block-quic listed) needs the
+        # Python callback, so it keeps the "python" loop.
+        self.rust_loop = packet_loop == "rust" and self.quic is None
 
     def bind(self) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue
@@ -142,6 +147,9 @@ class NfqueueWorker:
             raise BackendError(f"cannot bind NFQUEUE {self.queue_num}: {e}") from e
         self._nfq = nfq
         tune_queue_socket(nfq.get_fd(), self.queue_num)
+        if self.rust_loop:
+            raw4, raw6 = self.injector.fds()
+            self.engine.nfq_attach(nfq.get_fd(), self.queue_num, self.mark, raw4, raw6)
 
     def _on_packet(self, pkt: Any) -> None:
         try:
@@ -199,6 +207,9 @@ class NfqueueWorker:
         """Receives packets and fires the engine's timer until `should_stop()`."""
         if self._nfq is None:
             self.bind()
+        if self.rust_loop:
+            self._run_rust(should_stop, on_tick)
+            return
         nfq = self._nfq
         fd = nfq.get_fd()
         poller = select.poll()
@@ -219,10 +230,28 @@ class NfqueueWorker:
                 if on_tick is not None:
                     on_tick()
 
+    def _run_rust(
+        self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None
+    ) -> None:
+        """The loop in Rust: `nfq_run` waits for packets (at most until the next
+        timer tick) and handles them; Python keeps the timer and the stop check."""
+        next_tick = time.monotonic() + self.tick
+        while not should_stop():
+            self.engine.nfq_run(max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            if now >= next_tick:
+                self.engine.nfq_expire(now)
+                next_tick = now + self.tick
+                if on_tick is not None:
+                    on_tick()
+
     def close(self) -> None:
         """Releases every held packet, then unbinds the queue."""
         try:
-            self.apply(self.engine.release_all())
+            if self.rust_loop and self._nfq is not None:
+                self.engine.nfq_release_all()
+            else:
+                self.apply(self.engine.release_all())
         finally:
             if self._nfq is not None:
                 self._nfq.unbind()
@@ -233,6 +262,8 @@ class NfqueueWorker:
         s = dict(self.engine.stats())
         s["inject_sent"] = self.injector.sent
         s["inject_errors"] = self.injector.errors
+        if self.rust_loop and self._nfq is not None:
+            s.update(self.engine.nfq_counters())
         s["callback_errors"] = self.errors
         if self.quic is not None:
             s.update(self.quic.stats())

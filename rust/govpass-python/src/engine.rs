@@ -14,8 +14,23 @@ pub const DROP: u8 = 1;
 pub const SEND: u8 = 2;
 pub const ACCEPT: u8 = 3;
 
-/// What the caller keeps for a held packet: its handle and original bytes.
-type Token = (Py<PyAny>, Py<PyBytes>);
+/// What the engine keeps for a held packet: the Python caller's handle and
+/// original bytes, or, when the Rust NFQUEUE loop drives the engine
+/// ([`crate::nfqueue`]), the queue's packet id and the mark it carried.
+pub enum Token {
+    Py(Py<PyAny>, Py<PyBytes>),
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Queued(u32, u32),
+}
+
+impl govpass_nfq::QueuedPacket for Token {
+    fn queued(&self) -> Option<(u32, u32)> {
+        match self {
+            Token::Queued(id, mark) => Some((*id, *mark)),
+            Token::Py(..) => None,
+        }
+    }
+}
 
 /// One thing for the backend to do. `kind` is RELEASE, DROP, SEND or ACCEPT;
 /// `handle` is the caller's handle (None for SEND); `packet` is the original
@@ -43,11 +58,13 @@ impl PyAction {
 
 #[pyclass(name = "Engine", module = "govpass._core")]
 pub struct PyEngine {
-    engine: Engine<Token>,
-    out: Vec<Action<Token>>,
+    pub(crate) engine: Engine<Token>,
+    pub(crate) out: Vec<Action<Token>>,
+    /// Set by `nfq_attach`: the engine is then driven by the Rust loop.
+    pub(crate) nfq: Option<crate::nfqueue::Attached>,
 }
 
-fn micros(now: f64) -> u64 {
+pub(crate) fn micros(now: f64) -> u64 {
     if now.is_finite() && now > 0.0 {
         (now * 1e6) as u64
     } else {
@@ -58,30 +75,40 @@ fn micros(now: f64) -> u64 {
 impl PyEngine {
     fn convert(&mut self, py: Python<'_>) -> PyResult<Vec<Py<PyAction>>> {
         let mut list = Vec::with_capacity(self.out.len());
+        if self.nfq.is_some() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "this engine is driven by its NFQUEUE loop: use the nfq_* methods",
+            ));
+        }
         for action in self.out.drain(..) {
-            let a = match action {
-                Action::Release((handle, packet)) => PyAction {
-                    kind: RELEASE,
-                    handle,
-                    packet,
-                },
-                Action::Drop((handle, packet)) => PyAction {
-                    kind: DROP,
-                    handle,
-                    packet,
-                },
-                Action::Accept((handle, packet)) => PyAction {
-                    kind: ACCEPT,
-                    handle,
-                    packet,
-                },
-                Action::Send(bytes) => PyAction {
-                    kind: SEND,
-                    handle: py.None(),
-                    packet: PyBytes::new(py, &bytes).unbind(),
-                },
+            let (kind, token) = match action {
+                Action::Release(t) => (RELEASE, t),
+                Action::Drop(t) => (DROP, t),
+                Action::Accept(t) => (ACCEPT, t),
+                Action::Send(bytes) => {
+                    let packet = PyBytes::new(py, &bytes).unbind();
+                    let a = PyAction {
+                        kind: SEND,
+                        handle: py.None(),
+                        packet,
+                    };
+                    list.push(Py::new(py, a)?);
+                    continue;
+                }
             };
-            list.push(Py::new(py, a)?);
+            let (handle, packet) = match token {
+                Token::Py(handle, packet) => (handle, packet),
+                // Not reachable: queued tokens only exist with `nfq` set.
+                Token::Queued(..) => (py.None(), PyBytes::new(py, b"").unbind()),
+            };
+            list.push(Py::new(
+                py,
+                PyAction {
+                    kind,
+                    handle,
+                    packet,
+                },
+            )?);
         }
         Ok(list)
     }
@@ -97,6 +124,7 @@ impl PyEngine {
         Ok(PyEngine {
             engine,
             out: Vec::new(),
+            nfq: None,
         })
     }
 
@@ -116,7 +144,7 @@ impl PyEngine {
             let h = handle
                 .as_ref()
                 .map_or_else(|| py.None(), |h| h.clone().unbind());
-            (h, packet.clone().unbind())
+            Token::Py(h, packet.clone().unbind())
         };
         match self
             .engine
@@ -225,6 +253,52 @@ impl PyEngine {
         }
         d.set_item("fail_open", fails)?;
         Ok(d)
+    }
+
+    /// Hands the NFQUEUE socket `fd` (of queue `queue`, bound by the caller)
+    /// to the Rust packet loop: from now on `nfq_run`, `nfq_expire` and
+    /// `nfq_release_all` drive the engine, giving verdicts over `fd` (releases
+    /// carry `mark`) and sending segments through the raw sockets `raw4` and
+    /// `raw6` (which must carry the mark already). The caller keeps every
+    /// descriptor open while the engine uses them.
+    #[pyo3(signature = (fd, queue, mark, raw4, raw6 = None))]
+    fn nfq_attach(
+        &mut self,
+        fd: i32,
+        queue: u16,
+        mark: u32,
+        raw4: i32,
+        raw6: Option<i32>,
+    ) -> PyResult<()> {
+        if self.engine.stats().held_packets_now > 0 {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "cannot attach an NFQUEUE socket while packets are held",
+            ));
+        }
+        self.nfq = Some(crate::nfqueue::attach(fd, queue, mark, raw4, raw6)?);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` seconds for queued packets and handles all that
+    /// are there; returns how many packets it read.
+    fn nfq_run(&mut self, py: Python<'_>, timeout: f64) -> PyResult<usize> {
+        crate::nfqueue::run(self, py, timeout)
+    }
+
+    /// Timer call of the loop: gives the verdicts of flows whose
+    /// collect-timeout passed.
+    fn nfq_expire(&mut self, now: f64) -> PyResult<()> {
+        crate::nfqueue::expire(self, now)
+    }
+
+    /// Releases every held packet (verdicts sent) and forgets all flows.
+    fn nfq_release_all(&mut self) -> PyResult<()> {
+        crate::nfqueue::release_all(self)
+    }
+
+    /// The loop's counters: inject_sent, inject_errors, verdict_errors.
+    fn nfq_counters<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::nfqueue::counters(self, py)
     }
 
     /// Makes the next `process` call panic inside the engine (for tests of

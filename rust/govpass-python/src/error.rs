@@ -4,6 +4,13 @@
 use pyo3::prelude::*;
 
 pyo3::import_exception!(govpass.errors, ConfigError);
+pyo3::import_exception!(govpass.errors, BackendError);
+
+/// `BackendError` for a failed system call of the packet loop.
+#[cfg(target_os = "linux")]
+pub fn backend_error(what: &str, err: std::io::Error) -> PyErr {
+    BackendError::new_err(format!("{what}: {err}"))
+}
 
 /// `ConfigError(message, field)` from a core configuration error.
 pub fn config_error(err: govpass_core::ConfigError) -> PyErr {

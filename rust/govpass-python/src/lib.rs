@@ -7,6 +7,7 @@ mod config;
 mod engine;
 mod error;
 mod hello;
+mod nfqueue;
 mod target;
 
 #[pymodule]

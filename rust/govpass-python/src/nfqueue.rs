@@ -1,0 +1,118 @@
+//! The `nfq_*` methods of `Engine`: hand a bound NFQUEUE socket to the Rust
+//! loop of `govpass-nfq`. Linux only; elsewhere they raise `BackendError`.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::engine::{micros, PyEngine};
+
+/// Packets read per `nfq_run` call at most, so that Python gets control back
+/// (signals, timers, statistics) even under a steady stream of packets.
+#[cfg(target_os = "linux")]
+const MAX_BATCH: usize = 256;
+
+#[cfg(target_os = "linux")]
+pub struct Attached(govpass_nfq::Loop);
+
+#[cfg(not(target_os = "linux"))]
+pub struct Attached;
+
+#[cfg(target_os = "linux")]
+fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec; CLOCK_MONOTONIC is what Python's time.monotonic() reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(target_os = "linux")]
+pub fn attach(fd: i32, queue: u16, mark: u32, raw4: i32, raw6: Option<i32>) -> PyResult<Attached> {
+    Ok(Attached(govpass_nfq::Loop::new(
+        fd, queue, mark, raw4, raw6,
+    )))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn attach(_: i32, _: u16, _: u32, _: i32, _: Option<i32>) -> PyResult<Attached> {
+    Err(crate::error::BackendError::new_err(
+        "the NFQUEUE loop exists on Linux only",
+    ))
+}
+
+fn attached(engine: &mut PyEngine) -> PyResult<&mut Attached> {
+    engine.nfq.as_mut().ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err("no NFQUEUE socket attached (nfq_attach)")
+    })
+}
+
+/// Waits up to `timeout` seconds for queued packets, then handles every one
+/// already there (at most MAX_BATCH). Returns how many it read.
+#[cfg(target_os = "linux")]
+pub fn run(engine: &mut PyEngine, py: Python<'_>, timeout: f64) -> PyResult<usize> {
+    let fd = attached(engine)?.0.fd();
+    let ms = (timeout.max(0.0) * 1000.0).ceil().min(f64::from(i32::MAX)) as i32;
+    let ready = py
+        .detach(|| govpass_nfq::wait_readable(fd, ms))
+        .map_err(|e| crate::error::backend_error("poll on the NFQUEUE socket", e))?;
+    if !ready {
+        return Ok(0);
+    }
+    let now = micros(monotonic_seconds());
+    let PyEngine { engine, out, nfq } = engine;
+    let lp = &mut nfq.as_mut().expect("attached above").0;
+    lp.drain(engine, now, MAX_BATCH, crate::engine::Token::Queued, out)
+        .map_err(|e| crate::error::backend_error("recv on the NFQUEUE socket", e))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn run(engine: &mut PyEngine, _: Python<'_>, _: f64) -> PyResult<usize> {
+    attached(engine).map(|_| 0)
+}
+
+/// Applies what the engine put in `out` (timer or shutdown actions).
+pub fn apply_out(engine: &mut PyEngine) -> PyResult<()> {
+    let PyEngine { out, nfq, .. } = engine;
+    let Some(attached) = nfq.as_mut() else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "no NFQUEUE socket attached (nfq_attach)",
+        ));
+    };
+    #[cfg(target_os = "linux")]
+    attached.0.apply(out);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = attached;
+        out.clear();
+    }
+    Ok(())
+}
+
+pub fn expire(engine: &mut PyEngine, now: f64) -> PyResult<()> {
+    attached(engine)?;
+    engine.engine.expire(micros(now), &mut engine.out);
+    apply_out(engine)
+}
+
+pub fn release_all(engine: &mut PyEngine) -> PyResult<()> {
+    attached(engine)?;
+    engine.engine.release_all(&mut engine.out);
+    apply_out(engine)
+}
+
+/// The loop's own counters: injected segments and errors, verdict errors.
+pub fn counters<'py>(engine: &mut PyEngine, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    #[cfg(target_os = "linux")]
+    {
+        let c = attached(engine)?.0.counters();
+        d.set_item("inject_sent", c.inject_sent)?;
+        d.set_item("inject_errors", c.inject_errors)?;
+        d.set_item("verdict_errors", c.verdict_errors)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    attached(engine)?;
+    Ok(d)
+}
