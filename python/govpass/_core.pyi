@@ -159,8 +159,8 @@ class Engine:
         ``release_all`` raise). Releases carry ``mark``; segments leave through
         the raw sockets ``raw4``/``raw6``. The caller keeps the descriptors open."""
     def nfq_run(self, timeout: float) -> int:
-        """Wait up to ``timeout`` s for queued packets, handle all that are
-        there (at most 256); the number read."""
+        """Handle queued packets as they come for ``timeout`` seconds (less when
+        a signal arrives); the number read."""
     def nfq_expire(self, now: float) -> None: ...
     def nfq_release_all(self) -> None: ...
     def nfq_counters(self) -> dict[str, int]:

@@ -29,9 +29,17 @@ pub struct Verdicts {
     count: usize,
 }
 
-/// Blocks until `fd` is readable or `timeout_ms` passes; false on timeout or
-/// a signal (the caller gets control back either way).
-pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+/// How a wait for queued packets ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Ready,
+    Timeout,
+    /// A signal arrived: the caller should give Python its turn.
+    Interrupted,
+}
+
+/// Blocks until `fd` is readable, `timeout_ms` passes or a signal arrives.
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<Wait> {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -42,12 +50,12 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     if n < 0 {
         let err = io::Error::last_os_error();
         return if err.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
+            Ok(Wait::Interrupted)
         } else {
             Err(err)
         };
     }
-    Ok(n > 0)
+    Ok(if n > 0 { Wait::Ready } else { Wait::Timeout })
 }
 
 /// One bound queue's loop state. The file descriptors stay owned by the

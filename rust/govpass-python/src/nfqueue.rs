@@ -48,23 +48,35 @@ fn attached(engine: &mut PyEngine) -> PyResult<&mut Attached> {
     })
 }
 
-/// Waits up to `timeout` seconds for queued packets, then handles every one
-/// already there (at most MAX_BATCH). Returns how many it read.
+/// Handles queued packets as they come until `timeout` seconds have passed
+/// (or a signal arrives, so that Python can act on it); returns how many it
+/// read. One call covers many packets: Python runs only between calls.
 #[cfg(target_os = "linux")]
 pub fn run(engine: &mut PyEngine, py: Python<'_>, timeout: f64) -> PyResult<usize> {
+    use govpass_nfq::Wait;
+
     let fd = attached(engine)?.0.fd();
-    let ms = (timeout.max(0.0) * 1000.0).ceil().min(f64::from(i32::MAX)) as i32;
-    let ready = py
-        .detach(|| govpass_nfq::wait_readable(fd, ms))
-        .map_err(|e| crate::error::backend_error("poll on the NFQUEUE socket", e))?;
-    if !ready {
-        return Ok(0);
+    let deadline = monotonic_seconds() + timeout.max(0.0);
+    let mut total = 0;
+    loop {
+        let left = deadline - monotonic_seconds();
+        let ms = (left.max(0.0) * 1000.0).ceil().min(f64::from(i32::MAX)) as i32;
+        let wait = py
+            .detach(|| govpass_nfq::wait_readable(fd, ms))
+            .map_err(|e| crate::error::backend_error("poll on the NFQUEUE socket", e))?;
+        if wait != Wait::Ready {
+            return Ok(total);
+        }
+        let now = micros(monotonic_seconds());
+        let PyEngine { engine, out, nfq } = &mut *engine;
+        let lp = &mut nfq.as_mut().expect("attached above").0;
+        total += lp
+            .drain(engine, now, MAX_BATCH, crate::engine::Token::Queued, out)
+            .map_err(|e| crate::error::backend_error("recv on the NFQUEUE socket", e))?;
+        if left <= 0.0 {
+            return Ok(total);
+        }
     }
-    let now = micros(monotonic_seconds());
-    let PyEngine { engine, out, nfq } = engine;
-    let lp = &mut nfq.as_mut().expect("attached above").0;
-    lp.drain(engine, now, MAX_BATCH, crate::engine::Token::Queued, out)
-        .map_err(|e| crate::error::backend_error("recv on the NFQUEUE socket", e))
 }
 
 #[cfg(not(target_os = "linux"))]
