@@ -208,7 +208,7 @@ def render_table(s: dict[str, Any], v: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(HEAD))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [ln for ln in conntrack_line(s) + pass_line(s) if ln])
+    return "\n".join(lines + [ln for ln in baseline_lines(s) if ln])
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -258,35 +258,43 @@ HISTORY_HEAD = [
 NOISY_CORES = 0.25
 
 
-def conntrack_line(s: dict[str, Any]) -> list[str]:
-    """The conntrack-only baseline (``--conntrack-baseline``), when it was measured."""
-    ct = s.get("ratio_conntrack_only")
-    if not ct:
-        return []
-    return [
+# The extra kinds of round, as (summary key, what the round is). Same sentence shape for
+# each; the queue-and-pass one adds govpass's own CPU.
+BASELINES = (
+    (
+        "ratio_conntrack_only",
         "Conntrack-only baseline (no govpass; one no-op `-m conntrack` rule in the client "
-        f"namespace), against no splitter: connections/s x{ct['conn_per_s']:.3f}, "
-        f"connections per CPU s x{ct['conn_per_cpu_s']:.3f}, handshake p50 "
-        f"{ct['handshake_p50_added_ms']:+.3f} ms, download x{ct['download']:.3f}, upload "
-        f"x{ct['upload']:.3f}.",
-        "",
-    ]
-
-
-def pass_line(s: dict[str, Any]) -> list[str]:
-    """The queue-and-pass baseline (``--pass-baseline``), when it was measured."""
-    ps = s.get("ratio_pass_only")
-    if not ps:
-        return []
-    return [
+        "namespace)",
+    ),
+    (
+        "ratio_pass_only",
         "Queue-and-pass baseline (govpass running with a host list no connection matches: "
-        "every ClientHello is queued, parsed and released unmodified, nothing is split), "
-        f"against no splitter: connections/s x{ps['conn_per_s']:.3f}, connections per CPU "
-        f"s x{ps['conn_per_cpu_s']:.3f}, handshake p50 {ps['handshake_p50_added_ms']:+.3f} "
-        f"ms, govpass CPU s per 1000 connections {ps['cpu_s_per_1000_conn']:.3f}, download "
-        f"x{ps['download']:.3f}, upload x{ps['upload']:.3f}.",
-        "",
-    ]
+        "every ClientHello is queued, parsed and released unmodified, nothing is split)",
+    ),
+)
+
+
+def baseline_lines(s: dict[str, Any]) -> list[str]:
+    """A paragraph per extra baseline (``--conntrack-baseline``, ``--pass-baseline``)
+    that was measured."""
+    lines: list[str] = []
+    for key, what in BASELINES:
+        r = s.get(key)
+        if not r:
+            continue
+        cpu = (
+            f"govpass CPU s per 1000 connections {r['cpu_s_per_1000_conn']:.3f}, "
+            if "cpu_s_per_1000_conn" in r
+            else ""
+        )
+        lines += [
+            f"{what}, against no splitter: connections/s x{r['conn_per_s']:.3f}, "
+            f"connections per CPU s x{r['conn_per_cpu_s']:.3f}, handshake p50 "
+            f"{r['handshake_p50_added_ms']:+.3f} ms, {cpu}download x{r['download']:.3f}, "
+            f"upload x{r['upload']:.3f}.",
+            "",
+        ]
+    return lines
 
 
 def noise_warning(s: dict[str, Any], cores: int | str = "?") -> list[str]:
@@ -361,8 +369,7 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         f"govpass saw {gp['connections']} connections, queued {gp['packets_queued']} "
         f"packets; fail-open reasons: {gp['fail_open'] or 'none'}.",
         "",
-        *conntrack_line(s),
-        *pass_line(s),
+        *baseline_lines(s),
         *noise_warning(s, m["cores"]),
         "**Goals met:** " + ("; ".join(met) if met else "none") + ".",
         "",

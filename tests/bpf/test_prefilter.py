@@ -19,8 +19,14 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-if os.geteuid() != 0:
-    pytest.skip("loading eBPF programs needs root", allow_module_level=True)
+
+@pytest.fixture(scope="module", autouse=True)
+def _root() -> None:
+    # As with the netns and end-to-end tests: without root this is a failure to
+    # report, not a reason to pass quietly (CI runs as root).
+    if os.geteuid() != 0:
+        pytest.fail("eBPF tests need root (bpf(2) program loads, a bpf mount)", pytrace=False)
+
 
 FAMILIES = ("ipv4", "ipv6")
 ADDRS = {"ipv4": ("192.0.2.1", "198.51.100.7"), "ipv6": ("2001:db8::1", "2001:db8:1::7")}

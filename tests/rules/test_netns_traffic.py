@@ -107,10 +107,12 @@ def installed(topo: Lab, request: pytest.FixtureRequest) -> Iterator[str]:
         remove(topo.gateway.runner)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-@pytest.mark.parametrize("installed", IPT_BACKENDS, indirect=True)
-def test_one_packet_per_tls_connection(topo: Lab, installed: str, family: str) -> None:
-    lab = topo
+def queue_tls_bulk_plain(
+    lab: Lab, family: str
+) -> tuple[list[dict[str, Any]], Counter[int], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """TLS connections, one bulk transfer each way and plain TCP to :443 through the
+    installed rules: each works, and exactly its ClientHello reached the queue.
+    Returns (packets, per-port counts, tls, bulk, plain)."""
     consumer = Consumer(lab)
     host = server_addr(lab, family)
 
@@ -128,13 +130,22 @@ def test_one_packet_per_tls_connection(topo: Lab, installed: str, family: str) -
     counts = per_port(packets)
     for port in [*tls["ports"], *bulk["ports"]]:
         assert counts[port] == 1, f"port {port}: {counts[port]} packets queued"
-    assert counts[plain["ports"][0]] == 0
     assert sum(counts.values()) == len(tls["ports"]) + len(bulk["ports"])
     for pkt in packets:
         assert pkt["v"] == (4 if family == "ipv4" else 6)
+        assert is_client_hello_head(pkt["head"]), f"non-ClientHello queued: {pkt}"
+    return packets, counts, tls, bulk, plain
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("installed", IPT_BACKENDS, indirect=True)
+def test_one_packet_per_tls_connection(topo: Lab, installed: str, family: str) -> None:
+    lab = topo
+    packets, counts, tls, bulk, plain = queue_tls_bulk_plain(lab, family)
+    assert counts[plain["ports"][0]] == 0
+    for pkt in packets:
         assert pkt["flags"] & 0x02 == 0, "SYN queued"
         assert pkt["payload_len"] > 0, "pure ACK queued"
-        assert is_client_hello_head(pkt["head"]), f"non-ClientHello queued: {pkt}"
         assert pkt["mark_in"] & MARK == 0
     # GOVPASS_POST cleared the watch bit once the consumer's verdict carried the mark
     marks = ct_marks(lab)
@@ -291,24 +302,7 @@ def test_bpf_one_packet_per_tls_connection(bpf_installed: Lab, family: str) -> N
     """Same traffic as with the conntrack pre-filter: one packet per connection, the
     ClientHello; bulk data, SYNs, pure ACKs and plain TCP stay in the kernel."""
     lab = bpf_installed
-    consumer = Consumer(lab)
-    host = server_addr(lab, family)
-    tls = run_client(lab, "tls", host, "443", lab.cafile, str(TLS_CONNS))
-    bulk = run_client(lab, "bulk", host, "443", lab.cafile, str(BULK_BYTES))
-    plain = run_client(lab, "plain", host, "443", lab.cafile)
-    packets = consumer.packets()
-
-    assert tls["replies"] == [f"OK {i}" for i in range(TLS_CONNS)]
-    assert bulk["upload_reply"] == f"GOT {BULK_BYTES}"
-    assert bulk["downloaded"] == BULK_BYTES
-    assert plain["reply"] == "PLAIN hello, not tls"
-    counts = per_port(packets)
-    for port in [*tls["ports"], *bulk["ports"]]:
-        assert counts[port] == 1, f"port {port}: {counts[port]} packets queued"
-    assert sum(counts.values()) == len(tls["ports"]) + len(bulk["ports"])
-    for pkt in packets:
-        assert pkt["v"] == (4 if family == "ipv4" else 6)
-        assert is_client_hello_head(pkt["head"]), f"non-ClientHello queued: {pkt}"
+    queue_tls_bulk_plain(lab, family)
     if lab.router is None:
         # Nothing in the host's rules asks for connection tracking.
         assert tracked_flows(lab) == 0

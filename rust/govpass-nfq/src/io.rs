@@ -24,7 +24,7 @@ pub struct Counters {
 
 /// Verdicts waiting to be sent, several netlink messages in one buffer.
 #[derive(Debug, Default)]
-pub struct Verdicts {
+struct Verdicts {
     buf: Vec<u8>,
     count: usize,
 }

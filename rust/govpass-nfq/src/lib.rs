@@ -16,7 +16,7 @@ pub mod msg;
 mod io;
 
 #[cfg(target_os = "linux")]
-pub use io::{wait_readable, Counters, Loop, Verdicts, Wait};
+pub use io::{wait_readable, Counters, Loop, Wait};
 
 /// What the engine keeps for a held packet: enough to give its verdict.
 pub trait QueuedPacket {
