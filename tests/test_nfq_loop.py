@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from govpass._core import Engine, EngineConfig
+from govpass._core import SEND, Engine, EngineConfig
 from scapy.all import IP, TCP, Raw  # type: ignore[import-untyped]
 
 QUEUE = 200
@@ -36,8 +36,9 @@ def packet_message(packet_id: int, payload: bytes, mark: int = 0) -> bytes:
     return struct.pack("=IHHII", NLMSG_HDRLEN + len(body), MSG_PACKET, 0, 0, 0) + body
 
 
-def verdicts(datagram: bytes) -> list[tuple[int, int, int | None]]:
-    """(packet id, verdict, mark or None) of each verdict message in a datagram."""
+def verdict_messages(datagram: bytes) -> list[tuple[int, int, int | None, bytes | None]]:
+    """(packet id, verdict, mark or None, packet to send instead or None) of each
+    verdict message in a datagram."""
     out = []
     while len(datagram) >= NLMSG_HDRLEN:
         length, kind = struct.unpack_from("=IH", datagram)
@@ -52,7 +53,7 @@ def verdicts(datagram: bytes) -> list[tuple[int, int, int | None]]:
             rest = rest[(alen + 3) & ~3 :]
         verdict, packet_id = struct.unpack("!II", found[2])
         mark = struct.unpack("!I", found[3])[0] if 3 in found else None
-        out.append((packet_id, verdict, mark))
+        out.append((packet_id, verdict, mark, found.get(10)))
         datagram = datagram[(length + 3) & ~3 :]
     return out
 
@@ -82,7 +83,11 @@ class Kernel:
             self.theirs.send(m)
 
     def verdicts(self) -> list[tuple[int, int, int | None]]:
-        return verdicts(self.theirs.recv(65536))
+        """The next datagram's verdicts, without packets they carry."""
+        return [v[:3] for v in self.verdict_messages()]
+
+    def verdict_messages(self) -> list[tuple[int, int, int | None, bytes | None]]:
+        return verdict_messages(self.theirs.recv(65536))
 
     def close(self) -> None:
         for s in (self.ours, self.theirs, self.raw):
@@ -104,10 +109,22 @@ def run(engine: Engine, expected: int) -> int:
     return total
 
 
-def attached(kernel: Kernel, **cfg: object) -> Engine:
+def attached(kernel: Kernel, in_verdicts: bool = False, **cfg: object) -> Engine:
     engine = Engine(EngineConfig(**cfg))  # type: ignore[arg-type]
-    engine.nfq_attach(kernel.ours.fileno(), QUEUE, MARK, kernel.raw.fileno(), None)
+    engine.nfq_attach(
+        kernel.ours.fileno(), QUEUE, MARK, kernel.raw.fileno(), None, in_verdicts=in_verdicts
+    )
     return engine
+
+
+def segments_of(*packets: bytes) -> list[bytes]:
+    """The segments the engine makes of ``packets`` (through the Python API)."""
+    engine = Engine(EngineConfig())
+    out: list[bytes] = []
+    for p in packets:
+        actions = engine.process(p, time.monotonic(), None) or []
+        out += [a.packet for a in actions if a.kind == SEND]
+    return out
 
 
 def test_a_packet_that_passes_is_accepted_with_the_mark(kernel: Kernel) -> None:
@@ -139,6 +156,44 @@ def test_a_split_drops_the_original_and_counts_segments_it_could_not_send(
     assert counters["inject_errors"] == engine.stats()["segments"] >= 2
     assert counters["inject_sent"] == 0
     assert engine.stats()["splits"] == 1
+
+
+def test_in_verdicts_the_last_segment_leaves_in_place_of_the_original(
+    kernel: Kernel,
+) -> None:
+    engine = attached(kernel, in_verdicts=True)
+    packet = tcp(hello_record(), seq=7000, sport=44000)
+    kernel.queue(packet_message(3, packet, mark=0x2))
+    assert run(engine, 1) == 1
+    segments = segments_of(packet)
+    assert len(segments) >= 2
+    # The others went to the raw socket (which refuses here); the last one
+    # rides in the original's verdict, marked like the raw sockets' segments.
+    assert kernel.verdict_messages() == [(3, NF_ACCEPT, MARK | 0x2, segments[-1])]
+    counters = engine.nfq_counters()
+    assert counters["inject_errors"] == len(segments) - 1
+    assert counters["inject_sent"] == 0 and counters["verdict_sent"] == 1
+
+
+def test_in_verdicts_a_record_over_two_packets_leaves_in_both_verdicts(
+    kernel: Kernel,
+) -> None:
+    engine = attached(kernel, in_verdicts=True)
+    record = hello_record(600)
+    first = tcp(record[:300], seq=5000, sport=42000)
+    second = tcp(record[300:], seq=5300, sport=42000)
+    kernel.queue(packet_message(6, first))
+    assert run(engine, 1) == 1
+    kernel.queue(packet_message(7, second))
+    assert run(engine, 1) == 1
+    got = kernel.verdict_messages()
+    assert [(i, v, m) for i, v, m, _ in got] == [(6, NF_ACCEPT, MARK), (7, NF_ACCEPT, MARK)]
+    segments = segments_of(first, second)
+    # The last two segments, in order; the ones before them went raw.
+    assert [p for *_, p in got] == segments[-2:]
+    counters = engine.nfq_counters()
+    assert counters["verdict_sent"] == 2
+    assert counters["inject_errors"] == len(segments) - 2
 
 
 def test_held_packets_are_released_by_the_timer_and_at_shutdown(kernel: Kernel) -> None:
@@ -185,6 +240,20 @@ def test_a_call_runs_until_its_timeout_and_handles_what_comes_meanwhile(
     if len(got) < 2:  # the two may have been read in two batches
         got += kernel.verdicts()
     assert got == [(10, NF_ACCEPT, MARK), (11, NF_ACCEPT, MARK)]
+
+
+def test_the_loop_waits_in_its_receive_even_on_a_non_blocking_socket(
+    kernel: Kernel,
+) -> None:
+    # The worker's own setup leaves the queue socket non-blocking (Python's
+    # socket timeouts set O_NONBLOCK on the shared file): attaching undoes it, so
+    # an idle call sleeps instead of spinning.
+    kernel.ours.setblocking(False)
+    engine = attached(kernel)
+    start, cpu = time.monotonic(), time.process_time()
+    assert engine.nfq_run(0.2) == 0
+    assert time.monotonic() - start >= 0.15
+    assert time.process_time() - cpu < 0.05
 
 
 def test_malformed_messages_are_skipped(kernel: Kernel) -> None:

@@ -152,19 +152,27 @@ class Engine:
     def config(self) -> EngineConfig: ...
     def stats(self) -> dict[str, Any]: ...
     def nfq_attach(
-        self, fd: int, queue: int, mark: int, raw4: int, raw6: int | None = None
+        self,
+        fd: int,
+        queue: int,
+        mark: int,
+        raw4: int,
+        raw6: int | None = None,
+        in_verdicts: bool = False,
     ) -> None:
         """Hand a bound NFQUEUE socket to the Rust packet loop (Linux): from then
         on the nfq_* methods drive the engine (``process``, ``expire`` and
         ``release_all`` raise). Releases carry ``mark``; segments leave through
-        the raw sockets ``raw4``/``raw6``. The caller keeps the descriptors open."""
+        the raw sockets ``raw4``/``raw6``, or with ``in_verdicts`` a split's last
+        segments in the verdicts of the packets they replace. The caller keeps
+        the descriptors open."""
     def nfq_run(self, timeout: float) -> int:
         """Handle queued packets as they come for ``timeout`` seconds (less when
         a signal arrives); the number read."""
     def nfq_expire(self, now: float) -> None: ...
     def nfq_release_all(self) -> None: ...
     def nfq_counters(self) -> dict[str, int]:
-        """inject_sent, inject_errors, verdict_errors of the loop."""
+        """inject_sent, inject_errors, verdict_sent, verdict_errors of the loop."""
     def _arm_panic(self) -> None: ...
 
 def client_hello_sni(

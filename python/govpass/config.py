@@ -222,6 +222,16 @@ SETTINGS: tuple[Setting, ...] = (
         "choice",
         choices=("rust", "python"),
     ),
+    Setting(
+        "inject",
+        "auto",
+        "How the Rust packet loop sends split segments: auto (the last ones in the "
+        "verdicts of the captured packets they replace, where the kernel allows it: in "
+        "the initial user namespace; the others through raw sockets) or raw (all "
+        "through raw sockets)",
+        "choice",
+        choices=("auto", "raw"),
+    ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
     Setting(
         "queue-len",
@@ -417,6 +427,7 @@ class Config:
     workers: int = 0
     worker_sched: str = "batch"
     packet_loop: str = "rust"
+    inject: str = "auto"
     queue_num: int = 200
     queue_len: int = 4096
     queue_time: int = 2000

@@ -173,6 +173,7 @@ def worker_main(
             copy_range=config.copy_range,
             quic_listed=config.block_quic == "listed",
             packet_loop=config.packet_loop,
+            inject=config.inject,
         )
         targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
         worker.bind()

@@ -158,6 +158,11 @@ class TestDefaults:
         assert splits == n, (before, after)
         assert packets / n <= 2, f"{packets} packets queued for {n} TLS connections"
         assert after["inject_errors"] == before["inject_errors"], after
+        # The Rust loop sends each split's last segment in the verdict of the packet
+        # it replaces (one per packet the hello came in), the first one raw.
+        carried = after["verdict_sent"] - before["verdict_sent"]
+        assert n <= carried <= 2 * n, (before, after)
+        assert after["inject_sent"] - before["inject_sent"] >= n, (before, after)
         fails = {k: n - before["fail_open"].get(k, 0) for k, n in after["fail_open"].items()}
         assert not any(fails.values()), fails
 
@@ -173,16 +178,17 @@ class TestDefaults:
 
 @pytest.mark.parametrize(
     "args",
-    [["--prefilter", "conntrack"], ["--packet-loop", "python"]],
-    ids=["prefilter-conntrack", "packet-loop-python"],
+    [["--prefilter", "conntrack"], ["--packet-loop", "python"], ["--inject", "raw"]],
+    ids=["prefilter-conntrack", "packet-loop-python", "inject-raw"],
 )
 def test_alternative_paths_split_every_client(
     host_lab: Lab, kinds: list[str], args: list[str]
 ) -> None:
     """``--prefilter conntrack`` (the rules of iptables-legacy, nftables and the
-    least-privilege unit) and ``--packet-loop python`` (a netfilterqueue callback per
-    packet): every client passes the first-packet censor, Chromium's two-segment hello
-    included, and every hello on the wire starts with 5 bytes."""
+    least-privilege unit), ``--packet-loop python`` (a netfilterqueue callback per
+    packet) and ``--inject raw`` (no segment in a verdict, as outside the initial user
+    namespace): every client passes the first-packet censor, Chromium's two-segment
+    hello included, and every hello on the wire starts with 5 bytes."""
     with (
         running(host_lab, args, name=args[1]) as daemon,
         censoring(host_lab, "firstpacket"),
@@ -193,6 +199,8 @@ def test_alternative_paths_split_every_client(
     assert_all_ok(results, f"{' '.join(args)} through the firstpacket censor")
     if args[0] == "--prefilter":
         assert stats["rules"]["prefilter"] == "conntrack"
+    elif args[0] == "--inject":
+        assert stats["verdict_sent"] == 0 and stats["inject_sent"] >= 2 * len(results), stats
     else:
         assert "verdict_errors" not in stats  # counted by the Rust loop only
     flows = hello_flows(ccap.flows())

@@ -33,6 +33,18 @@ NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 UDP = 17  # IP protocol number
+# The inode number of the initial user namespace (PROC_USER_INIT_INO).
+INIT_USER_NS_INO = 0xEFFFFFFD
+
+
+def in_initial_user_namespace(path: str = "/proc/self/ns/user") -> bool:
+    """Whether this process runs in the initial user namespace. Recent kernels
+    refuse to let a verdict change a packet from any other one (and silently
+    drop the packet), so the Rust loop sends segments in verdicts only here."""
+    try:
+        return os.stat(path).st_ino == INIT_USER_NS_INO
+    except OSError:
+        return False
 
 
 def config_flags_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
@@ -102,6 +114,7 @@ class NfqueueWorker:
         copy_range: int = 0xFFFF,
         quic_listed: bool = False,
         packet_loop: str = "rust",
+        inject: str = "auto",
     ) -> None:
         self.queue_num = queue_num
         self.mark = mark
@@ -124,6 +137,9 @@ class NfqueueWorker:
         # (Engine.nfq_*); QUIC filtering (--block-quic listed) needs the
         # Python callback, so it keeps the "python" loop.
         self.rust_loop = packet_loop == "rust" and self.quic is None
+        # "auto": the Rust loop lets a split's last segments leave in the verdicts
+        # of the packets they replace (one raw send less per segment).
+        self.in_verdicts = inject == "auto" and in_initial_user_namespace()
 
     def bind(self) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue
@@ -149,7 +165,14 @@ class NfqueueWorker:
         tune_queue_socket(nfq.get_fd(), self.queue_num)
         if self.rust_loop:
             raw4, raw6 = self.injector.fds()
-            self.engine.nfq_attach(nfq.get_fd(), self.queue_num, self.mark, raw4, raw6)
+            self.engine.nfq_attach(
+                nfq.get_fd(),
+                self.queue_num,
+                self.mark,
+                raw4,
+                raw6,
+                in_verdicts=self.in_verdicts,
+            )
 
     def _on_packet(self, pkt: Any) -> None:
         try:

@@ -20,8 +20,8 @@ MAIN_KEYS = (
     ("user_dropped", "netlink drops"),
     ("inject_errors", "injection errors"),
 )
-# Counters shown once non-zero (targeting and auto-learning are optional; verdict
-# errors should stay at zero).
+# Counters shown once non-zero (targeting and auto-learning are optional; segments
+# in verdicts need the Rust loop; verdict errors should stay at zero).
 TARGETING_KEYS = (
     ("profile_pass", "flows passed by a profile"),
     ("watched", "flows watched (auto)"),
@@ -30,6 +30,7 @@ TARGETING_KEYS = (
     ("auto_learned", "auto: names learned"),
     ("list_errors", "list reload errors"),
     ("quic_dropped", "QUIC Initials dropped (listed)"),
+    ("verdict_sent", "segments sent in verdicts"),
     ("verdict_errors", "verdicts refused or lost"),
 )
 

@@ -140,9 +140,18 @@ fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 }
 
 /// Appends one verdict message (for packet `id` of `queue`) to `out`; with
-/// `mark`, the packet leaves carrying that mark. Several messages may share
-/// one `send`.
-pub fn push_verdict(out: &mut Vec<u8>, queue: u16, id: u32, verdict: u32, mark: Option<u32>) {
+/// `mark`, the packet leaves carrying that mark; with `packet`, it leaves as
+/// these bytes instead of its own (IP header first, the same flow: the kernel
+/// keeps its route, socket and connection tracking). Several messages may
+/// share one `send`.
+pub fn push_verdict(
+    out: &mut Vec<u8>,
+    queue: u16,
+    id: u32,
+    verdict: u32,
+    mark: Option<u32>,
+    packet: Option<&[u8]>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; NLMSG_HDRLEN]);
     out.extend_from_slice(&[0, 0]); // AF_UNSPEC, NFNETLINK_V0
@@ -153,6 +162,9 @@ pub fn push_verdict(out: &mut Vec<u8>, queue: u16, id: u32, verdict: u32, mark: 
     push_attr(out, NFQA_VERDICT_HDR, &hdr);
     if let Some(mark) = mark {
         push_attr(out, NFQA_MARK, &mark.to_be_bytes());
+    }
+    if let Some(packet) = packet {
+        push_attr(out, NFQA_PAYLOAD, packet);
     }
     let len = (out.len() - start) as u32;
     out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
@@ -246,7 +258,7 @@ mod tests {
     #[test]
     fn a_verdict_message_has_the_kernel_layout() {
         let mut out = Vec::new();
-        push_verdict(&mut out, 200, 0x01020304, NF_ACCEPT, Some(0x10000000));
+        push_verdict(&mut out, 200, 0x01020304, NF_ACCEPT, Some(0x10000000), None);
         assert_eq!(out.len(), 16 + 4 + 12 + 8);
         assert_eq!(u32_ne(&out[0..4]) as usize, out.len());
         assert_eq!(u16_ne(&out[4..6]), MSG_VERDICT);
@@ -258,10 +270,23 @@ mod tests {
         assert_eq!(u16_ne(&out[34..36]), NFQA_MARK);
         assert_eq!(&out[36..40], &[0x10, 0, 0, 0]);
 
-        push_verdict(&mut out, 200, 5, NF_DROP, None);
+        push_verdict(&mut out, 200, 5, NF_DROP, None, None);
         assert_eq!(out.len(), 40 + 32);
         let second = &out[40..];
         assert_eq!(u32_ne(&second[0..4]), 32);
         assert_eq!(&second[24..32], &[0, 0, 0, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn a_verdict_may_carry_the_packet_to_send_instead() {
+        let mut out = Vec::new();
+        push_verdict(&mut out, 7, 9, NF_ACCEPT, None, Some(b"\x45abcdef"));
+        // header, nfgenmsg, verdict header, then the 7-byte packet padded to 8
+        assert_eq!(out.len(), 16 + 4 + 12 + 12);
+        assert_eq!(u32_ne(&out[0..4]) as usize, out.len());
+        assert_eq!(u16_ne(&out[32..34]), 4 + 7);
+        assert_eq!(u16_ne(&out[34..36]), NFQA_PAYLOAD);
+        assert_eq!(&out[36..43], b"\x45abcdef");
+        assert_eq!(out[43], 0);
     }
 }

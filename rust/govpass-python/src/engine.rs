@@ -259,9 +259,11 @@ impl PyEngine {
     /// to the Rust packet loop: from now on `nfq_run`, `nfq_expire` and
     /// `nfq_release_all` drive the engine, giving verdicts over `fd` (releases
     /// carry `mark`) and sending segments through the raw sockets `raw4` and
-    /// `raw6` (which must carry the mark already). The caller keeps every
-    /// descriptor open while the engine uses them.
-    #[pyo3(signature = (fd, queue, mark, raw4, raw6 = None))]
+    /// `raw6` (which must carry the mark already). With `in_verdicts`, a
+    /// split's last segments leave in the verdicts of the packets they
+    /// replace (NF_ACCEPT with new bytes) instead of through a raw socket.
+    /// The caller keeps every descriptor open while the engine uses them.
+    #[pyo3(signature = (fd, queue, mark, raw4, raw6 = None, in_verdicts = false))]
     fn nfq_attach(
         &mut self,
         fd: i32,
@@ -269,13 +271,21 @@ impl PyEngine {
         mark: u32,
         raw4: i32,
         raw6: Option<i32>,
+        in_verdicts: bool,
     ) -> PyResult<()> {
         if self.engine.stats().held_packets_now > 0 {
             return Err(pyo3::exceptions::PyRuntimeError::new_err(
                 "cannot attach an NFQUEUE socket while packets are held",
             ));
         }
-        self.nfq = Some(crate::nfqueue::attach(fd, queue, mark, raw4, raw6)?);
+        self.nfq = Some(crate::nfqueue::attach(govpass_nfq::Setup {
+            fd,
+            queue,
+            mark,
+            raw4,
+            raw6,
+            in_verdicts,
+        })?);
         Ok(())
     }
 
@@ -296,7 +306,8 @@ impl PyEngine {
         crate::nfqueue::release_all(self)
     }
 
-    /// The loop's counters: inject_sent, inject_errors, verdict_errors.
+    /// The loop's counters: inject_sent, inject_errors, verdict_sent,
+    /// verdict_errors.
     fn nfq_counters<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         crate::nfqueue::counters(self, py)
     }

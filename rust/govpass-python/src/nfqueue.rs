@@ -6,11 +6,6 @@ use pyo3::types::PyDict;
 
 use crate::engine::{micros, PyEngine};
 
-/// Packets read per `nfq_run` call at most, so that Python gets control back
-/// (signals, timers, statistics) even under a steady stream of packets.
-#[cfg(target_os = "linux")]
-const MAX_BATCH: usize = 256;
-
 #[cfg(target_os = "linux")]
 pub struct Attached(govpass_nfq::Loop);
 
@@ -29,14 +24,14 @@ fn monotonic_seconds() -> f64 {
 }
 
 #[cfg(target_os = "linux")]
-pub fn attach(fd: i32, queue: u16, mark: u32, raw4: i32, raw6: Option<i32>) -> PyResult<Attached> {
-    Ok(Attached(govpass_nfq::Loop::new(
-        fd, queue, mark, raw4, raw6,
-    )))
+pub fn attach(setup: govpass_nfq::Setup) -> PyResult<Attached> {
+    govpass_nfq::Loop::new(setup)
+        .map(Attached)
+        .map_err(|e| crate::error::backend_error("fcntl on the NFQUEUE socket", e))
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn attach(_: i32, _: u16, _: u32, _: i32, _: Option<i32>) -> PyResult<Attached> {
+pub fn attach(_: govpass_nfq::Setup) -> PyResult<Attached> {
     Err(crate::error::BackendError::new_err(
         "the NFQUEUE loop exists on Linux only",
     ))
@@ -53,30 +48,31 @@ fn attached(engine: &mut PyEngine) -> PyResult<&mut Attached> {
 /// read. One call covers many packets: Python runs only between calls.
 #[cfg(target_os = "linux")]
 pub fn run(engine: &mut PyEngine, py: Python<'_>, timeout: f64) -> PyResult<usize> {
-    use govpass_nfq::Wait;
+    use govpass_nfq::Received;
+    use std::time::Duration;
 
-    let fd = attached(engine)?.0.fd();
+    attached(engine)?;
+    let PyEngine { engine, out, nfq } = &mut *engine;
+    let lp = &mut nfq.as_mut().expect("attached above").0;
     let deadline = monotonic_seconds() + timeout.max(0.0);
     let mut total = 0;
-    loop {
-        let left = deadline - monotonic_seconds();
-        let ms = (left.max(0.0) * 1000.0).ceil().min(f64::from(i32::MAX)) as i32;
-        let wait = py
-            .detach(|| govpass_nfq::wait_readable(fd, ms))
-            .map_err(|e| crate::error::backend_error("poll on the NFQUEUE socket", e))?;
-        if wait != Wait::Ready {
-            return Ok(total);
+    let result = loop {
+        let left = (deadline - monotonic_seconds()).max(0.0);
+        // The wait and the read are one system call, without the GIL.
+        let wait = Duration::from_secs_f64(left.min(3600.0));
+        match py.detach(|| lp.receive(wait)) {
+            Err(e) => break Err(crate::error::backend_error("recv on the NFQUEUE socket", e)),
+            Ok(Received::Timeout | Received::Interrupted) => break Ok(total),
+            Ok(Received::Datagrams(_)) => {}
         }
         let now = micros(monotonic_seconds());
-        let PyEngine { engine, out, nfq } = &mut *engine;
-        let lp = &mut nfq.as_mut().expect("attached above").0;
-        total += lp
-            .drain(engine, now, MAX_BATCH, crate::engine::Token::Queued, out)
-            .map_err(|e| crate::error::backend_error("recv on the NFQUEUE socket", e))?;
+        total += lp.handle(engine, now, crate::engine::Token::Queued, out);
         if left <= 0.0 {
-            return Ok(total);
+            break Ok(total);
         }
-    }
+    };
+    lp.end_wait();
+    result
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -114,7 +110,7 @@ pub fn release_all(engine: &mut PyEngine) -> PyResult<()> {
     apply_out(engine)
 }
 
-/// The loop's own counters: injected segments and errors, verdict errors.
+/// The loop's own counters: segments sent (raw and in verdicts), errors.
 pub fn counters<'py>(engine: &mut PyEngine, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     #[cfg(target_os = "linux")]
@@ -122,6 +118,7 @@ pub fn counters<'py>(engine: &mut PyEngine, py: Python<'py>) -> PyResult<Bound<'
         let c = attached(engine)?.0.counters();
         d.set_item("inject_sent", c.inject_sent)?;
         d.set_item("inject_errors", c.inject_errors)?;
+        d.set_item("verdict_sent", c.verdict_sent)?;
         d.set_item("verdict_errors", c.verdict_errors)?;
     }
     #[cfg(not(target_os = "linux"))]
