@@ -391,7 +391,7 @@ class Bench:
             )
 
     def round(self, index: int, mode: str) -> dict[str, Any]:
-        with_gp = mode in ("with", "pass")
+        with_gp = mode in ("with", "pass", "variant")
         r: dict[str, Any] = {"round": index, "mode": mode, "timing": {}}
         t_last = time.monotonic()
 
@@ -402,7 +402,10 @@ class Bench:
             t_last = now
 
         if with_gp:
-            self.start_daemon(PASS_ARGS if mode == "pass" else [])
+            extra = {"pass": PASS_ARGS, "variant": self.args.variant_arg}.get(mode, [])
+            self.start_daemon(extra)
+            if mode == "variant":
+                r["variant"] = shlex.join(extra)
             mark("daemon_start")
         elif mode == "conntrack":
             self.conntrack_rules("-I")
@@ -605,6 +608,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "it unmodified (a host list no connection matches): the cost of the trip through "
         "user space without the split",
     )
+    ap.add_argument(
+        "--variant-arg",
+        action="append",
+        default=[],
+        help="add a kind of round with govpass run with this extra argument (repeatable), "
+        "to compare it with the default in the same run, e.g. --variant-arg=--inject "
+        "--variant-arg=raw",
+    )
     ap.add_argument("--json", type=Path, help="also write the full results here")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
@@ -646,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"lab {lab.prefix}: setting up nginx, {args.bulk_mb} MB file, warm-up")
             bench.setup()
             info["govpass_cmd"] = "python " + shlex.join(bench.daemon_argv())
-            modes = round_modes(args.rounds, args.conntrack_baseline, args.pass_baseline)
-            group = 2 + args.conntrack_baseline + args.pass_baseline
+            variant = bool(args.variant_arg)
+            modes = round_modes(args.rounds, args.conntrack_baseline, args.pass_baseline, variant)
+            group = 2 + args.conntrack_baseline + args.pass_baseline + variant
             for i, mode in enumerate(modes):
                 if i % group == 0 and args.quiet_wait > 0:
                     load = bench.wait_quiet()
@@ -666,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (
                         f"  cpu {r['cpu_s']:.2f} s  packets {r['stats'].get('packets')}"
                         f"  splits {r['stats'].get('splits')}"
-                        if mode in ("with", "pass")
+                        if mode in ("with", "pass", "variant")
                         else ""
                     )
                 )

@@ -275,10 +275,20 @@ BASELINES = (
 
 
 def baseline_lines(s: dict[str, Any]) -> list[str]:
-    """A paragraph per extra baseline (``--conntrack-baseline``, ``--pass-baseline``)
-    that was measured."""
+    """A paragraph per extra kind of round (``--conntrack-baseline``,
+    ``--pass-baseline``, ``--variant-arg``) that was measured."""
     lines: list[str] = []
-    for key, what in BASELINES:
+    variant = s.get("ratio_variant")
+    kinds = BASELINES
+    if variant:
+        kinds += (
+            (
+                "ratio_variant",
+                f"Variant (govpass run with `{variant['args']}`; connections/s "
+                f"x{variant['conn_per_s_vs_with']:.3f} of the default govpass rounds)",
+            ),
+        )
+    for key, what in kinds:
         r = s.get(key)
         if not r:
             continue
@@ -328,6 +338,7 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         f"without/with govpass ({a['rounds']} rounds"
         + (f" + {a['rounds'] // 2} conntrack-only" if a.get("conntrack_baseline") else "")
         + (f" + {a['rounds'] // 2} queue-and-pass" if a.get("pass_baseline") else "")
+        + (f" + {a['rounds'] // 2} variant" if a.get("variant_arg") else "")
         + "); govpass is started fresh in the client",
         f'namespace for each "with" round as `{m["govpass_cmd"]}`'
         + (f"; its rules used the pre-filter {m['prefilter']}." if m.get("prefilter") else "."),

@@ -19,16 +19,19 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
 
 
-def round_modes(rounds: int, conntrack: bool = False, passing: bool = False) -> list[str]:
+def round_modes(
+    rounds: int, conntrack: bool = False, passing: bool = False, variant: bool = False
+) -> list[str]:
     """ABBA order — without, with | with, without | ... — so a steady drift in the
     machine's speed (other jobs starting or ending) weighs on both sides alike. With the
-    conntrack and/or pass baselines each group is without, with, conntrack, pass
-    (reversed every other)."""
+    conntrack, pass and/or variant rounds each group is without, with, conntrack, pass,
+    variant (reversed every other)."""
     base = [
         "without",
         "with",
         *(["conntrack"] if conntrack else []),
         *(["pass"] if passing else []),
+        *(["variant"] if variant else []),
     ]
     return [m for k in range(rounds // 2) for m in (base if k % 2 == 0 else base[::-1])]
 
@@ -38,7 +41,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return [r for r in rounds if r["mode"] == mode]
 
     s: dict[str, Any] = {}
-    for mode in ("without", "with", "conntrack", "pass"):
+    for mode in ("without", "with", "conntrack", "pass", "variant"):
         rs = by(mode)
         if not rs:
             continue
@@ -65,7 +68,12 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "upload_MBps_rounds": [round(r["upload"]["mbps"]) for r in rs],
             "wrk_errors": sum(r["wrk"]["errors"] + r["wrk"]["non2xx"] for r in rs),
         }
-    for mode, key in (("conntrack", "ratio_conntrack_only"), ("pass", "ratio_pass_only")):
+    extra = (
+        ("conntrack", "ratio_conntrack_only"),
+        ("pass", "ratio_pass_only"),
+        ("variant", "ratio_variant"),
+    )
+    for mode, key in extra:
         if mode not in s:
             continue
         base, wo = s[mode], s["without"]
@@ -76,11 +84,17 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "download": base["download_MBps"] / wo["download_MBps"],
             "upload": base["upload_MBps"] / wo["upload_MBps"],
         }
-    if "pass" in s:
-        rs = by("pass")
-        conns = sum(r["wrk"]["connections"] for r in rs)
-        s["ratio_pass_only"]["cpu_s_per_1000_conn"] = (
-            1000 * sum(r.get("cpu_s", 0.0) for r in rs) / conns if conns else float("nan")
+        if mode in ("pass", "variant"):
+            rs = by(mode)
+            conns = sum(r["wrk"]["connections"] for r in rs)
+            s[key]["cpu_s_per_1000_conn"] = (
+                1000 * sum(r.get("cpu_s", 0.0) for r in rs) / conns if conns else float("nan")
+            )
+    if "variant" in s:
+        # The variant against the default govpass rounds of the same run.
+        s["ratio_variant"]["args"] = by("variant")[0].get("variant", "")
+        s["ratio_variant"]["conn_per_s_vs_with"] = (
+            s["variant"]["conn_per_s"] / s["with"]["conn_per_s"]
         )
     w, wo = s["with"], s["without"]
     pairs = list(zip(by("without"), by("with"), strict=True))
