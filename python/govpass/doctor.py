@@ -83,6 +83,20 @@ def check_queues(config: Config) -> Check:
     return Check("queues", "ok", f"queues {ours.start}..{ours.stop - 1} are free")
 
 
+# What makes an unusable firewall backend or capture backend usable.
+FIREWALL_FIXES = {
+    "nftables": "modprobe nft_queue (a kernel with CONFIG_NFT_QUEUE); until then "
+    "govpass uses iptables",
+    "iptables": "apt install iptables; modprobe xt_NFQUEUE xt_u32 xt_connbytes",
+}
+BACKEND_FIXES = {
+    "nfqueue": "on Linux: apt install libnetfilter-queue-dev; pip install netfilterqueue; "
+    "run as root or with scripts/govpass.service",
+    "divert": "pip install 'govpass[divert]' (WinDivert on Windows, eBPF on Linux); on "
+    "FreeBSD run as root with ipdivert loaded at boot, as the reason says",
+}
+
+
 def check_firewall(config: Config) -> list[Check]:
     from govpass import rules
     from govpass.daemon import rule_spec
@@ -98,7 +112,8 @@ def check_firewall(config: Config) -> list[Check]:
         chosen = detection.chosen is not None and s.name == detection.chosen.name
         status: Status = "ok" if s.usable else "warn"
         label = " (will be used)" if chosen else ""
-        out.append(Check(f"firewall {s.name}", status, s.reason + label))
+        fix = "" if s.usable else FIREWALL_FIXES.get(s.name, FIREWALL_FIXES["iptables"])
+        out.append(Check(f"firewall {s.name}", status, s.reason + label, fix))
     out.append(check_prefilter(config, detection.chosen.name if detection.chosen else None))
     if detection.chosen is None:
         out.append(
@@ -156,6 +171,34 @@ def check_prefilter(config: Config, backend: str | None) -> Check:
         f"conntrack: {why}",
         "grant CAP_BPF and CAP_SYS_ADMIN (to load the program and mount a bpf fs); "
         "with conntrack every packet of the host pays for connection tracking",
+    )
+
+
+def check_packet_loop(config: Config) -> Check:
+    """How NFQUEUE workers read the queue and send a split's segments."""
+    if config.packet_loop == "python" or config.block_quic == "listed":
+        why = "packet-loop python" if config.packet_loop == "python" else "block-quic listed"
+        return Check(
+            "packet loop",
+            "ok",
+            f"python ({why}): a netfilterqueue callback per packet; segments through raw sockets",
+        )
+    if config.inject == "raw":
+        return Check("packet loop", "ok", "rust; segments through raw sockets (inject raw)")
+    from govpass.backends.nfqueue import in_initial_user_namespace
+
+    if in_initial_user_namespace():
+        return Check(
+            "packet loop",
+            "ok",
+            "rust; a split's last segments leave in the verdicts of the packets they "
+            "replace, the others through raw sockets",
+        )
+    return Check(
+        "packet loop",
+        "ok",
+        "rust; segments through raw sockets: not in the initial user namespace, where "
+        "the kernel refuses packets changed in a verdict",
     )
 
 
@@ -259,7 +302,7 @@ def check_backends(config: Config) -> list[Check]:
         if reason is None:
             out.append(Check(f"backend {name}", "ok", "usable"))
         else:
-            out.append(Check(f"backend {name}", "warn", reason))
+            out.append(Check(f"backend {name}", "warn", reason, BACKEND_FIXES.get(name, "")))
     if importlib.util.find_spec("pydivert") is not None and not sys.platform.startswith("freebsd"):
         from govpass.backends import divert
 
@@ -281,6 +324,7 @@ def run_checks(config: Config) -> list[Check]:
         lambda: [check_privileges()],
         lambda: [check_nfqueue()],
         lambda: [check_queues(config)],
+        lambda: [check_packet_loop(config)],
         lambda: check_firewall(config),
         lambda: check_interfaces(config),
         lambda: (

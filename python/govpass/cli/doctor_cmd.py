@@ -17,13 +17,27 @@ MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "
 
 
 @app.command("doctor")
-@with_settings(("queue-num", "workers", "mode", "iface", "exclude-iface", "ports", "ipv6"))
+@with_settings(
+    (
+        "queue-num",
+        "workers",
+        "mode",
+        "iface",
+        "exclude-iface",
+        "ports",
+        "ipv6",
+        "prefilter",
+        "packet-loop",
+        "inject",
+    )
+)
 def doctor(
     flags: dict[str, Any],
     config_file: Path | None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Check privileges, NFQUEUE, firewall backends, leftover rules, offloads and backends."""
+    """Check privileges, NFQUEUE, the packet loop, firewall backends and pre-filter, leftover
+    rules, offloads and backends."""
     from rich.markup import escape
 
     from govpass.doctor import run_checks

@@ -1,0 +1,122 @@
+"""The checks behind `govpass doctor`, one by one, with the system's answers
+replaced: each finding has a status and, when it is not ok, a fix. The real
+command runs in the lab in tests/e2e/test_e2e_doctor.py."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from govpass import doctor
+from govpass.backends import nfqueue
+from govpass.config import Config
+
+
+def test_root_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 0)
+    assert doctor.check_privileges().status == "ok"
+
+
+def test_two_capabilities_are_enough_and_missing_ones_are_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(doctor, "missing_capabilities", lambda: [])
+    assert doctor.check_privileges().status == "ok"
+    monkeypatch.setattr(doctor, "missing_capabilities", lambda: ["CAP_NET_RAW"])
+    check = doctor.check_privileges()
+    assert check.status == "fail" and "CAP_NET_RAW" in check.detail
+    assert "govpass.service" in check.fix
+
+
+@pytest.mark.parametrize(
+    ("settings", "initial_ns", "expected"),
+    [
+        ({}, True, "leave in the verdicts"),
+        ({}, False, "not in the initial user namespace"),
+        ({"inject": "raw"}, True, "raw sockets (inject raw)"),
+        ({"packet_loop": "python"}, True, "python (packet-loop python)"),
+        ({"block_quic": "listed"}, True, "python (block-quic listed)"),
+    ],
+)
+def test_packet_loop_says_how_segments_leave(
+    monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], initial_ns: bool, expected: str
+) -> None:
+    monkeypatch.setattr(nfqueue, "in_initial_user_namespace", lambda: initial_ns)
+    check = doctor.check_packet_loop(Config(**settings))  # type: ignore[arg-type]
+    assert check.status == "ok" and expected in check.detail, check
+
+
+def test_initial_user_namespace_is_told_by_its_inode(tmp_path: Path) -> None:
+    # Not the initial namespace's inode number, or no such file: False.
+    other = tmp_path / "user"
+    other.write_text("")
+    assert not nfqueue.in_initial_user_namespace(str(other))
+    assert not nfqueue.in_initial_user_namespace(str(tmp_path / "missing"))
+
+
+def test_prefilter_set_to_conntrack_needs_nothing() -> None:
+    check = doctor.check_prefilter(Config(prefilter="conntrack"), "iptables-legacy")
+    assert check.status == "ok" and "conntrack" in check.detail
+
+
+@pytest.mark.parametrize(("prefilter", "status"), [("auto", "warn"), ("bpf", "fail")])
+def test_prefilter_without_iptables_nft_falls_back_or_fails(prefilter: str, status: str) -> None:
+    check = doctor.check_prefilter(Config(prefilter=prefilter), "iptables-legacy")
+    assert check.status == status
+    assert "iptables-nft" in check.detail and "iptables-legacy" in check.detail
+    assert "nf_tables" in check.fix
+
+
+def _fake_ethtool(tmp_path: Path, output: str, rc: int = 0) -> str:
+    tool = tmp_path / "ethtool"
+    tool.write_text(f"#!/bin/sh\ncat <<'END'\n{output}END\nexit {rc}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return str(tool)
+
+
+def test_offload_on_is_a_warning_with_the_command_that_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    out = (
+        "Features for eth9:\n"
+        "tcp-segmentation-offload: on\n"
+        "generic-segmentation-offload: off [fixed]\n"
+        "generic-receive-offload: on\n"
+    )
+    tool = _fake_ethtool(tmp_path, out)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: tool)
+    check = doctor.check_offload("eth9")
+    assert check.status == "warn" and check.detail.startswith("tso=on gso=off gro=on")
+    assert check.fix.startswith("ethtool -K eth9 tso off gro off")
+
+
+def test_offload_off_is_ok_and_a_missing_ethtool_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    out = (
+        "tcp-segmentation-offload: off\n"
+        "generic-segmentation-offload: off\n"
+        "generic-receive-offload: off\n"
+    )
+    tool = _fake_ethtool(tmp_path, out)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: tool)
+    assert doctor.check_offload("eth9").status == "ok"
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    check = doctor.check_offload("eth9")
+    assert check.status == "warn" and check.fix == "apt install ethtool"
+
+
+def test_a_probe_that_breaks_is_a_finding_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> doctor.Check:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "check_nfqueue", broken)
+    monkeypatch.setattr(doctor, "check_firewall", lambda config: [])
+    monkeypatch.setattr(doctor, "check_interfaces", lambda config: [])
+    monkeypatch.setattr(doctor, "default_interfaces", lambda: [])
+    monkeypatch.setattr(doctor, "check_backends", lambda config: [])
+    results = doctor.run_checks(Config())
+    assert any(r.status == "warn" and "RuntimeError: boom" in r.detail for r in results)
+    assert any(r.name == "packet loop" for r in results)
