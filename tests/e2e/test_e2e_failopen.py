@@ -25,6 +25,7 @@ from e2e_support import (
     NAMES,
     PASS_TIMEOUT,
     Govpass,
+    cli_argv,
     govpass_cli,
     govpass_rule_lines,
     hello_flows,
@@ -229,6 +230,29 @@ def test_sigkill_during_traffic_fails_open(lab: Lab, kinds: list[str]) -> None:
     assert proc.returncode == 0 and "nothing installed" in proc.stdout, proc
 
 
+def test_a_full_queue_accepts_instead_of_dropping(lab: Lab) -> None:
+    """The queue's fail-open flag: with the worker stopped and its queue (16 packets)
+    full, further hellos (here: the kernel's retransmissions of the held ones) go
+    out unmodified, so every connection completes; the kernel counts no drop."""
+    gp = Govpass(lab, "client", ["--queue-len", "16"], name="queuefull").start()
+    workers = gp.workers()
+    jobs = [("curl", NAMES[i % 2], FAMILIES[i % 2]) for i in range(24)]
+    try:
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        results = run_matrix(lab, jobs, 15.0)
+        table = queue_table_of(lab)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    failed = {job: r for job, r in results.items() if not r[0]}
+    assert not failed, failed
+    held, dropped = table[200].split()[2], table[200].split()[5]
+    assert int(held) == 16 and int(dropped) == 0, table[200]
+    assert gp.stop() == 0, gp.log()
+    assert govpass_rule_lines(lab, "client") == []
+
+
 def test_sigkill_of_daemon_process_then_next_run_cleans(lab: Lab, kinds: list[str]) -> None:
     gp = Govpass(lab, "client", [], name="sigkill-parent").start()
     rules_v4 = mangle_rules(lab, "client")
@@ -303,6 +327,41 @@ def test_invalid_flag_value_is_one_line(lab: Lab, args: list[str], field: str) -
     line = one_error_line(proc.stderr)
     assert field in line and line.startswith("govpass:"), line
     assert govpass_rule_lines(lab, "client") == []
+
+
+def test_without_privileges_is_one_line(lab: Lab) -> None:
+    """Root without capabilities (an empty bounding set): one line naming what is
+    missing, non-zero exit, no rules."""
+    argv = cli_argv(lab.workdir / "nocaps", ["run", "--workers", "1"])
+    proc = lab.exec(
+        "client", ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *argv], check=False
+    )
+    assert proc.returncode != 0
+    line = one_error_line(proc.stderr)
+    assert line.startswith("govpass:") and "CAP_NET_RAW" in line, line
+    assert govpass_rule_lines(lab, "client") == []
+
+
+@pytest.mark.parametrize("command", [["rules", "install"], ["run", "--workers", "1"]])
+def test_without_iptables_and_nft_is_one_line(lab: Lab, command: list[str]) -> None:
+    """No firewall tool in PATH: one error line that says what to install (``run``
+    logs that it bound its queue first), non-zero exit, no rules, the queue freed."""
+    argv = cli_argv(lab.workdir / "nofw", command)
+    proc = lab.exec("client", [argv[0], "PATH=/nonexistent", *argv[1:]], check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("govpass:")]
+    assert len(errors) == 1, proc.stderr
+    assert "no usable firewall backend" in errors[0] and "nor iptables found in PATH" in errors[0]
+    assert "apt-get install iptables" in errors[0]
+    assert govpass_rule_lines(lab, "client") == []
+    assert 200 not in queue_table_of(lab)
+
+
+def queue_table_of(lab: Lab) -> dict[int, str]:
+    """Bound queues in the client namespace (queue number -> the /proc line)."""
+    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+    return {int(ln.split()[0]): ln for ln in text.splitlines() if ln.strip()}
 
 
 def test_second_daemon_on_same_queue(lab: Lab) -> None:

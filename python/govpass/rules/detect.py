@@ -72,11 +72,14 @@ def default_iptables_variant(runner: Runner) -> Variant | None:
 
 def resolve_binary(family: Family, variant: Variant, runner: Runner) -> tuple[str | None, str]:
     """The binary that drives `variant` for `family`: `iptables-nft`, else a matching `iptables`."""
-    for candidate in (ipt.binary_for(family, variant), ipt.binary_for(family)):
+    candidates = (ipt.binary_for(family, variant), ipt.binary_for(family))
+    for candidate in candidates:
         found, line = iptables_version(candidate, runner)
         if found == variant:
             return candidate, line
     base = ipt.binary_for(family)
+    if all(runner.which(c) is None for c in candidates):
+        return None, f"neither {base}-{variant} nor {base} found in PATH"
     return None, f"neither {base}-{variant} nor {base} drives the {variant} backend"
 
 

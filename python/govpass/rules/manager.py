@@ -254,7 +254,10 @@ def install(
     detection = detect(spec, runner, prefer=backend)
     chosen = detection.chosen
     if chosen is None:
-        raise FirewallError(f"no usable firewall backend: {detection.summary()}")
+        raise FirewallError(
+            f"no usable firewall backend ({detection.summary()}); install iptables "
+            "(apt-get install iptables) or nftables"
+        )
     skipped = [s for s in detection.statuses if s is not chosen]
     reason = chosen.reason
     if skipped:
