@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "python"))
 
 import bench_lab  # noqa: E402
-from bench_common import machine, write_section  # noqa: E402
+from bench_common import run_meta, write_section  # noqa: E402
 
 KINDS = ("none", "bpf", "conntrack")
 HEADING = "Bulk (rules only)"
@@ -122,15 +120,7 @@ def main() -> int:
         return 2
     started = time.monotonic()
     results = measure(args)
-    commit = bench_lab.machine(REPO).get("git", "?")
-    meta = {
-        "machine": machine(),
-        "command": " ".join(["sudo python3 ci/bench_bulk.py", shlex.join(sys.argv[1:])]).strip(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
-        "rounds": args.rounds,
-        "reps": args.reps,
-    }
+    meta = run_meta("bench_bulk.py", rounds=args.rounds, reps=args.reps)
     text = section(results, meta)
     print(text)
     print(f"took {time.monotonic() - started:.0f} s")

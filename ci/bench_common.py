@@ -1,12 +1,16 @@
-"""What the engine and list benchmarks share: the machine description, the
+"""What the benchmarks share: the machine description, a run's description, the
 process RSS, and replacing one `## Heading` section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import platform
 import re
+import shlex
 import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 def machine() -> dict[str, str]:
@@ -27,6 +31,26 @@ def machine() -> dict[str, str]:
         "cpus": cpus,
         "kernel": platform.release(),
         "python": platform.python_version(),
+    }
+
+
+def run_meta(script: str, **extra: Any) -> dict[str, Any]:
+    """Machine, command line (as run from the repository as root), date and
+    commit of this run, plus ``extra``."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    return {
+        "machine": machine(),
+        "command": " ".join([f"sudo python3 ci/{script}", shlex.join(sys.argv[1:])]).strip(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        **extra,
     }
 
 
