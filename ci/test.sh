@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine of this kind and
-# runs all of them: Rust (unit, property, fuzz-harness), lints, stub check,
+# runs all of them: Rust (unit, property, fuzz-harness), lints, type and stub checks,
 # Python (unit, property, pcap, rules, lab and end-to-end in network
 # namespaces), and a bounded fuzz pass. Run as root. Exits non-zero on any failure.
 set -euo pipefail
@@ -21,9 +21,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --quiet
 
-step "python: ruff, stubs"
+step "python: ruff, types, stubs"
 "$PYTHON" -m ruff check python tests ci
 "$PYTHON" -m ruff format --check python tests ci
+"$PYTHON" -m mypy
 "$PYTHON" -m mypy.stubtest govpass._core
 
 step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"

@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import dpkt  # type: ignore[import-untyped]
+import dpkt
 
 from govpass import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
 from govpass._core import Profile

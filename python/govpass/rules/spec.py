@@ -39,12 +39,20 @@ class RuleSpecError(FirewallError, ValueError):
 
 
 class _Scope(Protocol):
-    ports: tuple[int, ...]
-    mode: str
-    interfaces: tuple[str, ...]
-    exclude_interfaces: tuple[str, ...]
-    ipv4: bool
-    ipv6: bool
+    """What check_scope reads (read-only: the specs are frozen dataclasses)."""
+
+    @property
+    def ports(self) -> tuple[int, ...]: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def interfaces(self) -> tuple[str, ...]: ...
+    @property
+    def exclude_interfaces(self) -> tuple[str, ...]: ...
+    @property
+    def ipv4(self) -> bool: ...
+    @property
+    def ipv6(self) -> bool: ...
 
 
 def check_scope(spec: _Scope, max_ports: int, ifname: re.Pattern[str]) -> None:
