@@ -8,10 +8,12 @@ see the exact bytes the server received.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -371,6 +373,66 @@ def test_without_iptables_and_nft_is_one_line(lab: Lab, command: list[str]) -> N
     assert "apt-get install iptables" in errors[0]
     assert govpass_rule_lines(lab, "client") == []
     assert 200 not in queue_table_of(lab)
+
+
+def netlink_queue_socket(pid: int) -> int:
+    """A duplicate, in this process, of worker ``pid``'s NFQUEUE netlink socket
+    (pidfd_getfd): options set on it apply to the worker's socket."""
+    rows = Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]
+    inodes = {int(r.split()[-1]) for r in rows if int(r.split()[1]) == 12}  # NETLINK_NETFILTER
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+            pidfd = os.pidfd_open(pid)
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                dup = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+                if dup < 0:
+                    raise OSError(ctypes.get_errno(), "pidfd_getfd")
+                return int(dup)
+            finally:
+                os.close(pidfd)
+    raise AssertionError(f"no netfilter netlink socket in process {pid}")
+
+
+def test_a_full_socket_accepts_and_the_worker_goes_on(lab: Lab) -> None:
+    """When the worker's netlink socket overflows (here: shrunk to the minimum
+    buffer while the worker is stopped), the kernel accepts the hellos it cannot
+    deliver (fail-open) instead of dropping them, reports no error to the socket
+    (NETLINK_NO_ENOBUFS), and the worker, resumed, goes on splitting."""
+    gp = Govpass(lab, "client", [], name="fullsock").start()
+    (worker,) = gp.workers()
+    sock = socket.socket(fileno=netlink_queue_socket(worker))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+        before = gp.stats()
+        os.kill(worker, signal.SIGSTOP)
+        jobs = [("curl", NAMES[i % 2], FAMILIES[i % 2]) for i in range(8)]
+        pool = ThreadPoolExecutor(max_workers=len(jobs))
+        try:
+            futures = [pool.submit(lab.client, *job, timeout=15.0) for job in jobs]
+            # Most hellos find the socket full and leave unmodified at once; the
+            # one or two it could hold wait for the worker.
+            wait_for(lambda: sum(f.done() for f in futures) >= len(jobs) - 2, 10.0, "fail-open")
+            passed_while_stopped = sum(f.done() and f.result()[0] for f in futures)
+            table = queue_table_of(lab)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+            results = [f.result(30) for f in futures]
+            pool.shutdown()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        assert passed_while_stopped >= len(jobs) - 2, results
+        assert all(ok for ok, _ in results), results
+        assert int(table[200].split()[6]) == 0, table[200]  # user_dropped
+        ok, detail = lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
+        assert ok, detail
+        after = gp.wait_stats(lambda s: s["splits"] > before["splits"])
+        assert after.get("verdict_errors", 0) == 0, after
+    finally:
+        sock.close()
+        rc = gp.stop()
+    assert rc == 0, gp.log()
+    assert govpass_rule_lines(lab, "client") == []
 
 
 def queue_table_of(lab: Lab) -> dict[int, str]:
