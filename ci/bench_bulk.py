@@ -35,15 +35,11 @@ HEADING = "Bulk (rules only)"
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    from govpass.lab import Lab
     from govpass.rules import RuleSpec, Runner, install, remove
 
-    lab_args = bench_lab.parse_args(["--bulk-mb", str(args.bulk_mb), "--no-write"])
     results: dict[str, dict[str, list[float]]] = {k: {"down": [], "up": []} for k in KINDS}
-    with Lab(router=False) as lab:
-        bench = bench_lab.Bench(lab, lab_args)
-        bench.setup()
-        runner = Runner(["ip", "netns", "exec", lab.ns("client")])
+    with bench_lab.lab_bench(["--bulk-mb", str(args.bulk_mb)]) as bench:
+        runner = Runner(["ip", "netns", "exec", bench.lab.ns("client")])
         for index in range(args.rounds):
             order = KINDS if index % 2 == 0 else KINDS[::-1]
             for kind in order:
@@ -62,9 +58,6 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                 results[kind]["down"].append(down)
                 results[kind]["up"].append(up)
                 print(f"round {index + 1} {kind:9s} down {down:6.0f} MB/s  up {up:6.0f} MB/s")
-        problems = lab.close()
-        if problems:
-            print(f"lab teardown problems: {problems}", file=sys.stderr)
     return results
 
 

@@ -43,6 +43,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -549,6 +551,21 @@ def wait(predicate: Any, timeout: float, what: str, step: float = 0.05) -> None:
 
 
 # ------------------------------------------------------------------ main
+
+
+@contextmanager
+def lab_bench(argv: list[str]) -> Iterator[Bench]:
+    """A lab with nginx set up (``bench_lab.py`` options ``argv``), for the other
+    benchmark scripts; says so when tearing it down left something behind."""
+    from govpass.lab import Lab
+
+    with Lab(router=False) as lab:
+        bench = Bench(lab, parse_args([*argv, "--no-write"]))
+        bench.setup()
+        yield bench
+        problems = lab.close()
+        if problems:
+            print(f"lab teardown problems: {problems}", file=sys.stderr)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -283,13 +283,9 @@ def wire_check(lab: Any, bench: Any, dev: str) -> list[int]:
 
 
 def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[int]]:
-    from govpass.lab import Lab
-
-    lab_args = bench_lab.parse_args(["--duration", str(args.duration), "--no-write"])
     results: dict[str, list[float]] = {k: [] for k in KINDS}
-    with Lab(router=False) as lab:
-        bench = bench_lab.Bench(lab, lab_args)
-        bench.setup()
+    with bench_lab.lab_bench(["--duration", str(args.duration)]) as bench:
+        lab = bench.lab
         split = TcSplit(lab)
         try:
             split.attach()
@@ -318,9 +314,6 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[int]
                     print(f"round {index + 1} {kind:8s} conn/s {rps:7.0f}", flush=True)
         finally:
             split.close()
-        problems = lab.close()
-        if problems:
-            print(f"lab teardown problems: {problems}", file=sys.stderr)
     return results, sizes
 
 

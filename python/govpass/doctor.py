@@ -176,30 +176,26 @@ def check_prefilter(config: Config, backend: str | None) -> Check:
 
 def check_packet_loop(config: Config) -> Check:
     """How NFQUEUE workers read the queue and send a split's segments."""
-    if config.packet_loop == "python" or config.block_quic == "listed":
-        why = "packet-loop python" if config.packet_loop == "python" else "block-quic listed"
-        return Check(
-            "packet loop",
-            "ok",
-            f"python ({why}): a netfilterqueue callback per packet; segments through raw sockets",
-        )
-    if config.inject == "raw":
-        return Check("packet loop", "ok", "rust; segments through raw sockets (inject raw)")
-    from govpass.backends.nfqueue import in_initial_user_namespace
+    from govpass.backends.nfqueue import packet_path
 
-    if in_initial_user_namespace():
-        return Check(
-            "packet loop",
-            "ok",
+    path = packet_path(config.packet_loop, config.inject, config.block_quic == "listed")
+    if path == "python":
+        why = "packet-loop python" if config.packet_loop == "python" else "block-quic listed"
+        detail = f"python ({why}): a netfilterqueue callback per packet; segments through "
+        detail += "raw sockets"
+    elif path == "rust-verdicts":
+        detail = (
             "rust; a split's last segments leave in the verdicts of the packets they "
-            "replace, the others through raw sockets",
+            "replace, the others through raw sockets"
         )
-    return Check(
-        "packet loop",
-        "ok",
-        "rust; segments through raw sockets: not in the initial user namespace, where "
-        "the kernel refuses packets changed in a verdict",
-    )
+    elif config.inject == "raw":
+        detail = "rust; segments through raw sockets (inject raw)"
+    else:
+        detail = (
+            "rust; segments through raw sockets: not in the initial user namespace, where "
+            "the kernel refuses packets changed in a verdict"
+        )
+    return Check("packet loop", "ok", detail)
 
 
 def _daemon_running() -> bool:

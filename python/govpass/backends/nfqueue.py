@@ -37,6 +37,18 @@ UDP = 17  # IP protocol number
 INIT_USER_NS_INO = 0xEFFFFFFD
 
 
+def packet_path(packet_loop: str, inject: str, quic_listed: bool) -> str:
+    """How a worker with these settings handles packets: "python" (a
+    netfilterqueue callback per packet; QUIC filtering needs it), "rust-raw"
+    (the Rust loop, segments through raw sockets) or "rust-verdicts" (the Rust
+    loop, a split's last segments in the verdicts of the packets they replace)."""
+    if packet_loop != "rust" or quic_listed:
+        return "python"
+    if inject == "auto" and in_initial_user_namespace():
+        return "rust-verdicts"
+    return "rust-raw"
+
+
 def in_initial_user_namespace(path: str = "/proc/self/ns/user") -> bool:
     """Whether this process runs in the initial user namespace. Recent kernels
     refuse to let a verdict change a packet from any other one (and silently
@@ -65,11 +77,12 @@ def tune_queue_socket(fd: int, queue_num: int) -> None:
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
         sock.send(config_flags_message(queue_num, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN))
-        sock.settimeout(1.0)
-        try:
-            reply = sock.recv(4096)
-        except TimeoutError as e:
-            raise BackendError(f"queue {queue_num}: no answer to the fail-open request") from e
+        # Waits with select rather than a socket timeout: the descriptor shares its
+        # file with the binding's, and a timeout would leave that one non-blocking.
+        ready, _, _ = select.select([sock], [], [], 1.0)
+        if not ready:
+            raise BackendError(f"queue {queue_num}: no answer to the fail-open request")
+        reply = sock.recv(4096)
         if len(reply) >= 20:
             _, rtype = struct.unpack_from("=IH", reply)
             (err,) = struct.unpack_from("=i", reply, 16)
@@ -133,13 +146,10 @@ class NfqueueWorker:
         tick_ms = min(max(engine_config.collect_timeout_ms / 5, 5.0), 50.0)
         self.tick = tick_ms / 1000.0
         self._nfq: Any = None
-        # "rust": once bound, the engine reads the queue's socket itself
-        # (Engine.nfq_*); QUIC filtering (--block-quic listed) needs the
-        # Python callback, so it keeps the "python" loop.
-        self.rust_loop = packet_loop == "rust" and self.quic is None
-        # "auto": the Rust loop lets a split's last segments leave in the verdicts
-        # of the packets they replace (one raw send less per segment).
-        self.in_verdicts = inject == "auto" and in_initial_user_namespace()
+        # Rust: once bound, the engine reads the queue's socket itself (Engine.nfq_*).
+        path = packet_path(packet_loop, inject, quic_listed)
+        self.rust_loop = path != "python"
+        self.in_verdicts = path == "rust-verdicts"
 
     def bind(self) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue

@@ -270,12 +270,7 @@ impl Output {
     /// takes the segment's place among the verdicts, and every raw send
     /// flushes the verdicts before it, so packets leave in the engine's order.
     fn apply<T: QueuedPacket>(&mut self, actions: &mut Vec<Action<T>>) {
-        let carried = self.pick_carriers(actions);
-        let sends = actions
-            .iter()
-            .filter(|a| matches!(a, Action::Send(_)))
-            .count();
-        let first_carried = sends - carried;
+        let (first_carried, carried) = self.pick_carriers(actions);
         let (mut send_no, mut drop_no) = (0, 0);
         for action in actions.drain(..) {
             match action {
@@ -316,23 +311,25 @@ impl Output {
         }
     }
 
-    /// Fills `carriers` with the queued packets `actions` drop and returns
-    /// how many segments they carry: one each, the last ones, or none.
-    fn pick_carriers<T: QueuedPacket>(&mut self, actions: &[Action<T>]) -> usize {
+    /// Fills `carriers` with the queued packets `actions` drop, one per
+    /// carried segment (the last ones). Returns the index, among the Sends,
+    /// of the first carried segment, and how many are carried.
+    fn pick_carriers<T: QueuedPacket>(&mut self, actions: &[Action<T>]) -> (usize, usize) {
         self.carriers.clear();
         if !self.setup.in_verdicts {
-            return 0;
+            return (usize::MAX, 0);
         }
         let mut sends = 0;
         for action in actions {
             match action {
                 Action::Drop(t) => self.carriers.extend(t.queued()),
-                Action::Send(p) if p.len() > MAX_VERDICT_PACKET => return 0,
+                Action::Send(p) if p.len() > MAX_VERDICT_PACKET => return (usize::MAX, 0),
                 Action::Send(_) => sends += 1,
                 _ => {}
             }
         }
-        sends.min(self.carriers.len())
+        let carried = sends.min(self.carriers.len());
+        (sends - carried, carried)
     }
 
     /// Accept a packet unchanged, marked so that the rules let it through.
