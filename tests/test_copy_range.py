@@ -27,6 +27,8 @@ def test_truncated_copy_passes_untouched(tmp_path: Path) -> None:
             "1",
             "--copy-range",
             "100",
+            "--kernel-split",
+            "off",  # whole hellos must reach the queue, where the copy is cut
             "--stats-interval",
             "0.2",
         ]

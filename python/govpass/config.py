@@ -232,6 +232,17 @@ SETTINGS: tuple[Setting, ...] = (
         "choice",
         choices=("auto", "raw"),
     ),
+    Setting(
+        "kernel-split",
+        "auto",
+        "auto: a ClientHello that leaves whole in one packet is split in the kernel "
+        "by a tc egress eBPF program on the covered interfaces (no trip to a worker); "
+        "the others go to the workers. Used with the bpf pre-filter, split-mode "
+        "tls-hello, a split-chunk of 1..64, no split-pos and no host lists or IP sets; "
+        "off: every hello goes to the workers",
+        "choice",
+        choices=("auto", "off"),
+    ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
     Setting(
         "queue-len",
@@ -428,6 +439,7 @@ class Config:
     worker_sched: str = "batch"
     packet_loop: str = "rust"
     inject: str = "auto"
+    kernel_split: str = "auto"
     queue_num: int = 200
     queue_len: int = 4096
     queue_time: int = 2000

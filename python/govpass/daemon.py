@@ -54,9 +54,10 @@ def running_daemon(directory: Path) -> int | None:
     return pid if b"govpass" in cmdline else None
 
 
-def rule_spec(config: Config, detection: Any = None) -> Any:
+def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
     """The rules for `config`. Detected tunnel and VPN interfaces are added to
-    the exclusions (unless listed in `iface`); pass `detection` to reuse one."""
+    the exclusions (unless listed in `iface`); pass `detection` to reuse one.
+    `gate` (a KernelSplitGate) leaves whole one-packet hellos to the kernel split."""
     from govpass import interfaces
     from govpass.rules import RuleSpec
     from govpass.targeting import uses_auto
@@ -80,6 +81,7 @@ def rule_spec(config: Config, detection: Any = None) -> Any:
         prefilter=config.prefilter,  # type: ignore[arg-type]
         # Later packets of a record are queued for twice the collect timeout at most.
         prefilter_age_ms=max(1, int(config.collect_timeout * 2)),
+        kernel_split=gate,
     )
 
 
@@ -246,6 +248,11 @@ def aggregate(directory: Path) -> dict[str, Any]:
     with suppress(OSError, ValueError):  # the parent's auto-learning counters
         learner = json.loads((directory / "learner.json").read_text(encoding="utf-8"))
         total.update({k: v for k, v in learner.items() if isinstance(v, int)})
+    with suppress(OSError, ValueError):  # the parent's kernel split counters
+        kernel = json.loads((directory / "kernel-split.json").read_text(encoding="utf-8"))
+        total.update({f"kernel_{k}": v for k, v in kernel.items() if isinstance(v, int)})
+        if isinstance(kernel.get("state"), str):
+            total["kernel_split_state"] = kernel["state"]
     for path in sorted(directory.glob("worker-*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -289,6 +296,9 @@ class Daemon:
         self._lists: Any = None  # a quiet ListWatcher keeping self.profiles current
         self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
         self._reader: Any = None
+        self.kernel_split: Any = None  # govpass.kernel_split.KernelSplit while it is on
+        self.kernel_split_summary = "off (no rules installed)"  # when kernel_split is None
+        self._kernel_counters: dict[str, int] = {}  # its counters when it closed
 
     def _start_worker(self, index: int) -> WorkerHandle:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
@@ -356,6 +366,7 @@ class Daemon:
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
         (self.directory / "learner.json").unlink(missing_ok=True)
+        (self.directory / "kernel-split.json").unlink(missing_ok=True)
         self._start_targeting()
         write_json_atomic(
             self.directory / "daemon.json",
@@ -373,13 +384,61 @@ class Daemon:
             from govpass import rules
 
             backend = None if self.config.firewall == "auto" else self.config.firewall
-            self.spec = rule_spec(self.config)
+            gate = self._open_kernel_split()
+            self.spec = rule_spec(self.config, gate=gate)
             result = rules.install(self.spec, backend=backend)  # type: ignore[arg-type]
             self.rules_installed = True
             self._spec_checked = time.monotonic()
             self.log(f"rules installed with {result.backend}: {result.reason}")
             self.log(f"pre-filter: {result.prefilter_summary}")
+            self._start_kernel_split(result.prefilter)
             self._record_rules(result.backend, result.prefilter_summary)
+
+    def _open_kernel_split(self) -> Any:
+        """The kernel split's gate for the rules, or None (with the reason logged)."""
+        from govpass.bpf.syscall import BpfError
+        from govpass.kernel_split import KernelSplit, config_reason
+
+        why = config_reason(self.config)
+        if why is None:
+            ks = KernelSplit(self.config, self.log)
+            try:
+                gate = ks.open()
+            except (BpfError, OSError) as e:
+                why = f"cannot load its eBPF program: {e}"
+            else:
+                self.kernel_split = ks
+                return gate
+        self.kernel_split_summary = f"off ({why})"
+        self.log(f"kernel split: {self.kernel_split_summary}")
+        return None
+
+    def _start_kernel_split(self, prefilter: str) -> None:
+        ks = self.kernel_split
+        if ks is None:
+            return
+        if prefilter != "bpf":
+            self._close_kernel_split()
+            self.kernel_split_summary = "off (the rules use the conntrack pre-filter)"
+            self.log(f"kernel split: {self.kernel_split_summary}")
+            return
+        try:
+            ks.sync(self.spec)
+        except OSError as e:  # the gate stays off: every hello goes to the workers
+            self._close_kernel_split()
+            self.kernel_split_summary = f"off ({e})"
+            self.log(f"kernel split: {self.kernel_split_summary}")
+            return
+        try:
+            ks.watch()
+        except OSError as e:
+            self.log(f"kernel split: interfaces that appear later stay with the workers ({e})")
+
+    def _close_kernel_split(self) -> None:
+        if self.kernel_split is not None:
+            self.kernel_split.close()
+            self._kernel_counters = self.kernel_split.counters()
+            self.kernel_split = None
 
     def _record_rules(self, backend: str, prefilter: str) -> None:
         """Adds what the rules use to daemon.json, for `govpass stats`."""
@@ -408,7 +467,8 @@ class Daemon:
         if not self.rules_installed or time.monotonic() - self._spec_checked < every:
             return
         self._spec_checked = time.monotonic()
-        spec = rule_spec(self.config)
+        gate = self.kernel_split.gate if self.kernel_split is not None else None
+        spec = rule_spec(self.config, gate=gate)
         if spec == self.spec:
             return
         from govpass import rules
@@ -417,6 +477,8 @@ class Daemon:
         backend = None if self.config.firewall == "auto" else self.config.firewall
         rules.install(spec, backend=backend)  # type: ignore[arg-type]
         self.spec = spec
+        if self.kernel_split is not None:
+            self.kernel_split.sync(spec)
         self.log(
             f"interfaces changed (now excluded: {', '.join(sorted(after)) or 'none'}; "
             f"added {sorted(after - before)}, removed {sorted(before - after)}): rules reinstalled"
@@ -456,13 +518,24 @@ class Daemon:
         if self.learner is not None:
             with suppress(OSError):
                 write_json_atomic(self.directory / "learner.json", self.learner.stats())
+        with suppress(OSError):
+            write_json_atomic(self.directory / "kernel-split.json", self.kernel_split_state())
         data = aggregate(self.directory)
         write_json_atomic(self.directory / "stats.json", {"pid": os.getpid(), **data})
         return data
 
+    def kernel_split_state(self) -> dict[str, Any]:
+        """The kernel split's counters and one line saying whether it is on, and where."""
+        ks = self.kernel_split
+        counters = ks.counters() if ks is not None else self._kernel_counters
+        summary = ks.summary() if ks is not None else self.kernel_split_summary
+        return {**counters, "state": summary}
+
     def stop(self) -> None:
-        """Removes the rules, then stops workers (they release held packets)."""
+        """Closes the kernel split's gate and links (hellos go to the workers), removes
+        the rules, then stops workers (they release held packets)."""
         errors: list[str] = []
+        self._close_kernel_split()
         if self.rules_installed:
             from govpass import rules
 
@@ -483,7 +556,7 @@ class Daemon:
                 w.process.join(1)
         with suppress(OSError):
             self.stats()
-        for name in ("daemon.json",) if self.owns_run_dir else ():
+        for name in ("daemon.json", "kernel-split.json") if self.owns_run_dir else ():
             (self.directory / name).unlink(missing_ok=True)
         if self._events is not None:
             with suppress(OSError):  # verdicts the workers sent while stopping

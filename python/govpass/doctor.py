@@ -6,6 +6,7 @@ Each check returns data; the CLI prints it. Nothing here changes the system
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -114,7 +115,9 @@ def check_firewall(config: Config) -> list[Check]:
         label = " (will be used)" if chosen else ""
         fix = "" if s.usable else FIREWALL_FIXES.get(s.name, FIREWALL_FIXES["iptables"])
         out.append(Check(f"firewall {s.name}", status, s.reason + label, fix))
-    out.append(check_prefilter(config, detection.chosen.name if detection.chosen else None))
+    prefilter = check_prefilter(config, detection.chosen.name if detection.chosen else None)
+    out.append(prefilter)
+    out.append(check_kernel_split(config, spec, prefilter.detail.startswith("bpf")))
     if detection.chosen is None:
         out.append(
             Check(
@@ -171,6 +174,57 @@ def check_prefilter(config: Config, backend: str | None) -> Check:
         f"conntrack: {why}",
         "grant CAP_BPF and CAP_SYS_ADMIN (to load the program and mount a bpf fs); "
         "with conntrack every packet of the host pays for connection tracking",
+    )
+
+
+KERNEL_SPLIT_FIX = (
+    "needs Linux 6.6 or later (tcx) and CAP_BPF with CAP_NET_ADMIN; until then every "
+    "hello goes to the workers"
+)
+
+
+def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Check:
+    """Whether `run` would split whole one-packet hellos in the kernel, and where."""
+    from govpass import links
+    from govpass.bpf import syscall as sc
+    from govpass.bpf.ksplit import Loaded
+    from govpass.kernel_split import config_reason, covered, params_for
+
+    why = config_reason(config)
+    if why is not None:
+        return Check("kernel split", "ok", f"off: {why}")
+    if not bpf_prefilter:
+        return Check(
+            "kernel split",
+            "warn",
+            "off: it needs the bpf pre-filter, which is not usable here",
+            "see the pre-filter line",
+        )
+    try:
+        with Loaded(params_for(config, 14)) as program:
+            try:  # tcx answers ENODEV for a missing interface, older kernels EINVAL
+                os.close(program.attach(0x7FFFFFFF))
+            except sc.BpfError as e:
+                if e.errno != errno.ENODEV:
+                    raise
+        interfaces = covered(spec, links.dump())
+    except (sc.BpfError, OSError) as e:
+        return Check("kernel split", "warn", f"off: {e}", KERNEL_SPLIT_FIX)
+    odd = [i for i in interfaces if i.l2_bytes is None]
+    if odd:
+        names = ", ".join(f"{i.name} (link type {i.kind})" for i in odd)
+        return Check(
+            "kernel split",
+            "warn",
+            f"off: no support for the link type of {names}; every hello goes to the workers",
+            "exclude those interfaces (--exclude-iface) if they carry no HTTPS",
+        )
+    names = ", ".join(i.name for i in interfaces) or "none yet"
+    return Check(
+        "kernel split",
+        "ok",
+        "on: ClientHellos whole in one packet are split by a tc egress program "
+        f"(interfaces now: {names}); the others go to the workers",
     )
 
 

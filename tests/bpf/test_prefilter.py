@@ -4,6 +4,7 @@ the IP header on). Return value 1 = the packet goes to NFQUEUE, 0 = it does not.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import socket
@@ -12,12 +13,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from frames import ADDRS, DPORT, ETH, FAMILIES, ISN, SPORT, frame, ip_layer, record
 from govpass.bpf import prefilter
 from govpass.bpf import syscall as sc
-from scapy.layers.inet import IP, TCP, UDP, IPOption
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from govpass.rules.spec import KernelSplitGate
+from scapy.layers.inet import UDP, IPOption
+from scapy.layers.inet6 import IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Raw
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,48 +30,11 @@ def _root() -> None:
         pytest.fail("eBPF tests need root (bpf(2) program loads, a bpf mount)", pytrace=False)
 
 
-FAMILIES = ("ipv4", "ipv6")
-ADDRS = {"ipv4": ("192.0.2.1", "198.51.100.7"), "ipv6": ("2001:db8::1", "2001:db8:1::7")}
-SPORT, DPORT = 40000, 443
-ISN = 1_000_000
 AGE = 60 * 10**9  # long enough never to expire during a test
 # Explicit MACs: without them scapy resolves neighbours (a second per IPv6 packet).
-ETH = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 
 
 # ------------------------------------------------------------- building inputs
-
-
-def record(length: int = 512, hs_type: int = 0x01, version: bytes = b"\x03\x01") -> bytes:
-    """A handshake record: 5-byte header announcing ``length``, then a body of that size."""
-    body = bytes([hs_type]) + bytes(range(256)) * (length // 256 + 1)
-    return b"\x16" + version + struct.pack("!H", length) + body[:length]
-
-
-def ip_layer(family: str, **kw: object) -> Packet:
-    src, dst = ADDRS[family]
-    if family == "ipv4":
-        return IP(src=src, dst=dst, **kw)
-    return IPv6(src=src, dst=dst, **kw)
-
-
-def frame(
-    family: str,
-    payload: bytes = b"",
-    seq: int = ISN,
-    *,
-    sport: int = SPORT,
-    flags: str = "PA",
-    tcp_options: list[tuple[str, object]] | None = None,
-    ip: Packet | None = None,
-) -> bytes:
-    tcp = TCP(sport=sport, dport=DPORT, seq=seq % 2**32, ack=1, flags=flags)
-    if tcp_options:
-        tcp.options = tcp_options
-    pkt = Ether(**ETH) / (ip if ip is not None else ip_layer(family)) / tcp
-    if payload:
-        pkt = pkt / Raw(payload)
-    return bytes(pkt)
 
 
 def key(family: str, sport: int = SPORT, dport: int = DPORT) -> bytes:
@@ -378,3 +343,134 @@ def test_pinned_cleans_up_when_the_block_raises() -> None:
 
 def test_unavailable_reason_is_none_as_root() -> None:
     assert prefilter.unavailable_reason() is None
+
+
+# ------------------------------------------------------------- kernel split gate
+
+GATE_MIN, GATE_MAX = 64, 1000  # the whole records left to the kernel split, by payload size
+
+
+@pytest.fixture
+def gate_fd() -> Iterator[int]:
+    fd = sc.map_create(sc.MAP_TYPE_ARRAY, 4, 4, 1)  # a new array map holds zeros: gate off
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def set_gate(fd: int, value: int) -> None:
+    sc.map_update(fd, struct.pack("=I", 0), struct.pack("=I", value))
+
+
+@pytest.fixture
+def gated(family: str, gate_fd: int) -> Iterator[prefilter.Loaded]:
+    gate = KernelSplitGate(map_fd=gate_fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+    with prefilter.Loaded(family, AGE, gate) as lo:
+        yield lo
+
+
+@pytest.mark.parametrize("payload", [GATE_MIN, 517, GATE_MAX])
+@pytest.mark.parametrize("value", [1, 2, 0xFFFFFFFF])
+def test_gate_on_leaves_a_whole_record_to_the_kernel_split(
+    family: str, gated: prefilter.Loaded, gate_fd: int, payload: int, value: int
+) -> None:
+    set_gate(gate_fd, value)
+    assert run(gated, frame(family, record(payload - 5))) == 0
+    assert gated.entry(key(family)) is None
+
+
+def test_gate_off_matches_and_remembers_as_without_a_gate(
+    family: str, gated: prefilter.Loaded, gate_fd: int
+) -> None:
+    hello = record(512)
+    assert run(gated, frame(family, hello)) == 1  # a new map: 0, off
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+    set_gate(gate_fd, 0)
+    assert run(gated, frame(family, hello, ISN + 10_000, sport=40001)) == 1
+    assert end_of(gated.entry(key(family, 40001))) == ISN + 10_000 + len(hello)
+
+
+def test_gate_is_read_on_every_packet(family: str, gated: prefilter.Loaded, gate_fd: int) -> None:
+    hello = record(512)
+    set_gate(gate_fd, 1)
+    assert run(gated, frame(family, hello)) == 0
+    set_gate(gate_fd, 0)
+    assert run(gated, frame(family, hello)) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+    set_gate(gate_fd, 1)
+    assert run(gated, frame(family, hello, sport=40001)) == 0
+    assert gated.entry(key(family, 40001)) is None
+
+
+def test_gate_on_record_over_two_packets_still_matches(
+    family: str, gated: prefilter.Loaded, gate_fd: int
+) -> None:
+    set_gate(gate_fd, 1)
+    hello = record(700)  # 705 bytes: within the gate's sizes, but not whole in one packet
+    assert run(gated, frame(family, hello[:400])) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+    assert run(gated, frame(family, hello[400:], ISN + 400)) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+
+
+@pytest.mark.parametrize("payload", [6, GATE_MIN - 1, GATE_MAX + 1, 1500])
+def test_gate_on_whole_record_outside_its_sizes_matches(
+    family: str, gated: prefilter.Loaded, gate_fd: int, payload: int
+) -> None:
+    set_gate(gate_fd, 1)
+    hello = record(payload - 5)
+    assert len(hello) == payload
+    assert run(gated, frame(family, hello)) == 1
+    assert end_of(gated.entry(key(family))) == ISN + payload
+
+
+def test_gate_on_two_records_in_one_packet_match(
+    family: str, gated: prefilter.Loaded, gate_fd: int
+) -> None:
+    # The first record is whole, but the payload is more than that record.
+    set_gate(gate_fd, 1)
+    first = record(300)
+    assert run(gated, frame(family, first + record(100))) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(first)
+
+
+def test_gate_on_gso_packet_matches(family: str, gated: prefilter.Loaded, gate_fd: int) -> None:
+    # skb_shinfo(skb)->gso_segs from the test run's context (struct __sk_buff).
+    set_gate(gate_fd, 1)
+    hello = record(512)
+    ctx = bytearray(192)  # sizeof(struct __sk_buff)
+    struct.pack_into("=I", ctx, 164, 2)  # gso_segs
+    assert sc.prog_test_run(gated.prog_fd, frame(family, hello), ctx=bytes(ctx)).retval == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+    struct.pack_into("=I", ctx, 164, 1)  # one segment: not GSO
+    assert (
+        sc.prog_test_run(gated.prog_fd, frame(family, hello, sport=40001), ctx=bytes(ctx)).retval
+        == 0
+    )
+
+
+def test_gate_on_other_packets_are_as_without_a_gate(
+    family: str, gated: prefilter.Loaded, gate_fd: int
+) -> None:
+    set_gate(gate_fd, 1)
+    assert run(gated, frame(family, record(90, hs_type=0x02, version=b"\x03\x03"))) == 0
+    assert run(gated, frame(family, flags="A")) == 0
+    assert run(gated, frame(family, b"GET / HTTP/1.1\r\n\r\n")) == 0
+    assert gated.entry(key(family)) is None
+
+
+# ------------------------------------------------------------- the test run wrapper
+
+
+def test_test_run_returns_the_packet_when_asked(family: str, loaded: prefilter.Loaded) -> None:
+    data = frame(family, record(512))
+    assert sc.prog_test_run(loaded.prog_fd, data).data == b""
+    res = sc.prog_test_run(loaded.prog_fd, data, out_size=4096)
+    assert res.retval == 1
+    assert len(res.data) == len(data)
+    # a socket filter's output has its link header zeroed by the kernel
+    assert res.data[14:] == data[14:]
+    with pytest.raises(sc.BpfError) as err:
+        sc.prog_test_run(loaded.prog_fd, data, out_size=100)
+    assert err.value.errno == errno.ENOSPC

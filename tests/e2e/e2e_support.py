@@ -279,6 +279,15 @@ class Govpass:
         self.returncode = -signal.SIGKILL
 
 
+def all_splits(stats: dict[str, Any]) -> int:
+    """Hellos split by the workers plus those split in the kernel (kernel split)."""
+    return int(stats.get("splits", 0)) + int(stats.get("kernel_split", 0))
+
+
+# The worker path for every hello: tests of NFQUEUE itself (queue, verdicts, loops).
+WORKERS_ONLY = ("--kernel-split", "off")
+
+
 @contextlib.contextmanager
 def running(
     lab: Lab, args: Sequence[str] = (), role: str = "client", name: str = "gp"

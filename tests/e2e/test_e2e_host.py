@@ -18,6 +18,7 @@ from e2e_support import (
     FAMILIES,
     NAMES,
     PASS_TIMEOUT,
+    WORKERS_ONLY,
     Govpass,
     Job,
     assert_blocked,
@@ -25,6 +26,7 @@ from e2e_support import (
     by_port,
     censoring,
     hello_flows,
+    make_lab,
     netprobe,
     run_matrix,
     running,
@@ -143,34 +145,69 @@ class TestDefaults:
                 assert flow.sizes[0] == 5 and len(flow.sizes) >= 3, flow.summary()
 
     def test_packets_queued_per_connection(self, host_lab: Lab, gp: Govpass) -> None:
+        """curl, Python and OpenSSL send their hello whole in one packet: the kernel
+        split takes every one of them, and none reaches the queue."""
         before = gp.wait_stats(lambda s: True)
         n = 24
-        jobs = [
-            (("curl", "python", "openssl")[i % 3], NAMES[i % 2], FAMILIES[i % 2]) for i in range(n)
-        ]
         for i in range(0, n, 8):  # a few at a time: these must all succeed
-            assert_all_ok(run_matrix(host_lab, jobs[i : i + 8], PASS_TIMEOUT), "connections")
-        after = gp.wait_stats(lambda s: s["splits"] - before["splits"] >= n)
+            assert_all_ok(
+                run_matrix(host_lab, one_packet_jobs(n)[i : i + 8], PASS_TIMEOUT), "connections"
+            )
+        after = gp.wait_stats(lambda s: s["kernel_split"] - before["kernel_split"] >= n)
         time.sleep(0.6)
         after = gp.stats()
-        splits = after["splits"] - before["splits"]
-        packets = after["packets"] - before["packets"]
-        assert splits == n, (before, after)
-        assert packets / n <= 2, f"{packets} packets queued for {n} TLS connections"
-        assert after["inject_errors"] == before["inject_errors"], after
-        # The Rust loop sends each split's last segment in the verdict of the packet
-        # it replaces (one per packet the hello came in), the first one raw.
-        carried = after["verdict_sent"] - before["verdict_sent"]
-        assert n <= carried <= 2 * n, (before, after)
-        assert after["inject_sent"] - before["inject_sent"] >= n, (before, after)
-        fails = {k: n - before["fail_open"].get(k, 0) for k, n in after["fail_open"].items()}
-        assert not any(fails.values()), fails
+        assert after["kernel_split"] - before["kernel_split"] == n, (before, after)
+        assert after["packets"] == before["packets"], (before, after)
+        assert after["splits"] == before["splits"], (before, after)
+        for key in ("kernel_unsplit", "kernel_first_only", "kernel_dropped"):
+            assert after[key] == 0, after
+        assert after["kernel_split_state"].startswith("on"), after
 
     def test_stats_name_the_rules_and_the_loop(self, gp: Govpass) -> None:
         stats = gp.stats()
+        assert stats["kernel_split_state"] == "on (tcx egress: eth0)", stats
         assert stats["rules"]["backend"] == "iptables-nft"
         assert stats["rules"]["prefilter"].startswith("bpf"), stats["rules"]
         assert stats["verdict_errors"] == 0  # the Rust packet loop runs
+
+
+def one_packet_jobs(n: int) -> list[tuple[str, str, int]]:
+    """``n`` connections of the clients whose hello fits one packet."""
+    return [(("curl", "python", "openssl")[i % 3], NAMES[i % 2], FAMILIES[i % 2]) for i in range(n)]
+
+
+def test_worker_path_queues_at_most_two_packets_per_connection() -> None:
+    """With the kernel split off every hello takes the worker path: at most two
+    packets queued per TLS connection, the split's last segment sent in the verdict
+    of the packet it replaces, the first one raw, and no fail-open. (A lab of its
+    own: hellos that earlier tests' blocked connections still retransmit would
+    reach this new daemon's queue as records it never saw begin.)"""
+    lab = make_lab()
+    try:
+        lab.start_server(names=list(NAMES))
+        with running(lab, WORKERS_ONLY, name="workers") as gp:
+            before = gp.wait_stats(lambda s: True)
+            n = 24
+            jobs = one_packet_jobs(n)
+            for i in range(0, n, 8):
+                assert_all_ok(run_matrix(lab, jobs[i : i + 8], PASS_TIMEOUT), "connections")
+            gp.wait_stats(lambda s: s["splits"] - before["splits"] >= n)
+            time.sleep(0.6)
+            after = gp.stats()
+    finally:
+        problems = lab.close()
+    assert problems == [] and lab.leftovers() == [], problems
+    splits = after["splits"] - before["splits"]
+    packets = after["packets"] - before["packets"]
+    assert splits == n, (before, after)
+    assert "kernel_split" not in after and after["kernel_split_state"].startswith("off"), after
+    assert packets / n <= 2, f"{packets} packets queued for {n} TLS connections"
+    assert after["inject_errors"] == before["inject_errors"], after
+    carried = after["verdict_sent"] - before["verdict_sent"]
+    assert n <= carried <= 2 * n, (before, after)
+    assert after["inject_sent"] - before["inject_sent"] >= n, (before, after)
+    fails = {k: n - before["fail_open"].get(k, 0) for k, n in after["fail_open"].items()}
+    assert not any(fails.values()), fails
 
 
 # -- the other pre-filter and the other packet loop ----------------------------------------
@@ -178,7 +215,11 @@ class TestDefaults:
 
 @pytest.mark.parametrize(
     "args",
-    [["--prefilter", "conntrack"], ["--packet-loop", "python"], ["--inject", "raw"]],
+    [
+        ["--prefilter", "conntrack", *WORKERS_ONLY],
+        ["--packet-loop", "python", *WORKERS_ONLY],
+        ["--inject", "raw", *WORKERS_ONLY],
+    ],
     ids=["prefilter-conntrack", "packet-loop-python", "inject-raw"],
 )
 def test_alternative_paths_split_every_client(
@@ -188,7 +229,8 @@ def test_alternative_paths_split_every_client(
     least-privilege unit), ``--packet-loop python`` (a netfilterqueue callback per
     packet) and ``--inject raw`` (no segment in a verdict, as outside the initial user
     namespace): every client passes the first-packet censor, Chromium's two-segment
-    hello included, and every hello on the wire starts with 5 bytes."""
+    hello included, and every hello on the wire starts with 5 bytes. (The kernel
+    split is off, so that every hello takes these paths.)"""
     with (
         running(host_lab, args, name=args[1]) as daemon,
         censoring(host_lab, "firstpacket"),

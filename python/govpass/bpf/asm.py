@@ -1,4 +1,4 @@
-"""A small eBPF assembler: enough instructions for govpass's kernel pre-filter.
+"""A small eBPF assembler: enough instructions for govpass's kernel programs.
 
 Each method of :class:`Program` appends one instruction (``ld_map_fd`` two);
 jumps name a label that :meth:`Program.label` places later or earlier, and
@@ -41,7 +41,13 @@ MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 KTIME_GET_NS = 5
+SKB_STORE_BYTES = 9
+L3_CSUM_REPLACE = 10
+L4_CSUM_REPLACE = 11
+CLONE_REDIRECT = 13
 SKB_LOAD_BYTES = 26
+CSUM_DIFF = 28
+SKB_CHANGE_TAIL = 38
 
 _S32 = range(-(2**31), 2**31)
 

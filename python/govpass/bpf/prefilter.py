@@ -13,6 +13,13 @@ the packet, without connection tracking:
   or after the record's end, or comes later than that, drops the entry;
 * everything else, pure ACKs and bulk data included, does not match.
 
+With a kernel split gate (:class:`~govpass.rules.spec.KernelSplitGate`), a
+ClientHello record that is whole in one packet (not GSO, its size within the
+gate's bounds) does not match either while the gate's map says "on": the
+kernel split program (:mod:`govpass.bpf.ksplit`) on the egress interface cuts
+it instead. The gate is "on" only while that program is attached to every
+interface the rules cover.
+
 The iptables rules around it (see :mod:`govpass.rules.iptables`) skip packets
 carrying govpass's mark, SYNs and excluded interfaces before the program runs.
 
@@ -37,6 +44,7 @@ from contextlib import contextmanager, suppress
 from govpass.bpf import asm
 from govpass.bpf import syscall as sc
 from govpass.bpf.asm import FP, R0, R1, R2, R3, R4, R6, R7, R8, R9
+from govpass.rules.spec import KernelSplitGate
 
 PIN_PREFIX = "prefilter-"
 MAP_ENTRIES = 8192  # flows with a ClientHello record still in flight, per family
@@ -51,8 +59,12 @@ _VAL = -56  # 16 bytes: the map value
 _KEY = -40  # up to 36 bytes: the map key
 
 
-def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
-    """The program for ``family`` ("ipv4" or "ipv6") using the map ``map_fd``."""
+_SKB_GSO_SEGS = 164  # offset in struct __sk_buff
+
+
+def build(family: str, map_fd: int, max_age_ns: int, gate: KernelSplitGate | None = None) -> bytes:
+    """The program for ``family`` ("ipv4" or "ipv6") using the map ``map_fd``;
+    with ``gate``, whole one-packet records are left to the kernel split."""
     if family not in KEY_SIZE:
         raise ValueError(f"family must be ipv4 or ipv6, got {family!r}")
     p = asm.Program()
@@ -126,6 +138,9 @@ def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
     for index, byte in ((0, 0x16), (1, 0x03), (5, 0x01)):
         p.ldx(1, R1, FP, _HEAD + index)
         p.jif(R1, "!=", byte, "follow")
+    if gate is not None:
+        _leave_whole_records(p, gate)
+    p.label("remember")
     p.ldx(1, R1, FP, _HEAD + 3)
     p.alu(R1, "<<", 8)
     p.ldx(1, R2, FP, _HEAD + 4)
@@ -177,6 +192,32 @@ def build(family: str, map_fd: int, max_age_ns: int) -> bytes:
     return p.assemble()
 
 
+def _leave_whole_records(p: asm.Program, gate: KernelSplitGate) -> None:
+    """No match (the kernel split takes it) for a record whole in this packet,
+    within the gate's sizes, not GSO, while the gate is on; else on to "remember".
+    The same tests as the kernel split program's, which must take every packet
+    left here."""
+    p.ldx(1, R1, FP, _HEAD + 3)
+    p.alu(R1, "<<", 8)
+    p.ldx(1, R2, FP, _HEAD + 4)
+    p.alu(R1, "|", R2, reg=True)
+    p.alu(R1, "+", 5)
+    p.jif(R1, "!=", R8, "remember", reg=True)
+    p.jif(R8, "<", gate.min_payload, "remember")
+    p.jif(R8, ">", gate.max_payload, "remember")
+    p.ldx(4, R1, R6, _SKB_GSO_SEGS)
+    p.jif(R1, ">", 1, "remember")
+    p.st(4, FP, _VAL, 0)
+    p.ld_map_fd(R1, gate.map_fd)
+    p.movr(R2, FP)
+    p.alu(R2, "+", _VAL)
+    p.call(asm.MAP_LOOKUP_ELEM)
+    p.jif(R0, "==", 0, "remember")
+    p.ldx(4, R1, R0, 0)
+    p.jif(R1, "==", 0, "remember")
+    p.ret(0)
+
+
 def _delete(p: asm.Program, map_fd: int) -> None:
     p.ld_map_fd(R1, map_fd)
     p.movr(R2, FP)
@@ -187,11 +228,11 @@ def _delete(p: asm.Program, map_fd: int) -> None:
 class Loaded:
     """One family's program and map, as open file descriptors (tests and install)."""
 
-    def __init__(self, family: str, max_age_ns: int) -> None:
+    def __init__(self, family: str, max_age_ns: int, gate: KernelSplitGate | None = None) -> None:
         self.family = family
         self.map_fd = sc.map_create(sc.MAP_TYPE_LRU_HASH, KEY_SIZE[family], VALUE_SIZE, MAP_ENTRIES)
         try:
-            code = build(family, self.map_fd, max_age_ns)
+            code = build(family, self.map_fd, max_age_ns, gate)
             self.prog_fd = sc.prog_load(
                 sc.PROG_TYPE_SOCKET_FILTER, code, license="GPL", name=f"govpass_{family[-2:]}"
             )
@@ -297,7 +338,9 @@ def _pin_dir() -> Iterator[str]:
 
 
 @contextmanager
-def pinned(families: Iterable[str], max_age_ns: int) -> Iterator[str]:
+def pinned(
+    families: Iterable[str], max_age_ns: int, gate: KernelSplitGate | None = None
+) -> Iterator[str]:
     """Load the program for each family and pin it while the block runs.
 
     Yields a prefix: the program for a family is at ``<prefix>-<family>``.
@@ -307,7 +350,7 @@ def pinned(families: Iterable[str], max_age_ns: int) -> Iterator[str]:
     with _pin_dir() as directory:
         prefix = f"{directory}/{PIN_PREFIX[:-1]}"
         for family in families:
-            with Loaded(family, max_age_ns) as loaded:
+            with Loaded(family, max_age_ns, gate) as loaded:
                 sc.obj_pin(loaded.prog_fd, f"{prefix}-{family}")
         yield prefix
 

@@ -22,10 +22,15 @@ _SYSCALL_NR = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280, "riscv
 # commands
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM = 0, 1, 2
 _PROG_LOAD, _OBJ_PIN, _OBJ_GET, _PROG_TEST_RUN = 5, 6, 7, 10
+_LINK_CREATE = 28
 
 # types
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
 PROG_TYPE_SOCKET_FILTER = 1
+PROG_TYPE_SCHED_CLS = 3
+ATTACH_TCX_EGRESS = 47  # kernel 6.6 and later
 
 _ATTR_SIZE = 160  # larger than every layout below; the tail stays zero
 _LOG_SIZE = 1 << 20
@@ -142,20 +147,70 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     _call(_MAP_UPDATE_ELEM, _attr("=IIQQQ", map_fd, 0, _addr(k), _addr(v), 0), "map update")
 
 
+def link_create(prog_fd: int, target: int, attach_type: int) -> int:
+    """A bpf link attaching ``prog_fd`` to ``target`` (for tcx: an interface
+    index). The attachment lasts as long as the returned file descriptor (and
+    its duplicates) stays open, so it ends with the process on any exit."""
+    attr = _attr("=IIII", prog_fd, target, attach_type, 0)
+    return _call(_LINK_CREATE, attr, "link create")
+
+
+def possible_cpus() -> int:
+    """How many CPUs a per-CPU map holds a value for (``/sys/.../cpu/possible``)."""
+    try:
+        with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    highest = 0
+    for part in text.split(","):
+        highest = max(highest, int(part.split("-")[-1]))
+    return highest + 1
+
+
 @dataclass(frozen=True)
 class TestRun:
-    retval: int
+    retval: int  # as the kernel stores it: unsigned (a tcx program's -1 reads 0xFFFFFFFF)
     duration_ns: int
+    data: bytes = b""  # the packet after the program, when asked for with ``out_size``
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
+def prog_test_run(
+    prog_fd: int, data: bytes, repeat: int = 1, *, out_size: int = 0, ctx: bytes = b""
+) -> TestRun:
     """Run a program on ``data`` in the kernel (BPF_PROG_TEST_RUN).
 
     For socket filters ``data`` is an Ethernet frame; the program sees the
-    packet from its network header on, as in an xt_bpf match."""
+    packet from its network header on, as in an xt_bpf match. For tc programs
+    the program sees the whole frame.
+
+    With ``out_size``, the packet as the program left it is returned in
+    :attr:`TestRun.data` (for tc programs, from the Ethernet header on); a
+    packet larger than ``out_size`` raises BpfError with ENOSPC. ``ctx`` is the
+    context given to the program (for skb programs a ``struct __sk_buff``, of
+    which the kernel takes a few fields such as ``mark``), none when empty."""
     buf = ctypes.create_string_buffer(data, len(data))
-    attr = _attr("=IIIIQQII", prog_fd, 0, len(data), 0, _addr(buf), 0, repeat, 0)
+    out = ctypes.create_string_buffer(out_size) if out_size > 0 else None
+    ctx_buf = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+    # union bpf_attr, test: prog_fd, retval, data_size_in, data_size_out, data_in,
+    # data_out, repeat, duration, ctx_size_in, ctx_size_out, ctx_in, ctx_out, ...
+    attr = _attr(
+        "=IIIIQQIIIIQQ",
+        prog_fd,
+        0,
+        len(data),
+        out_size if out is not None else 0,
+        _addr(buf),
+        _addr(out),
+        repeat,
+        0,
+        len(ctx),
+        0,
+        _addr(ctx_buf),
+        0,
+    )
     _call(_PROG_TEST_RUN, attr, "test run")
-    retval = struct.unpack_from("=I", attr, 4)[0]
+    retval, _size_in, size_out = struct.unpack_from("=III", attr, 4)
     duration = struct.unpack_from("=I", attr, 36)[0]
-    return TestRun(retval, duration)
+    output = out.raw[: min(size_out, out_size)] if out is not None else b""
+    return TestRun(retval, duration, output)

@@ -29,6 +29,10 @@ MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "
         "prefilter",
         "packet-loop",
         "inject",
+        "kernel-split",
+        "split-mode",
+        "split-chunk",
+        "split-pos",
     )
 )
 def doctor(
@@ -36,8 +40,8 @@ def doctor(
     config_file: Path | None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Check privileges, NFQUEUE, the packet loop, firewall backends and pre-filter, leftover
-    rules, offloads and backends."""
+    """Check privileges, NFQUEUE, the packet loop, firewall backends, pre-filter and kernel
+    split, leftover rules, offloads and backends."""
     from rich.markup import escape
 
     from govpass.doctor import run_checks

@@ -40,5 +40,8 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     else:
         out = table(data, title=f"govpass (pid {pid})")
         if rules:
-            out.caption = f"rules: {rules['backend']}; pre-filter: {rules['prefilter']}"
+            caption = f"rules: {rules['backend']}; pre-filter: {rules['prefilter']}"
+            if data.get("kernel_split_state"):
+                caption += f"\nkernel split: {data['kernel_split_state']}"
+            out.caption = caption
         Console().print(out)

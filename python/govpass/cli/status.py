@@ -10,6 +10,7 @@ MAIN_KEYS = (
     ("flows_now", "flows tracked"),
     ("flows", "flows seen"),
     ("splits", "splits"),
+    ("kernel_split", "splits in the kernel"),
     ("resplits", "retransmissions re-split"),
     ("segments", "segments sent"),
     ("held_packets_now", "packets held"),
@@ -32,6 +33,9 @@ TARGETING_KEYS = (
     ("quic_dropped", "QUIC Initials dropped (listed)"),
     ("verdict_sent", "segments sent in verdicts"),
     ("verdict_errors", "verdicts refused or lost"),
+    ("kernel_unsplit", "kernel split: passed whole"),
+    ("kernel_first_only", "kernel split: rest left to TCP"),
+    ("kernel_dropped", "kernel split: dropped, TCP resends"),
 )
 
 
@@ -52,6 +56,8 @@ def table(stats: dict[str, Any], title: str = "govpass") -> Table:
             t.add_row(f"fail-open: {reason}", f"{int(n):,}", style="yellow")
     if not any(fails.values()):
         t.add_row("fail-open", "0")
+    if stats.get("kernel_split_state"):
+        t.caption = f"kernel split: {stats['kernel_split_state']}"
     return t
 
 

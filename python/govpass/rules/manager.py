@@ -232,7 +232,8 @@ def _install_with_bpf(
     from govpass.bpf.syscall import BpfError
 
     try:
-        with prefilter.pinned(spec.families, spec.prefilter_age_ms * 1_000_000) as pin:
+        age_ns = spec.prefilter_age_ms * 1_000_000
+        with prefilter.pinned(spec.families, age_ns, spec.kernel_split) as pin:
             bpf_spec = replace(spec, prefilter="bpf", prefilter_pin=pin)
             status = probe_iptables(bpf_spec, "nft", runner)
             if not status.usable:

@@ -34,6 +34,18 @@ MULTIPORT_MAX = 15  # xt_multiport accepts at most 15 ports per rule
 _IFNAME = re.compile(r"^[^\s/\"'+*\\]{1,15}\+?$")
 
 
+@dataclass(frozen=True)
+class KernelSplitGate:
+    """Leave whole one-packet ClientHello records (payload ``min_payload`` to
+    ``max_payload`` bytes) out of the queue while the u32 at key 0 of the bpf
+    array map ``map_fd`` is non-zero: the kernel split takes them then (see
+    govpass.bpf.ksplit). Only the eBPF pre-filter can carry it."""
+
+    map_fd: int
+    min_payload: int
+    max_payload: int
+
+
 class RuleSpecError(FirewallError, ValueError):
     """A RuleSpec field is out of range; raised at construction, never later."""
 
@@ -121,6 +133,8 @@ class RuleSpec:
     prefilter_pin: str = ""
     # How long the program keeps queueing a record's later packets (ms).
     prefilter_age_ms: int = DEFAULT_PREFILTER_AGE_MS
+    # With the eBPF pre-filter: leave whole one-packet hellos to the kernel split.
+    kernel_split: KernelSplitGate | None = None
 
     def __post_init__(self) -> None:
         # Accept lists from config/CLI callers but store tuples, so the spec stays hashable.
