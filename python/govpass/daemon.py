@@ -405,7 +405,7 @@ class Daemon:
             try:
                 gate = ks.open()
             except (BpfError, OSError) as e:
-                why = f"cannot load its eBPF program: {e}"
+                why = f"cannot load its eBPF program: {e.strerror or e}"
             else:
                 self.kernel_split = ks
                 return gate

@@ -209,7 +209,7 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
                     raise
         interfaces = covered(spec, links.dump())
     except (sc.BpfError, OSError) as e:
-        return Check("kernel split", "warn", f"off: {e}", KERNEL_SPLIT_FIX)
+        return Check("kernel split", "warn", f"off: {e.strerror or e}", KERNEL_SPLIT_FIX)
     odd = [i for i in interfaces if i.l2_bytes is None]
     if odd:
         names = ", ".join(f"{i.name} (link type {i.kind})" for i in odd)

@@ -180,7 +180,7 @@ class KernelSplit:
             try:
                 fd = self._programs[l2].attach(index)
             except sc.BpfError as e:
-                problems.append(f"{link.name}: {e}")
+                problems.append(f"{link.name}: {e.strerror}")
                 continue
             self._links[index] = (link.name, fd)
             if self._synced:
