@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Bulk throughput under govpass's rules alone: none, the eBPF pre-filter, conntrack.
+"""Bulk throughput under govpass's rules and its kernel split program.
 
 Why a separate benchmark: bench_lab.py measures bulk transfers next to everything
 else, four rounds per side, and one 64 MB transfer on these shared 2 vCPUs varies
 by +-10 % from one try to the next, more than the effect in question. Here only
-the rules change between rounds (no daemon: with ``--queue-bypass`` the few
-queued ClientHellos pass), the kinds of round alternate (ABC CBA ...), and every
-round keeps the best of a few transfers each way.
+govpass changes between rounds, the kinds of round alternate (ABC CBA ...), and
+every round keeps the best of a few transfers each way. Kinds: ``none``; the
+rules alone, no daemon (``bpf``, ``conntrack``: with ``--queue-bypass`` the few
+queued ClientHellos pass); the daemon (``run``: the default, whose kernel split
+program sees every packet leaving the interface; ``run-ks-off``: the same with
+``--kernel-split off``, so ``run`` against it is the program's cost).
 
 Run as root from the repository: ``python3 ci/bench_bulk.py [--rounds 10]``.
 Writes the ``## Bulk (rules only)`` section of BENCHMARKS.md.
@@ -30,7 +33,8 @@ sys.path.insert(0, str(REPO / "python"))
 import bench_lab  # noqa: E402
 from bench_common import run_meta, write_section  # noqa: E402
 
-KINDS = ("none", "bpf", "conntrack")
+KINDS = ("none", "bpf", "conntrack", "run", "run-ks-off")
+DAEMON_ARGS = {"run": [], "run-ks-off": ["--kernel-split", "off"]}
 HEADING = "Bulk (rules only)"
 
 
@@ -43,7 +47,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
         for index in range(args.rounds):
             order = KINDS if index % 2 == 0 else KINDS[::-1]
             for kind in order:
-                if kind != "none":
+                if kind in DAEMON_ARGS:
+                    bench.start_daemon(DAEMON_ARGS[kind])
+                elif kind != "none":
                     result = install(RuleSpec(prefilter=kind), runner, "iptables-nft")  # type: ignore[arg-type]
                     if result.prefilter != kind:
                         raise SystemExit(
@@ -53,7 +59,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                     down = max(bench.curl_get()["mbps"] for _ in range(args.reps))
                     up = max(bench.curl_put()["mbps"] for _ in range(args.reps))
                 finally:
-                    if kind != "none":
+                    if kind in DAEMON_ARGS:
+                        bench.stop_daemon()
+                    elif kind != "none":
                         remove(runner)
                 results[kind]["down"].append(down)
                 results[kind]["up"].append(up)
@@ -70,14 +78,22 @@ def section(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) ->
             f"| {kind} | {med['down']:.0f} | x{med['down'] / base['down']:.3f} | "
             f"{med['up']:.0f} | x{med['up'] / base['up']:.3f} |"
         )
+    med_of = {k: {d: statistics.median(results[k][d]) for d in ("down", "up")} for k in KINDS}
+    program = (
+        "The kernel split program's cost (`run` against `run-ks-off`): download "
+        f"x{med_of['run']['down'] / med_of['run-ks-off']['down']:.3f}, upload "
+        f"x{med_of['run']['up'] / med_of['run-ks-off']['up']:.3f}."
+    )
     m = meta["machine"]
     return "\n".join(
         [
             f"## {HEADING}",
             "",
-            "One 64 MB TLS download and upload (curl, nginx) through the lab with only "
-            "govpass's rules in the client namespace, no daemon: `none` (no rules), `bpf` "
-            "(the eBPF pre-filter), `conntrack` (the connmark/connbytes pre-filter). Kinds "
+            "One 64 MB TLS download and upload (curl, nginx) through the lab: `none` (no "
+            "govpass), govpass's rules alone in the client namespace, no daemon (`bpf`: the "
+            "eBPF pre-filter, `conntrack`: the connmark/connbytes pre-filter), and the daemon "
+            "(`run`: `govpass run --workers 1`, the default, with the kernel split program on "
+            "the client's interface; `run-ks-off`: the same with `--kernel-split off`). Kinds "
             "alternate in ABC CBA order; each round keeps the best of "
             f"{meta['reps']} transfers each way; medians over {meta['rounds']} rounds.",
             "",
@@ -85,9 +101,11 @@ def section(results: dict[str, dict[str, list[float]]], meta: dict[str, Any]) ->
             f"- Machine: {m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}",
             f"- Date: {meta['date']}, commit {meta['commit']}",
             "",
-            "| rules | download MB/s | vs none | upload MB/s | vs none |",
+            "| govpass | download MB/s | vs none | upload MB/s | vs none |",
             "|---|---|---|---|---|",
             *rows,
+            "",
+            program,
             "",
             "Per round (MB/s): "
             + "; ".join(

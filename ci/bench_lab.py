@@ -200,14 +200,16 @@ class Bench:
 
     def govpass_stats(self) -> dict[str, Any]:
         """``govpass stats --json``: the workers' counters plus the kernel queue drops."""
-        time.sleep(0.4)  # workers rewrite their counters every stats-interval/2 = 0.25 s
+        # workers rewrite their counters every stats-interval/2 = 0.25 s, the daemon the
+        # kernel split's every stats-interval = 0.5 s
+        time.sleep(0.6)
         p = self.ns_python([*self.cli, "stats", "--json"])
         return json.loads(p.stdout)
 
     def worker_counters(self) -> dict[str, int]:
         """The workers' own counters summed, read from their files in the run directory
         (what `govpass stats` sums; ~1 s cheaper than starting the CLI between phases)."""
-        time.sleep(0.4)
+        time.sleep(0.6)
         total: dict[str, int] = {}
         for path in self.run_dir.glob("worker-*.json"):
             for key, value in json.loads(path.read_text(encoding="utf-8")).items():
@@ -215,6 +217,11 @@ class Bench:
                     total[key] = total.get(key, 0) + value
         if "packets" not in total:
             raise BenchError(f"no worker counters in {self.run_dir}")
+        kernel = self.run_dir / "kernel-split.json"
+        if kernel.exists():  # the daemon's counters of the kernel split
+            for key, value in json.loads(kernel.read_text(encoding="utf-8")).items():
+                if isinstance(value, int):
+                    total[f"kernel_{key}"] = value
         return total
 
     def govpass_cpu(self) -> dict[int, float]:
@@ -423,7 +430,9 @@ class Bench:
                 r["hs_phase"] = {
                     "connections": self.active_opens() - opens0,
                     "packets": st.get("packets", 0),
-                    "splits": st.get("splits", 0),
+                    # by the workers or in the kernel (kernel split)
+                    "splits": st.get("splits", 0) + st.get("kernel_split", 0),
+                    "kernel_splits": st.get("kernel_split", 0),
                 }
             # 2. bulk: --bulk-reps transfers each way, each on one connection; the round
             # keeps the best one (the least disturbed by other jobs on the machine)
@@ -470,6 +479,9 @@ class Bench:
                     k: st1.get(k, 0) - st0.get(k, 0)
                     for k in ("packets", "splits", "passed", "flows", "segments")
                 }
+                kernel = st1.get("kernel_split", 0) - st0.get("kernel_split", 0)
+                r["wrk_phase"]["kernel_splits"] = kernel
+                r["wrk_phase"]["splits"] += kernel
                 r["stats"] = st1
                 r["connections_total"] = self.active_opens() - opens0
             # CPU of processes outside this benchmark (other jobs on the machine), in

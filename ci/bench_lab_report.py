@@ -178,7 +178,8 @@ def rows(s: dict[str, Any], v: dict[str, dict[str, Any]]) -> list[list[str]]:
         [
             "ClientHellos split: wrk connections",
             "-",
-            f"{100 * gp['split_share_conn_phase']:.1f} %",
+            f"{100 * gp['split_share_conn_phase']:.1f} % "
+            f"({100 * gp.get('kernel_split_share_conn_phase', 0.0):.1f} % in the kernel)",
             "-",
             "-",
             "-",

@@ -151,6 +151,9 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         # Share of the new connections whose ClientHello govpass actually split.
         "split_share_handshake_phase": sum(r["hs_phase"]["splits"] for r in gp) / hs_conns,
         "split_share_conn_phase": sum(r["wrk_phase"]["splits"] for r in gp) / wrk_conns,
+        # ... of which the kernel split made (the hello never went to a worker)
+        "kernel_split_share_conn_phase": sum(r["wrk_phase"].get("kernel_splits", 0) for r in gp)
+        / wrk_conns,
         "fail_open": merge_counts(r["stats"].get("fail_open", {}) for r in gp),
         "callback_errors": sum(r["stats"].get("callback_errors", 0) for r in gp),
         "inject_errors": sum(r["stats"].get("inject_errors", 0) for r in gp),

@@ -114,6 +114,9 @@ class KernelSplit:
         self._stop_pipe: tuple[int, int] | None = None
         self._synced = False  # after the first sync, each attach is logged
         self._final: dict[str, int] | None = None  # the counters as they were at close
+        # A process forked from the daemon (a worker started again) must not keep the
+        # links: the program would outlive a detach or the daemon itself.
+        os.register_at_fork(after_in_child=self._drop_in_child)
 
     # -- set-up ---------------------------------------------------------------------------
     def open(self) -> KernelSplitGate:
@@ -128,6 +131,23 @@ class KernelSplit:
         params = self._programs[14].params
         self.gate = KernelSplitGate(self._gate_fd, params.min_payload, params.max_payload)
         return self.gate
+
+    def _drop_in_child(self) -> None:
+        """In a forked child: close every descriptor of ours, touching nothing else
+        (the lock may be held by a thread that does not exist here)."""
+        fds = [fd for _, fd in self._links.values()]
+        fds += [fd for p in self._programs.values() for fd in (p.prog_fd, p.counters_fd)]
+        fds += [p.scratch_fd for p in self._programs.values()]
+        fds += [self._gate_fd, *(self._stop_pipe or ())]
+        if self._watcher is not None:
+            fds.append(self._watcher.sock.detach())  # the socket object forgets it
+        for fd in fds:
+            if fd >= 0:
+                with suppress(OSError):
+                    os.close(fd)
+        self._links, self._programs, self._gate_fd = {}, {}, -1
+        self._stop_pipe, self._watcher, self._thread = None, None, None
+        self.gate = None
 
     def sync(self, spec: Any) -> None:
         """Attaches to every covered interface, detaches from the others, and opens
@@ -172,6 +192,7 @@ class KernelSplit:
         problems = []
         for index, link in sorted(want.items()):
             if index in self._links:
+                self._links[index] = (link.name, self._links[index][1])  # renamed?
                 continue
             l2 = link.l2_bytes
             if l2 is None:
