@@ -7,4 +7,4 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from e2e_support import _root, host_lab, kinds  # noqa: E402, F401
+from e2e_support import _root, host_lab, kinds, router_lab  # noqa: E402, F401

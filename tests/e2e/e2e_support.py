@@ -82,6 +82,19 @@ def host_lab() -> Iterator[Lab]:
     assert problems == [] and lab.leftovers() == [], (problems, lab.leftovers())
 
 
+@pytest.fixture(scope="module")
+def router_lab() -> Iterator[Lab]:
+    """client — gateway — censor — server, with the Python TLS server for both names
+    (one per test module: router tests change the gateway)."""
+    lab = make_lab(router=True)
+    try:
+        lab.start_server(names=list(NAMES))
+        yield lab
+    finally:
+        problems = lab.close()
+    assert problems == [] and lab.leftovers() == [], (problems, lab.leftovers())
+
+
 @contextlib.contextmanager
 def censoring(lab: Lab, kind: str, names: Sequence[str] = (BLOCKED,)) -> Iterator[None]:
     lab.start_censor(kind, names=list(names))

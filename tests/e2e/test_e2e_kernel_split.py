@@ -44,7 +44,6 @@ from e2e_support import (
     govpass_cli,
     govpass_rule_lines,
     hello_flows,
-    make_lab,
     mangle_rules,
     run_matrix,
     running,
@@ -622,17 +621,6 @@ def test_sigterm_detaches_and_removes_everything(host_lab: Lab) -> None:
 
 
 # -- router mode -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def router_lab() -> Iterator[Lab]:
-    lab = make_lab(router=True)
-    try:
-        lab.start_server(names=list(NAMES))
-        yield lab
-    finally:
-        problems = lab.close()
-    assert problems == [] and lab.leftovers() == []
 
 
 def tx_checksum_offload(lab: Lab, role: str, iface: str) -> bool:

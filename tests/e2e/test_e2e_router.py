@@ -3,8 +3,6 @@ client's forwarded flows; the client itself runs nothing of govpass."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from e2e_support import (
     ALLOWED,
@@ -18,24 +16,12 @@ from e2e_support import (
     censoring,
     govpass_rule_lines,
     hello_flows,
-    make_lab,
     run_matrix,
     running,
 )
 from govpass.lab import Lab
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(scope="module")
-def router_lab() -> Iterator[Lab]:
-    lab = make_lab(router=True)
-    try:
-        lab.start_server(names=list(NAMES))
-        yield lab
-    finally:
-        problems = lab.close()
-    assert problems == [] and lab.leftovers() == []
 
 
 def test_router_mode_passes_firstpacket_censor(router_lab: Lab, kinds: list[str]) -> None:
