@@ -71,7 +71,8 @@ TCX_DROP = 2
 F_PSEUDO_HDR = 0x10  # bpf_l4_csum_replace: the field is part of the pseudo-header
 
 # struct __sk_buff
-_SKB_MARK, _SKB_PROTOCOL, _SKB_IFINDEX, _SKB_GSO_SEGS, _SKB_SK = 8, 16, 40, 164, 168
+_SKB_MARK, _SKB_PROTOCOL, _SKB_IFINDEX, _SKB_DATA, _SKB_DATA_END = 8, 16, 40, 76, 80
+_SKB_GSO_SEGS, _SKB_SK = 164, 168
 ETH_P_IP_BE, ETH_P_IPV6_BE = 0x0008, 0xDD86  # as read from __sk_buff.protocol
 
 # Stack slots (offsets from the frame pointer).
@@ -184,9 +185,10 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
     p.ldx(8, R1, R6, _SKB_SK)
     p.jif(R1, "==" if params.local else "!=", 0, "next")
     p.ldx(4, R1, R6, _SKB_PROTOCOL)
-    p.jif(R1, "==", ETH_P_IP_BE, "ipv4")
-    p.jif(R1, "==", ETH_P_IPV6_BE, "ipv6")
+    p.jif(R1, "==", ETH_P_IP_BE, "screen_ipv4")
+    p.jif(R1, "==", ETH_P_IPV6_BE, "screen_ipv6")
     p.jmp("next")
+    _screen(p, params)
 
     for family in ("ipv4", "ipv6"):
         v4 = family == "ipv4"
@@ -433,6 +435,57 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
     p.label("next")
     p.ret(TCX_NEXT)
     return p.assemble()
+
+
+def _screen(p: asm.Program, params: Params) -> None:
+    """Sends most packets on at once, reading their headers in place (no helper
+    call): not TCP, another port, a SYN, or a payload length no whole record split
+    here can have (pure ACKs above all: one per two segments a download receives).
+    The rest, and packets whose headers are not all in the skb's linear part, go
+    on to the full tests ("ipv4" / "ipv6"), which repeat every test made here."""
+    l2 = params.l2
+    for family in ("ipv4", "ipv6"):
+        v4 = family == "ipv4"
+        p.label("screen_" + family)
+        p.ldx(4, R2, R6, _SKB_DATA)
+        p.ldx(4, R3, R6, _SKB_DATA_END)
+        p.movr(R4, R2)
+        p.alu(R4, "+", l2 + (20 if v4 else 60))
+        p.jif(R4, ">", R3, family, reg=True)
+        if v4:
+            p.ldx(1, R1, R2, l2)
+            p.alu(R1, "&", 0x0F)
+            p.alu(R1, "<<", 2)  # IP header length, 0..60
+            p.ldx(1, R4, R2, l2 + 9)
+            p.jif(R4, "!=", 6, "next")
+            p.ldx(2, R5, R2, l2 + 2)
+            p.be(R5, 16)
+            p.alu(R5, "-", R1, reg=True)  # TCP header and payload
+            p.alu(R2, "+", R1, reg=True)
+            p.movr(R4, R2)
+            p.alu(R4, "+", l2 + 20)
+            p.jif(R4, ">", R3, family, reg=True)
+            tcp = l2
+        else:
+            p.ldx(1, R4, R2, l2 + 6)
+            p.jif(R4, "!=", 6, "next")
+            p.ldx(2, R5, R2, l2 + 4)
+            p.be(R5, 16)
+            tcp = l2 + 40
+        p.ldx(1, R4, R2, tcp + 13)
+        p.alu(R4, "&", 0x02)  # SYN
+        p.jif(R4, "!=", 0, "next")
+        p.ldx(1, R4, R2, tcp + 12)
+        p.alu(R4, ">>", 4)
+        p.alu(R4, "<<", 2)
+        p.alu(R5, "-", R4, reg=True)  # payload length
+        p.jif(R5, "s<", params.min_payload, "next")
+        p.jif(R5, ">", params.max_payload, "next")
+        p.ldx(2, R4, R2, tcp + 2)
+        p.be(R4, 16)
+        for port in params.ports:
+            p.jif(R4, "==", port, family)
+        p.jmp("next")
 
 
 class Loaded:
