@@ -12,7 +12,7 @@ program sees every packet leaving the interface; ``run-ks-off``: the same with
 ``--kernel-split off``, so ``run`` against it is the program's cost).
 
 Run as root from the repository: ``python3 ci/bench_bulk.py [--rounds 10]``.
-Writes the ``## Bulk (rules only)`` section of BENCHMARKS.md.
+Writes the ``## Bulk`` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bench_common import run_meta, write_section  # noqa: E402
 
 KINDS = ("none", "bpf", "conntrack", "run", "run-ks-off")
 DAEMON_ARGS = {"run": [], "run-ks-off": ["--kernel-split", "off"]}
-HEADING = "Bulk (rules only)"
+HEADING = "Bulk"
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
