@@ -440,9 +440,11 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
 def _screen(p: asm.Program, params: Params) -> None:
     """Sends most packets on at once, reading their headers in place (no helper
     call): not TCP, another port, a SYN, or a payload length no whole record split
-    here can have (pure ACKs above all: one per two segments a download receives).
-    The rest, and packets whose headers are not all in the skb's linear part, go
-    on to the full tests ("ipv4" / "ipv6"), which repeat every test made here."""
+    here can have (pure ACKs above all: one per two segments a download receives);
+    then, with one helper call, a payload that does not start like a ClientHello
+    (bulk data of an upload). The rest, and packets whose headers are not all in
+    the skb's linear part, go on to the full tests ("ipv4" / "ipv6"), which repeat
+    every test made here."""
     l2 = params.l2
     for family in ("ipv4", "ipv6"):
         v4 = family == "ipv4"
@@ -471,6 +473,7 @@ def _screen(p: asm.Program, params: Params) -> None:
             p.jif(R4, "!=", 6, "next")
             p.ldx(2, R5, R2, l2 + 4)
             p.be(R5, 16)
+            p.mov(R1, 40)
             tcp = l2 + 40
         p.ldx(1, R4, R2, tcp + 13)
         p.alu(R4, "&", 0x02)  # SYN
@@ -481,11 +484,27 @@ def _screen(p: asm.Program, params: Params) -> None:
         p.alu(R5, "-", R4, reg=True)  # payload length
         p.jif(R5, "s<", params.min_payload, "next")
         p.jif(R5, ">", params.max_payload, "next")
+        p.alu(R1, "+", R4, reg=True)  # IP and TCP header lengths
         p.ldx(2, R4, R2, tcp + 2)
         p.be(R4, 16)
         for port in params.ports:
-            p.jif(R4, "==", port, family)
+            p.jif(R4, "==", port, f"screen_{family}_head")
         p.jmp("next")
+        # The payload's first bytes (often not in the linear part: one helper call):
+        # bulk data of the right sizes leaves here.
+        p.label(f"screen_{family}_head")
+        p.movr(R2, R1)
+        p.alu(R2, "+", l2)
+        p.movr(R3, FP)
+        p.alu(R3, "+", _HEAD)
+        p.mov(R4, 6)
+        p.movr(R1, R6)
+        p.call(asm.SKB_LOAD_BYTES)
+        p.jif(R0, "!=", 0, family)
+        for index, byte in ((0, 0x16), (1, 0x03), (5, 0x01)):
+            p.ldx(1, R1, FP, _HEAD + index)
+            p.jif(R1, "!=", byte, "next")
+        p.jmp(family)
 
 
 class Loaded:
