@@ -242,6 +242,25 @@ def test_a_call_runs_until_its_timeout_and_handles_what_comes_meanwhile(
     assert got == [(10, NF_ACCEPT, MARK), (11, NF_ACCEPT, MARK)]
 
 
+def test_a_call_made_idle_returns_once_a_packet_is_held(kernel: Kernel) -> None:
+    """The worker waits with a long timer while nothing is held; the first held
+    packet ends the call at once, so the collect timeout is kept on time."""
+    engine = attached(kernel, collect_timeout_ms=50.0)
+    assert engine.held_packets == 0
+    record = hello_record(600)
+    kernel.queue(packet_message(20, tcp(record[:200], sport=44000)))
+    start = time.monotonic()
+    assert engine.nfq_run(2.0) == 1
+    assert time.monotonic() - start < 1.0  # not the whole 2 s
+    assert engine.held_packets == 1
+    # With a packet held already, a call waits out its timeout as before.
+    start = time.monotonic()
+    assert engine.nfq_run(0.1) == 0
+    assert time.monotonic() - start >= 0.08
+    engine.nfq_release_all()
+    assert engine.held_packets == 0 and kernel.verdicts() == [(20, NF_ACCEPT, MARK)]
+
+
 def test_the_loop_waits_in_its_receive_even_on_a_non_blocking_socket(
     kernel: Kernel,
 ) -> None:

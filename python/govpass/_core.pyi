@@ -151,6 +151,9 @@ class Engine:
     @property
     def config(self) -> EngineConfig: ...
     def stats(self) -> dict[str, Any]: ...
+    @property
+    def held_packets(self) -> int:
+        """Packets held right now (the loop's timer only has work while some are)."""
     def nfq_attach(
         self,
         fd: int,
@@ -168,7 +171,8 @@ class Engine:
         the descriptors open."""
     def nfq_run(self, timeout: float) -> int:
         """Handle queued packets as they come for ``timeout`` seconds (less when
-        a signal arrives); the number read."""
+        a signal arrives, or when a packet is held and none was at the call);
+        the number read."""
     def nfq_expire(self, now: float) -> None: ...
     def nfq_release_all(self) -> None: ...
     def nfq_counters(self) -> dict[str, int]:

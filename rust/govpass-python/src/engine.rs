@@ -255,6 +255,12 @@ impl PyEngine {
         Ok(d)
     }
 
+    /// Packets held right now (the loop's timer only has work while some are).
+    #[getter]
+    fn held_packets(&self) -> u64 {
+        self.engine.stats().held_packets_now
+    }
+
     /// Hands the NFQUEUE socket `fd` (of queue `queue`, bound by the caller)
     /// to the Rust packet loop: from now on `nfq_run`, `nfq_expire` and
     /// `nfq_release_all` drive the engine, giving verdicts over `fd` (releases
@@ -290,7 +296,9 @@ impl PyEngine {
     }
 
     /// Waits up to `timeout` seconds for queued packets and handles all that
-    /// are there; returns how many packets it read.
+    /// are there; returns how many packets it read. Returns early when a
+    /// packet is held and none was at the call (the caller's timer then
+    /// follows the collect timeout).
     fn nfq_run(&mut self, py: Python<'_>, timeout: f64) -> PyResult<usize> {
         crate::nfqueue::run(self, py, timeout)
     }

@@ -56,6 +56,9 @@ pub fn run(engine: &mut PyEngine, py: Python<'_>, timeout: f64) -> PyResult<usiz
     let lp = &mut nfq.as_mut().expect("attached above").0;
     let deadline = monotonic_seconds() + timeout.max(0.0);
     let mut total = 0;
+    // Called with the idle timer (nothing held), it returns as soon as a packet is
+    // held, so that the caller's timer shortens to the collect timeout's pace.
+    let idle = engine.stats().held_packets_now == 0;
     let result = loop {
         let left = (deadline - monotonic_seconds()).max(0.0);
         // The wait and the read are one system call, without the GIL.
@@ -67,7 +70,7 @@ pub fn run(engine: &mut PyEngine, py: Python<'_>, timeout: f64) -> PyResult<usiz
         }
         let now = micros(monotonic_seconds());
         total += lp.handle(engine, now, crate::engine::Token::Queued, out);
-        if left <= 0.0 {
+        if left <= 0.0 || (idle && engine.stats().held_packets_now > 0) {
             break Ok(total);
         }
     };
