@@ -593,8 +593,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--bulk-reps",
         type=int,
-        default=3,
-        help="transfers each way per round; the best counts (default 3)",
+        default=8,
+        help="transfers each way per round; the best counts (default 8)",
     )
     ap.add_argument("--workers", type=int, default=1, help="govpass run --workers")
     ap.add_argument("--nginx-workers", default="1", help="nginx worker_processes")
