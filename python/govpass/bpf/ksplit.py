@@ -37,7 +37,10 @@ forwarded packet it holds the full sum. The length changes go through
 ``bpf_l4_csum_replace`` with the pseudo-header flag, which is right in both
 cases; the payload and sequence changes go in as differences without that
 flag, which the kernel applies only to full sums. The payload differences are
-one's complement sums (``bpf_csum_diff``) of the two parts of the record.
+one's complement sums (``bpf_csum_diff``) of the two parts of the record. A
+forwarded packet that arrived as CHECKSUM_COMPLETE keeps its receive-side
+``skb->csum``, stale after the cut; on egress nothing reads it (a NIC sends the
+checksum field as it is), so it is left alone.
 
 If a step fails before the packet is cut, it goes on whole ("unsplit"); if the
 copy cannot be sent, the first segment goes on alone ("first_only": TCP sends
