@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -419,12 +418,14 @@ def test_copy_that_cannot_be_sent_leaves_the_first_segment_alone(family: str) ->
 # ------------------------------------------------------------- the probe itself
 
 
-def test_probe_refuses_the_host_namespace() -> None:
-    # ksplit_probe.py run directly (not under unshare) sees the host's interfaces.
-    if [name for _, name in socket.if_nameindex() if name != "lo"] == []:
-        pytest.skip("this namespace has no interface but lo")
+def test_probe_refuses_a_namespace_with_interfaces() -> None:
+    # Run in a namespace of its own that has an interface besides lo (a veth pair),
+    # as the host's namespace would: the probe must refuse to send anything there.
+    script = f"ip link add ksp0 type veth peer name ksp1 && exec {sys.executable} " + (
+        ksplit_probe.__file__
+    )
     proc = subprocess.run(
-        [sys.executable, ksplit_probe.__file__],
+        ["unshare", "-n", "sh", "-c", script],
         input="{}",
         capture_output=True,
         text=True,

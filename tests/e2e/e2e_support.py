@@ -70,29 +70,32 @@ def make_lab(router: bool = False) -> Lab:
     return lab
 
 
-@pytest.fixture(scope="session")
-def host_lab() -> Iterator[Lab]:
-    """client — censor — server with the lab's Python TLS server for both names."""
-    lab = make_lab()
+@contextlib.contextmanager
+def serving_lab(router: bool = False) -> Iterator[Lab]:
+    """A lab with the Python TLS server for both names; on exit it must leave
+    nothing behind."""
+    lab = make_lab(router=router)
     try:
         lab.start_server(names=list(NAMES))
         yield lab
     finally:
         problems = lab.close()
     assert problems == [] and lab.leftovers() == [], (problems, lab.leftovers())
+
+
+@pytest.fixture(scope="session")
+def host_lab() -> Iterator[Lab]:
+    """client — censor — server with the lab's Python TLS server for both names."""
+    with serving_lab() as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def router_lab() -> Iterator[Lab]:
     """client — gateway — censor — server, with the Python TLS server for both names
     (one per test module: router tests change the gateway)."""
-    lab = make_lab(router=True)
-    try:
-        lab.start_server(names=list(NAMES))
+    with serving_lab(router=True) as lab:
         yield lab
-    finally:
-        problems = lab.close()
-    assert problems == [] and lab.leftovers() == [], (problems, lab.leftovers())
 
 
 @contextlib.contextmanager

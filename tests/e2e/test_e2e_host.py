@@ -26,10 +26,10 @@ from e2e_support import (
     by_port,
     censoring,
     hello_flows,
-    make_lab,
     netprobe,
     run_matrix,
     running,
+    serving_lab,
     sni_offset,
 )
 from govpass.lab import Lab
@@ -182,21 +182,15 @@ def test_worker_path_queues_at_most_two_packets_per_connection() -> None:
     of the packet it replaces, the first one raw, and no fail-open. (A lab of its
     own: hellos that earlier tests' blocked connections still retransmit would
     reach this new daemon's queue as records it never saw begin.)"""
-    lab = make_lab()
-    try:
-        lab.start_server(names=list(NAMES))
-        with running(lab, WORKERS_ONLY, name="workers") as gp:
-            before = gp.wait_stats(lambda s: True)
-            n = 24
-            jobs = one_packet_jobs(n)
-            for i in range(0, n, 8):
-                assert_all_ok(run_matrix(lab, jobs[i : i + 8], PASS_TIMEOUT), "connections")
-            gp.wait_stats(lambda s: s["splits"] - before["splits"] >= n)
-            time.sleep(0.6)
-            after = gp.stats()
-    finally:
-        problems = lab.close()
-    assert problems == [] and lab.leftovers() == [], problems
+    with serving_lab() as lab, running(lab, WORKERS_ONLY, name="workers") as gp:
+        before = gp.wait_stats(lambda s: True)
+        n = 24
+        jobs = one_packet_jobs(n)
+        for i in range(0, n, 8):
+            assert_all_ok(run_matrix(lab, jobs[i : i + 8], PASS_TIMEOUT), "connections")
+        gp.wait_stats(lambda s: s["splits"] - before["splits"] >= n)
+        time.sleep(0.6)
+        after = gp.stats()
     splits = after["splits"] - before["splits"]
     packets = after["packets"] - before["packets"]
     assert splits == n, (before, after)
