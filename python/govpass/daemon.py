@@ -409,25 +409,26 @@ class Daemon:
             else:
                 self.kernel_split = ks
                 return gate
+        self._kernel_split_off(why)
+        return None
+
+    def _kernel_split_off(self, why: str) -> None:
+        """Closes the kernel split (if open) and says why it is off."""
+        self._close_kernel_split()
         self.kernel_split_summary = f"off ({why})"
         self.log(f"kernel split: {self.kernel_split_summary}")
-        return None
 
     def _start_kernel_split(self, prefilter: str) -> None:
         ks = self.kernel_split
         if ks is None:
             return
         if prefilter != "bpf":
-            self._close_kernel_split()
-            self.kernel_split_summary = "off (the rules use the conntrack pre-filter)"
-            self.log(f"kernel split: {self.kernel_split_summary}")
+            self._kernel_split_off("the rules use the conntrack pre-filter")
             return
         try:
             ks.sync(self.spec)
         except OSError as e:  # the gate stays off: every hello goes to the workers
-            self._close_kernel_split()
-            self.kernel_split_summary = f"off ({e})"
-            self.log(f"kernel split: {self.kernel_split_summary}")
+            self._kernel_split_off(str(e))
             return
         try:
             ks.watch()
