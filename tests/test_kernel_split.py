@@ -184,3 +184,27 @@ def test_no_covered_interface_leaves_nothing_to_wait_for(world: list[Link]) -> N
         assert gate_value(ks) == 1 and ks.summary() == "on (tcx egress: no interface)"
     finally:
         ks.close()
+
+
+def test_a_forked_child_keeps_no_link() -> None:
+    """A worker forked while the daemon holds links (one of them not in its table
+    yet, as when another thread is attaching) closes them all, so no program
+    outlives the daemon's own descriptors."""
+    if os.geteuid() != 0:
+        pytest.fail("loading the program needs root", pytrace=False)
+    import socket
+
+    ks = kernel_split.KernelSplit(Config(), lambda _: None)
+    ks.open()
+    half_made = ks._programs[14].attach(socket.if_nametoindex("lo"))
+    try:
+        assert half_made in kernel_split._bpf_link_fds()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            os._exit(0 if kernel_split._bpf_link_fds() == [] and ks.gate is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert half_made in kernel_split._bpf_link_fds()  # the parent keeps it
+    finally:
+        os.close(half_made)
+        ks.close()

@@ -93,6 +93,18 @@ def covered(spec: Any, all_links: Iterable[_links.Link]) -> list[_links.Link]:
     return out
 
 
+def _bpf_link_fds() -> list[int]:
+    """Every bpf link descriptor of this process (one an attach in another thread
+    had just made when the process forked is not in our table yet)."""
+    out = []
+    with suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with suppress(OSError, ValueError):
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:bpf_link":
+                    out.append(int(name))
+    return out
+
+
 class KernelSplit:
     """Programs, links and gate of one daemon. :meth:`open` before the rules are
     installed (their pre-filter needs :attr:`gate`), :meth:`sync` once they are,
@@ -135,13 +147,13 @@ class KernelSplit:
     def _drop_in_child(self) -> None:
         """In a forked child: close every descriptor of ours, touching nothing else
         (the lock may be held by a thread that does not exist here)."""
-        fds = [fd for _, fd in self._links.values()]
+        fds = [fd for _, fd in self._links.values()] + _bpf_link_fds()  # also one half made
         fds += [fd for p in self._programs.values() for fd in (p.prog_fd, p.counters_fd)]
         fds += [p.scratch_fd for p in self._programs.values()]
         fds += [self._gate_fd, *(self._stop_pipe or ())]
         if self._watcher is not None:
             fds.append(self._watcher.sock.detach())  # the socket object forgets it
-        for fd in fds:
+        for fd in set(fds):
             if fd >= 0:
                 with suppress(OSError):
                     os.close(fd)
