@@ -26,6 +26,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 ENV_PREFIX = "GOVPASS_"
+MIN_WORKER_TIMEOUT = 0.5  # an idle worker's loop comes round every 0.25 s
 PROFILE_KEY = "profile"  # [[profile]] tables: see govpass.targeting
 
 
@@ -212,6 +213,16 @@ SETTINGS: tuple[Setting, ...] = (
         "under load) or normal",
         "choice",
         choices=("batch", "normal"),
+    ),
+    Setting(
+        "worker-timeout",
+        1.0,
+        "Seconds a worker's packet loop may go without running before the daemon kills "
+        "and restarts it, so its queue fails open at once (0: off; else at least "
+        f"{MIN_WORKER_TIMEOUT}, twice the idle loop's period)",
+        "float",
+        minimum=0,
+        maximum=3600,
     ),
     Setting(
         "packet-loop",
@@ -437,6 +448,7 @@ class Config:
     backend: str = "nfqueue"
     workers: int = 0
     worker_sched: str = "batch"
+    worker_timeout: float = 1.0
     packet_loop: str = "rust"
     inject: str = "auto"
     kernel_split: str = "auto"
@@ -512,6 +524,15 @@ def _check_ports(values: tuple[str, ...]) -> None:
             )
 
 
+def _check_worker_timeout(value: float) -> None:
+    if 0 < value < MIN_WORKER_TIMEOUT:
+        raise ConfigError(
+            f"invalid worker-timeout: {value:g} (accepted: 0 (off) or a number in "
+            f"{MIN_WORKER_TIMEOUT}..=3600)",
+            field="worker-timeout",
+        )
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Reads a TOML config file; unknown keys are errors (they are usually typos)."""
     try:
@@ -577,6 +598,7 @@ def load(
             values[setting.attr] = setting.parse(raw)
             sources[setting.name] = origin
     _check_ports(values.get("ports", ("443",)))
+    _check_worker_timeout(values.get("worker_timeout", 1.0))
     config = Config(**values, profiles=profiles, sources=sources)
     config.engine_config()  # the engine's own validation, same messages
     from govpass.targeting import Targeting

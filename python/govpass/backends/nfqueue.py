@@ -118,6 +118,10 @@ def queue_table() -> dict[int, dict[str, int]]:
 IDLE_TICK = 0.25
 
 
+def _no_beat(now: float) -> None:
+    pass
+
+
 class NfqueueWorker:
     """Binds one queue and runs the engine on its packets until stopped."""
 
@@ -152,6 +156,7 @@ class NfqueueWorker:
         self.tick = tick_ms / 1000.0  # while packets are held (collect timeouts)
         self.idle_tick = max(self.tick, IDLE_TICK)  # otherwise
         self._nfq: Any = None
+        self._beat: Callable[[float], None] = _no_beat
         # Rust: once bound, the engine reads the queue's socket itself (Engine.nfq_*).
         path = packet_path(packet_loop, inject, quic_listed)
         self.rust_loop = path != "python"
@@ -191,6 +196,9 @@ class NfqueueWorker:
             )
 
     def _on_packet(self, pkt: Any) -> None:
+        # netfilterqueue's run() reads until the socket is empty, which under a
+        # steady flood may be never: the callback beats too.
+        self._beat(time.monotonic())
         try:
             # outdev: the interface index, for profiles filtered by interface.
             result = self.engine.process(pkt.get_payload(), time.monotonic(), pkt, pkt.outdev)
@@ -209,6 +217,7 @@ class NfqueueWorker:
         """The callback when QUIC Initials are queued too: UDP goes to the QUIC
         filter, TCP on to :meth:`_on_packet` (which stays the TCP-only callback
         otherwise)."""
+        self._beat(time.monotonic())
         try:
             data = pkt.get_payload()
             udp = data[9 if data[0] >> 4 == 4 else 6] == UDP
@@ -241,11 +250,18 @@ class NfqueueWorker:
                 a.handle.accept()
 
     def run(
-        self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None = None
+        self,
+        should_stop: Callable[[], bool],
+        on_tick: Callable[[], None] | None = None,
+        beat: Callable[[float], None] | None = None,
     ) -> None:
-        """Receives packets and fires the engine's timer until `should_stop()`."""
+        """Receives packets and fires the engine's timer until `should_stop()`.
+        `beat(now)` is called each time the loop comes round (at least every
+        `idle_tick` plus one batch of packets, busy or idle): the watchdog's heartbeat."""
         if self._nfq is None:
             self.bind()
+        if beat is not None:
+            self._beat = beat
         if self.rust_loop:
             self._run_rust(should_stop, on_tick)
             return
@@ -263,6 +279,7 @@ class NfqueueWorker:
             if ready:
                 nfq.run(block=False)
             now = time.monotonic()
+            self._beat(now)
             if now >= next_tick:
                 self.apply(self.engine.expire(now))
                 if on_tick is not None:
@@ -276,8 +293,10 @@ class NfqueueWorker:
         timer tick) and handles them; Python keeps the timer and the stop check."""
         next_tick = time.monotonic() + self.tick
         while not should_stop():
+            # Bounded even when busy: it returns by `next_tick`, after one batch at most.
             self.engine.nfq_run(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
+            self._beat(now)
             if now >= next_tick:
                 self.engine.nfq_expire(now)
                 if on_tick is not None:
