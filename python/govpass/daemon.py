@@ -29,6 +29,7 @@ from typing import Any
 
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
+from govpass.watchdog import Heartbeats, check_interval
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/govpass"
@@ -126,14 +127,17 @@ def worker_main(
     events_fd: int = -1,
     log: Callable[[str], None] | None = None,
     fallback: list[Any] | None = None,
+    beats: Heartbeats | None = None,
 ) -> None:
     """Entry point of a worker process: bind queue `queue_num + index`, run.
 
     `events_fd`: write end of the parent's auto-learning pipe (-1: none);
     `log`: where worker 0 reports list reloads (the others stay quiet, they
-    read the same files); `fallback`: see :func:`worker_targeting`."""
+    read the same files); `fallback`: see :func:`worker_targeting`; `beats`:
+    the slot this worker's packet loop stamps for the parent's watchdog."""
     from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
+    from govpass.list_thread import ListThread
 
     # A parent killed with SIGKILL cannot stop its workers; without this check they
     # would keep the queue bound, so the next `govpass run` could not start.
@@ -186,6 +190,8 @@ def worker_main(
         ready.send(("error", f"worker {index}: {type(e).__name__}: {e}"))
         return
     ready.send(("ready", queue))
+    # Reloads are read and parsed on a thread; the timer below only swaps them in.
+    lists = ListThread(watcher).start() if watcher is not None else None
     stats_path = Path(directory) / f"worker-{index}.json"
     last_write = 0.0
     learning = events_fd >= 0 and targeting.auto
@@ -200,11 +206,11 @@ def worker_main(
     def on_tick() -> None:
         nonlocal last_write, hup
         now = time.monotonic()
-        if watcher is not None:
+        if lists is not None:
             if hup:
                 hup = False
-                watcher.request()
-            watcher.poll(now)
+                lists.request()
+            lists.take()
             pass_events()
         if now - last_write >= config.stats_interval / 2:
             last_write = now
@@ -213,14 +219,18 @@ def worker_main(
 
     def _worker_stats() -> dict[str, Any]:
         s = worker.stats()
-        if watcher is not None:
-            s.update(list_reloads=watcher.reloads, list_errors=watcher.failures)
+        if lists is not None:
+            s.update(list_reloads=lists.reloads, list_errors=lists.failures)
         if learning:
             s["auto_events_dropped"] = dropped
         return s
 
+    def beat(now: float) -> None:
+        if beats is not None:
+            beats.beat(index, now)
+
     try:
-        worker.run(lambda: stop or os.getppid() != parent, on_tick)
+        worker.run(lambda: stop or os.getppid() != parent, on_tick, beat)
     finally:
         worker.close()
         with suppress(OSError):
@@ -239,8 +249,29 @@ class WorkerHandle:
     restarts: int = 0
 
 
+# The counters of workers that were replaced, and the parent's restart counts.
+# Named like the workers' files so that a new run's start clears it with them.
+RETIRED = "worker-retired.json"
+
+
+def add_counters(total: dict[str, Any], data: dict[str, Any], gauges: bool = True) -> None:
+    """Adds one worker's counters to `total` (fail-open reasons by reason);
+    `gauges=False` leaves out the values of the moment (``*_now``), which a
+    worker that is gone no longer has."""
+    for key, value in data.items():
+        if key == "queue" or (not gauges and key.endswith("_now")):
+            continue
+        if isinstance(value, dict):
+            bucket = total.setdefault("fail_open", {})
+            for reason, n in value.items():
+                if isinstance(n, int):
+                    bucket[reason] = bucket.get(reason, 0) + n
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
 def aggregate(directory: Path) -> dict[str, Any]:
-    """Sums the workers' counters and adds kernel queue drops."""
+    """Sums the workers' counters (replaced workers' included) and adds kernel queue drops."""
     from govpass.backends.nfqueue import queue_table
 
     total: dict[str, Any] = {"fail_open": {}, "workers": 0}
@@ -258,17 +289,12 @@ def aggregate(directory: Path) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        total["workers"] += 1
-        queues.append(int(data.get("queue", -1)))
-        for key, value in data.items():
-            if key == "queue":
-                continue
-            if isinstance(value, dict):
-                bucket = total["fail_open"]
-                for reason, n in value.items():
-                    bucket[reason] = bucket.get(reason, 0) + n
-            elif isinstance(value, int | float):
-                total[key] = total.get(key, 0) + value
+        if not isinstance(data, dict):
+            continue
+        if path.name != RETIRED:
+            total["workers"] += 1
+            queues.append(int(data.get("queue", -1)))
+        add_counters(total, data)
     nfqueues = [q for q in queues if q >= 0]
     if nfqueues:  # other backends report their own drop counters
         table = queue_table()
@@ -299,6 +325,10 @@ class Daemon:
         self.kernel_split: Any = None  # govpass.kernel_split.KernelSplit while it is on
         self.kernel_split_summary = "off (no rules installed)"  # when kernel_split is None
         self._kernel_counters: dict[str, int] = {}  # its counters when it closed
+        self.heartbeats = Heartbeats(config.worker_count, self._ctx)
+        # Counters of replaced workers and restart counts (RETIRED in the run dir).
+        self.retired: dict[str, Any] = {"watchdog_restarts": 0, "worker_restarts": 0}
+        self._checked = 0.0
 
     def _start_worker(self, index: int) -> WorkerHandle:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
@@ -313,6 +343,7 @@ class Daemon:
                 events_fd,
                 self.log,
                 self.profiles,
+                self.heartbeats,
             ),
             name=f"govpass-worker-{index}",
             daemon=True,
@@ -334,6 +365,7 @@ class Daemon:
         if status != "ready":
             proc.join(2)
             raise BackendError(str(detail))
+        self.heartbeats.beat(index)  # bound: its loop starts now
         return WorkerHandle(index, proc)
 
     def _start_targeting(self) -> None:
@@ -452,15 +484,45 @@ class Daemon:
         write_json_atomic(path, info)
 
     def check_workers(self) -> None:
-        """Restarts a worker that died (its queue fails open meanwhile)."""
+        """Restarts a worker that died, and kills and restarts one whose packet loop
+        has not run for `worker-timeout` seconds (stopped or hung: the kernel would
+        hold its hellos until the queue is full). Its queue fails open meanwhile."""
+        self._checked = time.monotonic()
+        hung = set(
+            self.heartbeats.hung([w.index for w in self.workers], self.config.worker_timeout)
+        )
         for n, w in enumerate(self.workers):
-            if w.process.is_alive():
+            if w.index in hung and w.process.is_alive():
+                age = self.heartbeats.age(w.index)
+                self.log(
+                    f"worker {w.index} (pid {w.process.pid}) has not run for {age:.1f} s "
+                    f"(worker-timeout {self.config.worker_timeout:g}): killed, its queue "
+                    "fails open; restarting"
+                )
+                w.process.kill()
+                w.process.join(5)
+                self.retired["watchdog_restarts"] += 1
+            elif w.process.is_alive():
                 continue
-            code = w.process.exitcode
-            self.log(f"worker {w.index} exited (code {code}); restarting")
+            else:
+                self.log(f"worker {w.index} exited (code {w.process.exitcode}); restarting")
+            self._retire(w.index)
             replacement = self._start_worker(w.index)
             replacement.restarts = w.restarts + 1
             self.workers[n] = replacement
+
+    def _retire(self, index: int) -> None:
+        """Moves a replaced worker's last counters into the retired total, so that
+        `govpass stats` keeps counting what it did."""
+        self.retired["worker_restarts"] += 1
+        path = self.directory / f"worker-{index}.json"
+        with suppress(OSError, ValueError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                add_counters(self.retired, data, gauges=False)
+        path.unlink(missing_ok=True)
+        with suppress(OSError):
+            write_json_atomic(self.directory / RETIRED, self.retired)
 
     def refresh_interfaces(self, every: float = 5.0) -> None:
         """Re-detects tunnel/VPN interfaces (a VPN may come up or go down) and
@@ -502,14 +564,18 @@ class Daemon:
         """Sleeps `seconds`, meanwhile handing the workers' auto-learning verdicts
         to the learner as they arrive and keeping its own copy of the lists current."""
         deadline = time.monotonic() + seconds
+        every = check_interval(self.config.worker_timeout)
         while (left := deadline - time.monotonic()) > 0:
             step = min(left, 1.0) if self._lists is not None else left
+            step = max(0.0, min(step, self._checked + every - time.monotonic()))
             if self._events is None:
                 time.sleep(step)
             elif select.select([self._events[0]], [], [], step)[0]:
                 self.take_events(os.read(self._events[0], 65536))
             if self._lists is not None:
                 self._lists.poll()
+            if time.monotonic() >= self._checked + every:
+                self.check_workers()
 
     def take_events(self, data: bytes) -> None:
         for profile, host, failed in self._reader.feed(data):

@@ -17,9 +17,12 @@ pub struct PyHostList {
 
 #[pymethods]
 impl PyHostList {
+    /// The parse runs without the GIL: a worker's list thread building a large
+    /// list must not stop its packet loop, which needs the GIL between waits.
     #[new]
-    fn new(lines: Vec<String>) -> PyResult<Self> {
-        let set = HostSet::parse(lines.iter().map(String::as_str))
+    fn new(py: Python<'_>, lines: Vec<String>) -> PyResult<Self> {
+        let set = py
+            .detach(|| HostSet::parse(lines.iter().map(String::as_str)))
             .map_err(|e| list_error("hostlist", &e))?;
         Ok(PyHostList {
             inner: Arc::new(set),
@@ -43,10 +46,12 @@ pub struct PyIpSet {
 
 #[pymethods]
 impl PyIpSet {
+    /// Parsed without the GIL, like `HostList`.
     #[new]
-    fn new(lines: Vec<String>) -> PyResult<Self> {
-        let set =
-            IpSet::parse(lines.iter().map(String::as_str)).map_err(|e| list_error("ipset", &e))?;
+    fn new(py: Python<'_>, lines: Vec<String>) -> PyResult<Self> {
+        let set = py
+            .detach(|| IpSet::parse(lines.iter().map(String::as_str)))
+            .map_err(|e| list_error("ipset", &e))?;
         Ok(PyIpSet {
             inner: Arc::new(set),
         })

@@ -37,6 +37,29 @@ fn valid_label_bytes(name: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Sets with more entries than this are freed on a thread of their own.
+const FREE_ASIDE: usize = 65_536;
+
+impl Drop for HostSet {
+    /// Freeing a million names takes a large fraction of a second, and the last
+    /// reference usually goes in a worker's packet loop, when new lists replace
+    /// the old ones. A large set is freed on a short-lived thread instead (inline
+    /// when no thread can be started).
+    fn drop(&mut self) {
+        if self.len() <= FREE_ASIDE {
+            return;
+        }
+        let sets = (
+            std::mem::take(&mut self.suffix),
+            std::mem::take(&mut self.exact),
+        );
+        // A spawn that fails drops the closure, and with it the sets, here.
+        let _ = std::thread::Builder::new()
+            .name("govpass-free".into())
+            .spawn(move || drop(sets));
+    }
+}
+
 impl HostSet {
     /// Builds a set from list lines. Blank lines and lines starting with `#`
     /// are skipped; anything after `#` on a line is a comment. A line that is

@@ -1,0 +1,82 @@
+"""Host list and IP set reloads off the packet loop.
+
+Reading and parsing a list takes time that a packet loop does not have (a
+million names: most of a second; a list replaced by a FIFO: for ever). A
+worker's :class:`ListThread` runs its :class:`~govpass.targeting.ListWatcher`
+on a thread of its own; the loop's timer only swaps in profiles that are
+ready (:meth:`ListThread.take`), which costs a few microseconds. The parse
+itself runs without the GIL (``HostList``/``IpSet``), so the loop keeps
+handling packets meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from govpass.targeting import ListWatcher
+
+
+class ListThread:
+    """Polls `watcher` on a daemon thread; new profiles wait for :meth:`take`."""
+
+    def __init__(self, watcher: ListWatcher) -> None:
+        self.watcher = watcher
+        # The engine's set_profiles: called from the loop's thread only.
+        self._apply: Callable[[list[Any]], None] = watcher.apply
+        watcher.apply = self._put
+        self._ready: list[Any] | None = None
+        self._lock = threading.Lock()  # guards _ready only, never held during a build
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="govpass-lists", daemon=True)
+
+    @property
+    def reloads(self) -> int:
+        return self.watcher.reloads
+
+    @property
+    def failures(self) -> int:
+        return self.watcher.failures
+
+    def start(self) -> ListThread:
+        self._thread.start()
+        return self
+
+    def request(self) -> None:
+        """SIGHUP: re-read everything now (on the thread)."""
+        self.watcher.request()
+        self._wake.set()
+
+    def take(self) -> bool:
+        """Applies profiles the thread finished since the last call; True if any."""
+        with self._lock:
+            profiles, self._ready = self._ready, None
+        if profiles is None:
+            return False
+        self._apply(profiles)
+        return True
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stops the thread (a read blocked in the kernel cannot be interrupted:
+        the thread is a daemon thread and goes with the process)."""
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _put(self, profiles: list[Any]) -> None:
+        with self._lock:
+            self._ready = profiles
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.watcher.interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.watcher.poll()
+            except Exception as e:  # a failed reload keeps the lists in force
+                self.watcher.failures += 1
+                self.watcher._log(f"list reload failed: {type(e).__name__}: {str(e)[:200]!r}")
