@@ -162,9 +162,9 @@ def lists_case(lab: Lab, root: Path, names: int, tag: str) -> dict[str, Any]:
     try:
         wait_for(lambda: reloads(run) >= 0, 30.0, "the worker's stats")
         base = reloads(run)
+        write_list(path.with_name("hosts-next.txt"), names, "new.example\n")
         client = timeline(lab, RELOAD_AT + 8.0)
         time.sleep(RELOAD_AT)
-        write_list(path.with_name("hosts-next.txt"), names, "new.example\n")
         replaced = time.monotonic()
         os.replace(path.with_name("hosts-next.txt"), path)
         wait_for(lambda: reloads(run) > base, 30.0, "the reload", step=0.01)
@@ -172,6 +172,8 @@ def lists_case(lab: Lab, root: Path, names: int, tag: str) -> dict[str, Any]:
         conns = conns_of(client)
     finally:
         run.stop()
+    if not any(ok for _, _, ok in conns):
+        raise RuntimeError(f"{tag}: no connection completed ({len(conns)} tried)")
     calm = [end - start for start, end, ok in conns if ok and end < replaced]
     overlapping = [end - start for start, end, ok in conns if start < done and end > replaced]
     return {
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, help="python/ directory of another checkout")
     ap.add_argument("--names", type=int, default=1_000_000, help="host list size")
     ap.add_argument("--no-lists", action="store_true", help="the stop cases only")
+    ap.add_argument("--no-stop", action="store_true", help="the list reload cases only")
     ap.add_argument("--write", type=Path, help="Markdown file whose '## Watchdog' to replace")
     args = ap.parse_args(argv)
     here = ROOT / "python"
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         ("worker-timeout 1", here, ["--worker-timeout", "1"]),
         ("worker-timeout 0 (off)", here, ["--worker-timeout", "0"]),
     ]
+    if args.no_stop:
+        cases = []
     stops, lists = [], []
     with Lab() as lab:
         lab.start_server(names=[NAME])
