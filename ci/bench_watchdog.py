@@ -211,6 +211,16 @@ def markdown(meta: dict[str, Any], stops: list[dict[str, Any]], lists: list[dict
             f"| {s['case']} | {s['before_per_s']} | {s['started']} | {s['completed']} | "
             f"{s['completed_1_5s']} | {react} |"
         )
+    out += [
+        "",
+        "Baseline: the `--baseline` checkout (main before the watchdog). The reaction time is "
+        "the bound, less the time since the worker's last beat (up to one 0.25 s idle tick), "
+        "plus up to one parent check (a fifth of the bound). Every connection the stopped "
+        "worker held completed once TCP resent its hello after the kill. The list reload's "
+        "remaining stall is the part of a reload that still holds the GIL on the worker's "
+        "list thread (splitting the file into lines, copying them into the parser); the "
+        "latency is the parse itself, on a 2-core machine shared with other jobs.",
+    ]
     if lists:
         out += [
             "",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +229,8 @@ def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
     good = daemon.profiles
     assert good is not None and daemon._events is None  # no auto profile: no pipe
     edit(path, "blocked.example\nbad host\n")
-    daemon._lists._next = 0.0
-    daemon.wait(0.01)
+    # The parent's watcher runs on a thread; wait() swaps in what it built.
+    until(daemon, lambda: daemon._lists.failures == 1)
     assert daemon.profiles is good, "the parent's copy keeps the last good lists"
 
     engine = Engine(config.engine_config())
@@ -246,8 +247,15 @@ def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
         worker_targeting(config, Engine(config.engine_config()), 0, None, None)
 
     edit(path, "other.example\n")
-    daemon._lists._next = 0.0
-    daemon.wait(0.01)
-    assert daemon.profiles is not good
+    until(daemon, lambda: daemon.profiles is not good)
+    reloads = daemon._lists.reloads
     daemon.reload()  # SIGHUP also re-reads the parent's copy (no workers here)
-    assert daemon._lists._requested
+    until(daemon, lambda: daemon._lists.reloads == reloads + 1)
+    daemon._list_thread.close()
+
+
+def until(daemon: Daemon, done: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the parent's list thread did not get there"
+        daemon.wait(0.02)

@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -320,6 +321,11 @@ class Daemon:
         # The lists as last loaded here, for workers started again (worker_targeting).
         self.profiles: list[Any] | None = None
         self._lists: Any = None  # a quiet ListWatcher keeping self.profiles current
+        # It runs on a thread (a large list takes seconds to parse, and the watchdog
+        # checks must go on); a fork waits while that thread reads, parses or logs,
+        # so that no child inherits a lock the thread held.
+        self._list_thread: Any = None
+        self._fork_lock = threading.Lock()
         self._events: tuple[int, int] | None = None  # (read, write) ends of the verdict pipe
         self._reader: Any = None
         self.kernel_split: Any = None  # govpass.kernel_split.KernelSplit while it is on
@@ -351,7 +357,8 @@ class Daemon:
         # A SIGHUP before the child has its handler would kill it: blocked until then.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            proc.start()
+            with self._fork_lock:
+                proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_end.close()
@@ -371,6 +378,7 @@ class Daemon:
     def _start_targeting(self) -> None:
         """Reads the lists once here, so a bad file stops the start with one line."""
         from govpass.autolearn import EventReader, learner_for
+        from govpass.list_thread import ListThread
         from govpass.targeting import ListWatcher, Targeting
 
         targeting = Targeting.from_config(self.config)
@@ -378,6 +386,7 @@ class Daemon:
             return
         self.profiles = targeting.build()
         self._lists = ListWatcher(targeting, self._set_profiles)
+        self._list_thread = ListThread(self._lists, self._fork_lock).start()
         self.log(f"profiles: {targeting.summary}")
         self.learner = learner_for(self.config, self.log)
         if self.learner is not None:
@@ -553,8 +562,8 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its lists (and resolves interfaces again)."""
         self.log("SIGHUP: reloading host lists and IP sets")
-        if self._lists is not None:
-            self._lists.request()
+        if self._list_thread is not None:
+            self._list_thread.request()
         for w in self.workers:
             if w.process.is_alive():
                 with suppress(ProcessLookupError):
@@ -572,8 +581,8 @@ class Daemon:
                 time.sleep(step)
             elif select.select([self._events[0]], [], [], step)[0]:
                 self.take_events(os.read(self._events[0], 65536))
-            if self._lists is not None:
-                self._lists.poll()
+            if self._list_thread is not None:
+                self._list_thread.take()
             if time.monotonic() >= self._checked + every:
                 self.check_workers()
 
@@ -602,6 +611,8 @@ class Daemon:
         """Closes the kernel split's gate and links (hellos go to the workers), removes
         the rules, then stops workers (they release held packets)."""
         errors: list[str] = []
+        if self._list_thread is not None:
+            self._list_thread.close(timeout=0.1)
         self._close_kernel_split()
         if self.rules_installed:
             from govpass import rules

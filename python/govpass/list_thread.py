@@ -11,6 +11,7 @@ handling packets meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +20,10 @@ from govpass.targeting import ListWatcher
 
 
 class ListThread:
-    """Polls `watcher` on a daemon thread; new profiles wait for :meth:`take`."""
+    """Polls `watcher` on a daemon thread; new profiles wait for :meth:`take`.
+    `busy` (optional) is held during each poll: reads, parse, log line."""
 
-    def __init__(self, watcher: ListWatcher) -> None:
+    def __init__(self, watcher: ListWatcher, busy: threading.Lock | None = None) -> None:
         self.watcher = watcher
         # The engine's set_profiles: called from the loop's thread only.
         self._apply: Callable[[list[Any]], None] = watcher.apply
@@ -30,6 +32,7 @@ class ListThread:
         self._lock = threading.Lock()  # guards _ready only, never held during a build
         self._wake = threading.Event()
         self._closed = False
+        self._busy = busy
         self._thread = threading.Thread(target=self._run, name="govpass-lists", daemon=True)
 
     @property
@@ -75,8 +78,10 @@ class ListThread:
             self._wake.clear()
             if self._closed:
                 return
-            try:
-                self.watcher.poll()
-            except Exception as e:  # a failed reload keeps the lists in force
-                self.watcher.failures += 1
-                self.watcher._log(f"list reload failed: {type(e).__name__}: {str(e)[:200]!r}")
+            with self._busy if self._busy is not None else contextlib.nullcontext():
+                try:
+                    self.watcher.poll()
+                except Exception as e:  # a failed reload keeps the lists in force
+                    self.watcher.failures += 1
+                    why = f"{type(e).__name__}: {str(e)[:200]!r}"
+                    self.watcher._log(f"list reload failed: {why}")
