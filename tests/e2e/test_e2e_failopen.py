@@ -243,7 +243,9 @@ def test_a_full_queue_accepts_instead_of_dropping(lab: Lab) -> None:
     holds); the hellos of 8 further connections find the queue full and go out
     unmodified, so those connections complete at once and the kernel counts no
     drop. Once the worker runs again, the 16 waiting connections complete too."""
-    gp = Govpass(lab, "client", ["--queue-len", "16", *WORKERS_ONLY], name="queuefull").start()
+    # The watchdog off: it would replace the stopped worker after a second.
+    args = ["--queue-len", "16", "--worker-timeout", "0", *WORKERS_ONLY]
+    gp = Govpass(lab, "client", args, name="queuefull").start()
     workers = gp.workers()
 
     def connect(i: int) -> tuple[bool, str]:
@@ -403,7 +405,7 @@ def test_a_full_socket_accepts_and_the_worker_goes_on(lab: Lab) -> None:
     buffer while the worker is stopped), the kernel accepts the hellos it cannot
     deliver (fail-open) instead of dropping them, reports no error to the socket
     (NETLINK_NO_ENOBUFS), and the worker, resumed, goes on splitting."""
-    gp = Govpass(lab, "client", [], name="fullsock").start()
+    gp = Govpass(lab, "client", ["--worker-timeout", "0"], name="fullsock").start()
     (worker,) = gp.workers()
     sock = socket.socket(fileno=netlink_queue_socket(worker))
     try:

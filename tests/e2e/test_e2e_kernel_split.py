@@ -580,7 +580,8 @@ def test_sigkill_takes_the_program_even_with_a_restarted_worker(host_lab: Lab) -
     it for a while (here: stopped when the daemon is killed; a worker only notices
     its parent's death on its next tick)."""
     lab = host_lab
-    gp = Govpass(lab, "client", [], name="ks-kill-restarted").start()
+    # The watchdog off: the stopped worker must stay as it is.
+    gp = Govpass(lab, "client", ["--worker-timeout", "0"], name="ks-kill-restarted").start()
     worker = 0
     try:
         assert ready_stats(gp)["kernel_split_state"] == "on (tcx egress: eth0)"
