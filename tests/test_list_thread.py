@@ -49,6 +49,10 @@ def test_a_changed_file_is_applied_by_take_on_the_calling_thread(tmp_path: Path)
         path.write_text("blocked.example\nother.example\n")
         os.utime(path, ns=(1, 10**18))
         assert applied.calls == []  # built on the thread, not applied there
+        deadline = time.monotonic() + 5
+        while lists._ready is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert logs == [], "said before the new lists apply"
         assert wait_take(lists)
         assert len(applied.calls) == 1
         assert applied.calls[0][1] == threading.current_thread().name

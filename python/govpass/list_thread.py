@@ -28,6 +28,10 @@ class ListThread:
         # The engine's set_profiles: called from the loop's thread only.
         self._apply: Callable[[list[Any]], None] = watcher.apply
         watcher.apply = self._put
+        # Its log lines wait with the profiles: "lists reloaded" is said once they apply.
+        self._log = watcher.log
+        watcher.log = self._note if watcher.log is not None else None
+        self._notes: list[str] = []
         self._ready: list[Any] | None = None
         self._lock = threading.Lock()  # guards _ready only, never held during a build
         self._wake = threading.Event()
@@ -56,9 +60,11 @@ class ListThread:
         """Applies profiles the thread finished since the last call; True if any."""
         with self._lock:
             profiles, self._ready = self._ready, None
+            notes, self._notes = self._notes, []
         if profiles is None:
             return False
         self._apply(profiles)
+        self._say(notes)
         return True
 
     def close(self, timeout: float = 1.0) -> None:
@@ -71,6 +77,23 @@ class ListThread:
     def _put(self, profiles: list[Any]) -> None:
         with self._lock:
             self._ready = profiles
+
+    def _note(self, msg: str) -> None:
+        with self._lock:
+            self._notes.append(msg)
+
+    def _say(self, notes: list[str]) -> None:
+        if self._log is not None:
+            for msg in notes:
+                self._log(msg)
+
+    def _flush_unless_pending(self) -> None:
+        """A poll that built nothing (a broken file) says so at once."""
+        with self._lock:
+            if self._ready is not None:
+                return
+            notes, self._notes = self._notes, []
+        self._say(notes)
 
     def _run(self) -> None:
         while not self._closed:
@@ -85,3 +108,4 @@ class ListThread:
                     self.watcher.failures += 1
                     why = f"{type(e).__name__}: {str(e)[:200]!r}"
                     self.watcher._log(f"list reload failed: {why}")
+                self._flush_unless_pending()
