@@ -16,7 +16,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
-from e2e_support import ALLOWED, BLOCKED, FAMILIES, PASS_TIMEOUT, WORKERS_ONLY, Govpass, running
+from e2e_support import (
+    ALLOWED,
+    BLOCKED,
+    FAMILIES,
+    PASS_TIMEOUT,
+    WORKERS_ONLY,
+    Govpass,
+    govpass_cli,
+    running,
+)
 from govpass.lab import Lab
 from govpass.lab.netns import wait_for
 
@@ -82,6 +91,8 @@ def test_a_stopped_worker_is_replaced_and_new_connections_complete(host_lab: Lab
         assert after["watchdog_restarts"] == 1, after
         assert after["worker_restarts"] == 1, after
         assert after["flows"] >= before["flows"], (before, after)
+        shown = govpass_cli(lab, "client", ["stats"], gp.run_dir).stdout
+        assert "of them hung (watchdog)" in shown and "workers restarted" in shown, shown
 
 
 def test_worker_timeout_0_leaves_a_stopped_worker_alone(host_lab: Lab) -> None:

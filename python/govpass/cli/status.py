@@ -36,6 +36,8 @@ TARGETING_KEYS = (
     ("kernel_unsplit", "kernel split: passed whole"),
     ("kernel_first_only", "kernel split: rest left to TCP"),
     ("kernel_dropped", "kernel split: dropped, TCP resends"),
+    ("worker_restarts", "workers restarted"),
+    ("watchdog_restarts", "of them hung (watchdog)"),
 )
 
 
