@@ -143,6 +143,18 @@ mod tests {
     }
 
     #[test]
+    fn a_large_set_is_freed_aside_and_its_clones_stay_whole() {
+        let lines: Vec<String> = (0..FREE_ASIDE + 10)
+            .map(|i| format!("n{i}.example"))
+            .collect();
+        let big = HostSet::parse(lines.iter().map(String::as_str)).unwrap();
+        let copy = big.clone();
+        drop(big);
+        assert_eq!(copy.len(), FREE_ASIDE + 10);
+        assert!(copy.contains(b"www.n7.example"));
+    }
+
+    #[test]
     fn subdomains_match_unless_exact() {
         let s = set(&[
             "example.com",
