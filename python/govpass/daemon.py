@@ -620,6 +620,8 @@ class Daemon:
             self.learner.observe(profile, host, failed)
 
     def stats(self) -> dict[str, Any]:
+        if not self.owns_run_dir:  # refused at the start: the directory is another's, or unsafe
+            return {}
         if self.learner is not None:
             with suppress(OSError):
                 write_json_atomic(self.directory / "learner.json", self.learner.stats())
