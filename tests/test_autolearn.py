@@ -168,6 +168,7 @@ def test_daemon_parent_learns_from_worker_verdicts(
     logs: list[str] = []
     daemon = Daemon(config, logs.append)
     daemon.directory.mkdir(parents=True)
+    daemon.owns_run_dir = True  # as start() once the directory is checked and locked
     daemon._start_targeting()
     assert daemon._events is not None and daemon.learner is not None
     write_end = daemon._events[1]
