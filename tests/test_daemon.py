@@ -125,3 +125,14 @@ def test_stats_finds_the_daemon_by_its_lock(tmp_path: Path, holder: subprocess.P
     result = stats()
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1 and "no running govpass daemon" in result.stderr
+
+
+def test_an_error_quoting_a_hostile_path_is_one_escaped_line(tmp_path: Path) -> None:
+    run = tmp_path / "run\x1b]0;pwned\x07\nforged line"
+    argv = [sys.executable, "-m", "govpass", "stats"]
+    env = {**os.environ, "GOVPASS_RUN_DIR": str(run)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "run\\x1b]0;pwned\\x07\\x0aforged line" in proc.stderr
