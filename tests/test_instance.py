@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.netns
+
 SCRIPT = r"""
 import json, os, signal, subprocess, sys, time
 from govpass import instance
