@@ -20,6 +20,7 @@ from govpass.autolearn import (
 )
 from govpass.config import load
 from govpass.daemon import Daemon
+from govpass.errors import GovpassError
 
 
 def learner(tmp_path: Path, threshold: int = 3, fail_time: float = 60.0) -> AutoLearner:
@@ -44,7 +45,12 @@ def test_threshold_failures_learn_the_name(tmp_path: Path) -> None:
     assert learn.logs == [  # type: ignore[attr-defined]
         f"auto: learned blocked.example (profile auto): 3 failures within 60 s; added to {path}"
     ]
-    assert learn.stats() == {"auto_learned": 1, "auto_counting": 0, "auto_write_errors": 0}
+    assert learn.stats() == {
+        "auto_learned": 1,
+        "auto_counting": 0,
+        "auto_write_errors": 0,
+        "auto_rejected": 0,
+    }
 
 
 def test_failures_further_apart_than_fail_time_start_over(tmp_path: Path) -> None:
@@ -102,7 +108,8 @@ def test_invalid_names_and_write_errors_are_one_line(tmp_path: Path) -> None:
     learn = learner(tmp_path, threshold=1)
     assert not learn.observe("auto", "bad name", True, now=0)
     assert learn.logs == [  # type: ignore[attr-defined]
-        "auto: not learning 'bad name' (profile auto): not a valid host name"
+        'auto: not learning "bad name" (profile auto): not a valid host name '
+        "(later ones are only counted: auto_rejected in stats)"
     ]
     nowhere = AutoLearner({"auto": tmp_path / "missing-dir" / "auto.txt"}, 1, 60, learn.log)
     assert not nowhere.observe("auto", "a.example", True, now=0)
@@ -161,6 +168,7 @@ def test_daemon_parent_learns_from_worker_verdicts(
     logs: list[str] = []
     daemon = Daemon(config, logs.append)
     daemon.directory.mkdir(parents=True)
+    daemon.owns_run_dir = True  # as start() once the directory is checked and locked
     daemon._start_targeting()
     assert daemon._events is not None and daemon.learner is not None
     write_end = daemon._events[1]
@@ -175,3 +183,90 @@ def test_daemon_parent_learns_from_worker_verdicts(
     assert stats["auto_learned"] == 1
     daemon.stop()
     assert daemon._events is None
+
+
+# ------------------------------------------------------------------ hostile names and files
+
+# The reproduction of issue 13: a comment sign, a terminal title escape, line breaks
+# and a name of the attacker's choice, all in one SNI.
+HOSTILE = "victim.example#\x1b]0;pwned\x07\nbad entry\n^bank.example"
+
+
+def test_a_hostile_sni_is_never_learned_and_logged_escaped(tmp_path: Path) -> None:
+    learn = learner(tmp_path, threshold=1)
+    for _ in range(3):
+        assert not learn.observe("auto", HOSTILE, True, now=0)
+    assert not (tmp_path / "auto.txt").exists()
+    logs = learn.logs  # type: ignore[attr-defined]
+    assert len(logs) == 1, "a flood of bad names is one line, then a counter"
+    assert not any(c in logs[0] for c in "\x1b\x07\n\r")
+    assert "victim.example#\\x1b]0;pwned\\x07\\x0abad entry\\x0a^bank.example" in logs[0]
+    assert learn.stats()["auto_rejected"] == 3
+    assert learn.counts == {}, "invalid names are not even counted"
+
+
+def test_only_valid_host_names_reach_the_file(tmp_path: Path) -> None:
+    learn = learner(tmp_path, threshold=1)
+    for bad in ("a..example", "-a.example", "a-.example", "a_b.example", "é.example", "x" * 64):
+        assert not learn.observe("auto", bad, True, now=0)
+    assert learn.observe("auto", "Xn--Bcher-Kva.Example.", True, now=0)
+    assert names(tmp_path / "auto.txt") == ["xn--bcher-kva.example"]
+
+
+def test_a_symlink_at_the_old_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    path = tmp_path / "auto.txt"
+    # The name the old writer used: an attacker could plant it in advance.
+    (tmp_path / f".auto.txt.{os.getpid()}.tmp").symlink_to(victim)
+    assert append_host(path, "a.example")
+    assert victim.read_text() == "secret\n"
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert names(path) == ["a.example"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, "a new list is not world-readable"
+
+
+def test_a_symlink_as_the_auto_list_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    (tmp_path / "auto.txt").symlink_to(victim)
+    learn = learner(tmp_path, threshold=1)
+    assert not learn.observe("auto", "a.example", True, now=0)
+    assert victim.read_text() == "secret\n"
+    assert learn.write_errors == 1
+    assert "a symlink" in learn.logs[-1]  # type: ignore[attr-defined]
+
+
+def test_an_auto_list_in_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = load(env={}, flags={"hostlist-auto": str(shared / "auto.txt")})
+    with pytest.raises(GovpassError, match=r"hostlist-auto directory .*shared: writable by others"):
+        learner_for(config)
+    learn = AutoLearner({"auto": shared / "auto.txt"}, 1, 60)
+    assert not learn.observe("auto", "a.example", True, now=0)
+    assert not (shared / "auto.txt").exists() and learn.write_errors == 1
+
+
+def test_lines_of_the_auto_list_that_do_not_parse_are_skipped(tmp_path: Path) -> None:
+    from govpass.targeting import Targeting
+
+    auto = tmp_path / "auto.txt"
+    # What an older govpass wrote for the hostile SNI: its next start refused the list.
+    auto.write_text(HEADER + "victim.example#\x1b]0;pwned\x07\nbad entry\n^bank.example\n")
+    config = load(env={}, flags={"hostlist-auto": str(auto)})
+    targeting = Targeting.from_config(config)
+    targeting.build()
+    assert "skipped 1 line(s) that do not parse (line 4)" in targeting.summary
+    targeting.build(force=True)
+    assert "skipped 1 line(s)" in targeting.summary, "said again for a re-read"
+    targeting.build()
+    assert "skipped" not in targeting.summary, "said once per version of the file"
+    assert learner_for(config) is not None
+    assert append_host(auto, "new.example"), "the learner still adds to it"
+    with pytest.raises(GovpassError, match=r"hostlist .* line 2"):
+        bad = tmp_path / "list.txt"
+        bad.write_text("ok.example\nbad entry\n")
+        Targeting.from_config(load(env={}, flags={"hostlist": str(bad)})).build()

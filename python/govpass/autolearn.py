@@ -20,17 +20,19 @@ PIPE_BUF, so lines of different workers never interleave.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from govpass import safetext
 from govpass._core import HostList
 from govpass.errors import ConfigError
+from govpass.safefile import STATE_MODE, UnsafePathError, check_directory, write_atomic
 from govpass.targeting import read_lines
 
 HEADER = (
@@ -69,13 +71,25 @@ class AutoLearner:
         self.successes = 0
         self.learned = 0
         self.write_errors = 0
+        self.rejected = 0  # verdicts for names that are not host names
 
     def observe(self, profile: str, host: str, failed: bool, now: float | None = None) -> bool:
         """One verdict; True when it made the host learned (written to the file)."""
         path = self.files.get(profile)
-        host = host.strip().lower().rstrip(".")
-        if path is None or not host:
+        if path is None:
             return False
+        name = safetext.host_name(host)
+        if name is None:
+            # The name is whatever the client sent: counted, never written; only the
+            # first is logged, so a flood of them cannot flood the log.
+            self.rejected += 1
+            if self.rejected == 1:
+                self._log(
+                    f"auto: not learning {safetext.quoted(host)} (profile {profile}): not a "
+                    "valid host name (later ones are only counted: auto_rejected in stats)"
+                )
+            return False
+        host = name
         key = (profile, host)
         if not failed:
             self.successes += 1
@@ -104,13 +118,8 @@ class AutoLearner:
 
     def _learn(self, profile: str, host: str, path: Path, failures: int) -> bool:
         try:
-            HostList([host])
-        except ConfigError:
-            self._log(f"auto: not learning {host!r} (profile {profile}): not a valid host name")
-            return False
-        try:
             added = append_host(path, host)
-        except (OSError, ConfigError) as e:
+        except (OSError, ConfigError, UnsafePathError) as e:
             self.write_errors += 1
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._log(f"auto: cannot add {host} to {path}: {why}")
@@ -128,6 +137,7 @@ class AutoLearner:
             "auto_learned": self.learned,
             "auto_counting": len(self.counts),
             "auto_write_errors": self.write_errors,
+            "auto_rejected": self.rejected,
         }
 
     def _log(self, msg: str) -> None:
@@ -136,29 +146,54 @@ class AutoLearner:
 
 
 def append_host(path: Path, host: str) -> bool:
-    """Adds `host` to the list file atomically (new file, then rename); False when
-    the file already has it. A missing file is created with a comment header."""
+    """Adds `host` (a name :func:`safetext.host_name` accepted) to the list file
+    atomically (new file, then rename); False when the file already has it. A
+    missing file is created with a comment header. The file keeps its mode and
+    owner; a symlink there, or a directory others can write to, is refused."""
+    check_directory(path.parent, "hostlist-auto directory")
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise UnsafePathError(f"hostlist-auto {path}: {kind}; govpass replaces only regular files")
     lines = read_lines(path, "hostlist-auto", missing_ok=True)
     entries = {ln.split("#", 1)[0].strip().lower() for ln in lines}
     if host in entries:
         return False
     body = "\n".join(lines).rstrip("\n")
     text = (body + "\n" if body else HEADER) + host + "\n"
-    mode = 0o644
-    with contextlib.suppress(OSError):
-        mode = os.stat(path).st_mode & 0o7777
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if st is None:
+        write_atomic(path, text, STATE_MODE)
+    else:
+        write_atomic(path, text, stat.S_IMODE(st.st_mode), owner=(st.st_uid, st.st_gid))
     return True
+
+
+def parse_auto_list(lines: list[str], where: str) -> tuple[HostList, str | None]:
+    """The auto list's names, and a note when lines that do not parse were skipped.
+
+    govpass writes this file itself; a line it wrote once may not parse any more
+    (a name an older version accepted, an edit gone wrong): skipping it costs
+    that one name, refusing the list would stop the daemon."""
+    try:
+        return HostList(lines), None
+    except ConfigError:
+        pass
+    kept: list[str] = []
+    bad: list[int] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            HostList([line])
+        except ConfigError:
+            bad.append(number)
+            kept.append("")  # keeps the line numbers of later errors right
+        else:
+            kept.append(line)
+    shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    note = f"{where}: skipped {len(bad)} line(s) that do not parse (line {shown})"
+    return HostList(kept), note
 
 
 # ------------------------------------------------------------------ worker -> parent
@@ -213,4 +248,7 @@ def learner_for(config: Any, log: Callable[[str], None] | None = None) -> AutoLe
     files = {s.name: s.auto for s in specs_from_config(config) if s.auto is not None}
     if not files:
         return None
+    for path in files.values():  # refused at the start, not at the first learned name
+        if path.parent.is_dir():
+            check_directory(path.parent, "hostlist-auto directory")
     return AutoLearner(files, config.auto_fail_threshold, config.auto_fail_time, log)

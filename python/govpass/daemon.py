@@ -40,20 +40,84 @@ def run_dir() -> Path:
     return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
 
 
+LOCK_NAME = "daemon.lock"
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    """A state file of the run directory, replaced in one step (see govpass.safefile).
+    No fsync: counters and the description of a live process are worthless after
+    a crash, and workers rewrite theirs from the packet loop several times a second."""
+    from govpass.safefile import write_atomic
+
+    write_atomic(path, json.dumps(data), sync=False)
+
+
+def hold_run_lock(directory: Path) -> int | None:
+    """Takes the run directory's lock (an flock held for the whole run) and
+    writes this pid into it; the descriptor, or None when a live daemon holds it.
+    The lock goes with the process, also on SIGKILL: no stale file can block a start."""
+    fd = os.open(
+        directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+    )
+    for attempt in range(10):  # `govpass stats` holds a shared lock for a moment
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 9:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
+    os.fchmod(fd, 0o640)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _close_quietly(fd: int) -> None:
+    with suppress(OSError):
+        os.close(fd)
 
 
 def running_daemon(directory: Path) -> int | None:
-    """Pid of a live govpass daemon recorded in `directory`, if any."""
+    """Pid of the live govpass daemon of `directory`, if any: the process holding
+    its lock. Backends that take no lock (divert) are found by daemon.json's pid."""
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return _unlocked_daemon(directory)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a daemon runs
+            try:
+                return int(os.pread(fd, 32, 0).decode("ascii").strip() or "-1")
+            except (OSError, ValueError):
+                return -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _unlocked_daemon(directory: Path) -> int | None:
     try:
         pid = int(json.loads((directory / "daemon.json").read_text(encoding="utf-8"))["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
-    return pid if b"govpass" in cmdline else None
+    return pid
+
+
+def _rules_now() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """govpass's rules as installed now, as comparable text."""
+    from govpass.rules import inventory
+
+    return tuple((item.where, item.lines) for item in inventory())
 
 
 def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
@@ -335,6 +399,10 @@ class Daemon:
         # Counters of replaced workers and restart counts (RETIRED in the run dir).
         self.retired: dict[str, Any] = {"watchdog_restarts": 0, "worker_restarts": 0}
         self._checked = 0.0
+        self._run_lock: int | None = None  # flock on the run directory's daemon.lock
+        self._instance: Any = None  # the namespace's daemon socket (govpass.instance)
+        self._rules_seen: Any = None  # the rules as installed, to notice changes by hand
+        self._rules_broken = False  # a reinstall after such a change failed (logged once)
 
     def _start_worker(self, index: int) -> WorkerHandle:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
@@ -396,13 +464,21 @@ class Daemon:
             self._reader = EventReader()
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        other = running_daemon(self.directory)
-        if other is not None and other != os.getpid():
+        from govpass import instance
+        from govpass.safefile import make_directory
+
+        make_directory(self.directory, "run directory")  # 0750, refused when others can write
+        lock = hold_run_lock(self.directory)
+        if lock is None:
+            other = running_daemon(self.directory)
             raise BackendError(
                 f"another govpass daemon (pid {other}) is already running with run directory "
-                f"{self.directory}; stop it first, or set {RUN_DIR_ENV} for a second one"
+                f"{self.directory}; stop it first"
             )
+        self._run_lock = lock
+        # Forked workers must not keep the lock alive after this process is gone.
+        os.register_at_fork(after_in_child=lambda: _close_quietly(lock))
+        self._instance = instance.claim()
         self.owns_run_dir = True
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
@@ -430,6 +506,7 @@ class Daemon:
             result = rules.install(self.spec, backend=backend)  # type: ignore[arg-type]
             self.rules_installed = True
             self._spec_checked = time.monotonic()
+            self._rules_seen = _rules_now()
             self.log(f"rules installed with {result.backend}: {result.reason}")
             self.log(f"pre-filter: {result.prefilter_summary}")
             self._start_kernel_split(result.prefilter)
@@ -535,26 +612,57 @@ class Daemon:
 
     def refresh_interfaces(self, every: float = 5.0) -> None:
         """Re-detects tunnel/VPN interfaces (a VPN may come up or go down) and
-        reinstalls the rules when the exclusions change."""
+        reinstalls the rules when the exclusions change, or when someone removed
+        or changed them (`govpass rules remove --force`, a firewall reload)."""
         if not self.rules_installed or time.monotonic() - self._spec_checked < every:
             return
         self._spec_checked = time.monotonic()
+        if self._instance is not None:
+            from govpass import instance
+
+            instance.drain(self._instance)
         gate = self.kernel_split.gate if self.kernel_split is not None else None
         spec = rule_spec(self.config, gate=gate)
         if spec == self.spec:
+            self._check_rules()
             return
+        before, after = set(self.spec.exclude_interfaces), set(spec.exclude_interfaces)
+        self._reinstall(spec)
+        self.log(
+            f"interfaces changed (now excluded: {', '.join(sorted(after)) or 'none'}; "
+            f"added {sorted(after - before)}, removed {sorted(before - after)}): rules reinstalled"
+        )
+
+    def _reinstall(self, spec: Any) -> None:
         from govpass import rules
 
-        before, after = set(self.spec.exclude_interfaces), set(spec.exclude_interfaces)
         backend = None if self.config.firewall == "auto" else self.config.firewall
         rules.install(spec, backend=backend)  # type: ignore[arg-type]
         self.spec = spec
         if self.kernel_split is not None:
             self.kernel_split.sync(spec)
-        self.log(
-            f"interfaces changed (now excluded: {', '.join(sorted(after)) or 'none'}; "
-            f"added {sorted(after - before)}, removed {sorted(before - after)}): rules reinstalled"
-        )
+        self._rules_seen = _rules_now()
+
+    def _check_rules(self) -> None:
+        """Puts the rules back when they are not as installed; one log line per
+        event (a failing reinstall is retried quietly until it works)."""
+        try:
+            now = _rules_now()
+        except GovpassError:
+            return  # cannot look now; the next check will
+        if now == self._rules_seen:
+            self._rules_broken = False
+            return
+        what = "removed" if not now else "changed"
+        try:
+            self._reinstall(self.spec)
+        except GovpassError as e:
+            if not self._rules_broken:
+                self.log(f"rules {what} from outside govpass; cannot reinstall them: {e}")
+            self._rules_broken = True
+            return
+        self._rules_broken = False
+        self.log(f"rules {what} from outside govpass: reinstalled")
 
     def _set_profiles(self, profiles: list[Any]) -> None:
         self.profiles = profiles
@@ -591,6 +699,8 @@ class Daemon:
             self.learner.observe(profile, host, failed)
 
     def stats(self) -> dict[str, Any]:
+        if not self.owns_run_dir:  # refused at the start: the directory is another's, or unsafe
+            return {}
         if self.learner is not None:
             with suppress(OSError):
                 write_json_atomic(self.directory / "learner.json", self.learner.stats())

@@ -253,14 +253,10 @@ def check_packet_loop(config: Config) -> Check:
 
 
 def _daemon_running() -> bool:
-    from govpass.daemon import run_dir
+    from govpass.daemon import run_dir, running_daemon
+    from govpass.instance import find
 
-    try:
-        info = json.loads((run_dir() / "daemon.json").read_text(encoding="utf-8"))
-        os.kill(int(info["pid"]), 0)
-        return True
-    except (OSError, ValueError, KeyError):
-        return False
+    return find() is not None or running_daemon(run_dir()) is not None
 
 
 def default_interfaces() -> list[str]:

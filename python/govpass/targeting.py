@@ -337,12 +337,21 @@ class ListCache:
 
     def __init__(self) -> None:
         self._items: dict[tuple[str, Path], tuple[FileSig, Any]] = {}
+        self.notes: list[str] = []  # auto list lines skipped by loads since the last take
 
     def load(self, kind: str, path: Path, sig: FileSig, missing_ok: bool = False) -> Any:
         hit = self._items.get((kind, path))
         if hit is not None and sig is not None and hit[0] == sig:
             return hit[1]
-        parsed = parse_list(kind, read_lines(path, kind, missing_ok), f"{kind} {path}")
+        lines = read_lines(path, kind, missing_ok)
+        if kind == "hostlist-auto":  # govpass's own file: a bad line is skipped, not fatal
+            from govpass.autolearn import parse_auto_list
+
+            parsed, note = parse_auto_list(lines, f"{kind} {path}")
+            if note:
+                self.notes.append(note)
+        else:
+            parsed = parse_list(kind, lines, f"{kind} {path}")
         self._items[(kind, path)] = (sig, parsed)
         return parsed
 
@@ -452,7 +461,8 @@ class Targeting:
             )
             notes.append(_describe(spec, sets))
         self.built_sigs = sigs
-        self.summary = "; ".join(notes)
+        self.summary = "; ".join(notes + self.cache.notes)  # skipped lines: once per version
+        self.cache.notes.clear()
         return profiles
 
 

@@ -452,7 +452,7 @@ def test_second_daemon_on_same_queue(lab: Lab) -> None:
         proc = govpass_cli(lab, "client", ["run", "--workers", "1"], lab.workdir / "second")
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr, proc.stderr
-        assert "already bound" in " ".join(proc.stderr.split()), proc.stderr
+        assert "already running in this network namespace" in " ".join(proc.stderr.split())
         # The first daemon is untouched: its rules, its queue, its counters.
         assert mangle_rules(lab, "client") == rules
         assert lab.client("curl", ALLOWED, 6, timeout=PASS_TIMEOUT)[0]
@@ -460,11 +460,29 @@ def test_second_daemon_on_same_queue(lab: Lab) -> None:
         assert all_splits(first.stats()) >= 1
 
 
+BIND_QUEUE = """
+import time
+from govpass.backends.nfqueue import NfqueueWorker
+from govpass.config import load
+config = load(env={})
+worker = NfqueueWorker(200, config.engine_config(), config.mark, config.queue_len, True)
+worker.bind()
+print("bound", flush=True)
+time.sleep(60)
+"""
+
+
 def test_already_bound_error_is_one_line(lab: Lab) -> None:
-    with running(lab, name="first-1line"):
+    """The queue is taken by another program (not a govpass daemon, e.g. nfqws)."""
+    pid = lab.spawn("client", ["-c", BIND_QUEUE], python=True)
+    try:
+        wait_for(lambda: "bound" in lab.log_of(pid).read_text(), 10.0, "the queue bound")
         proc = govpass_cli(lab, "client", ["run", "--workers", "1"], lab.workdir / "second-1l")
+    finally:
+        lab.kill(pid)
     assert proc.returncode != 0
     assert "already bound" in one_error_line(proc.stderr)
+    assert mangle_rules(lab, "client") == []
 
 
 def test_second_daemon_in_same_run_dir_leaves_first_reachable(lab: Lab) -> None:

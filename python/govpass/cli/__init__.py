@@ -40,6 +40,13 @@ def _usage_error(e: Exception) -> int | None:
     return None
 
 
+def _one_line(error: Exception) -> str:
+    """The message, escaped: it may quote a config value, a list line or a path."""
+    from govpass.safetext import text
+
+    return text(str(error), 2000)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app; known errors become one line on stderr."""
     _register()
@@ -47,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode, typer.Exit(n) comes back as a return value.
         code = app(args=argv, standalone_mode=False)
     except ConfigError as e:
-        err_console.print(f"govpass: {e}", style="red", markup=False)
+        err_console.print(f"govpass: {_one_line(e)}", style="red", markup=False)
         sys.exit(2)
     except GovpassError as e:
-        err_console.print(f"govpass: {e}", style="red", markup=False)
+        err_console.print(f"govpass: {_one_line(e)}", style="red", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -42,9 +42,8 @@ def doctor(
 ) -> None:
     """Check privileges, NFQUEUE, the packet loop, firewall backends, pre-filter and kernel
     split, leftover rules, offloads and backends."""
-    from rich.markup import escape
-
     from govpass.doctor import run_checks
+    from govpass.safetext import markup
 
     config = config_mod.load(config_file, flags=flags)
     results = run_checks(config)
@@ -53,7 +52,9 @@ def doctor(
     else:
         console = Console(highlight=False)
         for r in results:
-            fix = f"  [dim]fix: {escape(r.fix)}[/dim]" if r.fix else ""
-            console.print(f"{MARKS[r.status]} {escape(r.name)}: {escape(r.detail)}{fix}")
+            # Names and details quote interfaces, commands' output and files: escaped.
+            fix = f"  [dim]fix: {markup(r.fix, 400)}[/dim]" if r.fix else ""
+            line = f"{markup(r.name, 100)}: {markup(r.detail, 1000)}"
+            console.print(f"{MARKS[r.status]} {line}{fix}")
     if any(r.status == "fail" for r in results):
         raise typer.Exit(1)

@@ -35,6 +35,9 @@ RULE_SETTINGS = (
 )
 
 
+FORCE_HELP = "Change the rules even while a govpass daemon runs in this network namespace."
+
+
 def _need_root() -> None:
     from govpass.privileges import missing_capabilities
 
@@ -44,13 +47,19 @@ def _need_root() -> None:
 
 @rules_app.command("install")
 @with_settings(RULE_SETTINGS)
-def install(flags: dict[str, Any], config_file: Path | None) -> None:
+def install(
+    flags: dict[str, Any],
+    config_file: Path | None,
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
     """Install the rules (idempotent: replaces what govpass installed before)."""
     from govpass import rules
     from govpass.daemon import rule_spec
+    from govpass.instance import refuse_if_running
 
     config = config_mod.load(config_file, flags=flags)
     _need_root()
+    refuse_if_running("replace", force)
     backend = None if config.firewall in ("auto", "none") else config.firewall
     result = rules.install(rule_spec(config), backend=backend)  # type: ignore[arg-type]
     typer.echo(f"installed with {result.backend} ({', '.join(result.families)}): {result.reason}")
@@ -58,11 +67,13 @@ def install(flags: dict[str, Any], config_file: Path | None) -> None:
 
 
 @rules_app.command("remove")
-def remove() -> None:
+def remove(force: bool = typer.Option(False, "--force", help=FORCE_HELP)) -> None:
     """Remove every rule govpass installed, including leftovers of a crashed run."""
     from govpass import rules
+    from govpass.instance import refuse_if_running
 
     _need_root()
+    refuse_if_running("remove", force)
     result = rules.remove()
     if result.nothing_installed:
         typer.echo("nothing installed")

@@ -13,11 +13,14 @@ from govpass.cli import app, err_console
 from govpass.cli.options import with_settings
 from govpass.cli.status import line, table
 from govpass.errors import BackendError, ConfigError
+from govpass.safetext import text
 
 
 def _log(msg: str) -> None:
+    # The last line of defence: whatever a message quotes (names from packets,
+    # list lines, paths) cannot break the line or reach the terminal raw.
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print(f"{stamp} govpass: {msg}", file=sys.stderr, flush=True)
+    print(f"{stamp} govpass: {text(msg, 4000)}", file=sys.stderr, flush=True)
 
 
 def require_privileges() -> None:

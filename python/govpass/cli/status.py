@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from govpass.safetext import markup, text
+
 MAIN_KEYS = (
     ("flows_now", "flows tracked"),
     ("flows", "flows seen"),
@@ -29,6 +31,7 @@ TARGETING_KEYS = (
     ("auto_failures", "auto: failed flows"),
     ("auto_successes", "auto: working flows"),
     ("auto_learned", "auto: names learned"),
+    ("auto_rejected", "auto: names refused (not host names)"),
     ("list_errors", "list reload errors"),
     ("quic_dropped", "QUIC Initials dropped (listed)"),
     ("verdict_sent", "segments sent in verdicts"),
@@ -51,20 +54,37 @@ def table(stats: dict[str, Any], title: str = "govpass") -> Table:
     t.add_column("counter")
     t.add_column("value", justify="right")
     for key, label in _shown(stats):
-        t.add_row(label, f"{int(stats[key]):,}")
-    fails = stats.get("fail_open", {})
+        t.add_row(label, f"{_int(stats[key]):,}")
+    fails = _fails(stats)
     for reason, n in sorted(fails.items()):
         if n:
-            t.add_row(f"fail-open: {reason}", f"{int(n):,}", style="yellow")
+            t.add_row(f"fail-open: {markup(reason, 60)}", f"{n:,}", style="yellow")
     if not any(fails.values()):
         t.add_row("fail-open", "0")
     if stats.get("kernel_split_state"):
-        t.caption = f"kernel split: {stats['kernel_split_state']}"
+        t.caption = f"kernel split: {markup(stats['kernel_split_state'])}"
     return t
 
 
-def line(stats: dict[str, Any]) -> str:
-    parts = [f"{key}={int(stats[key])}" for key, _ in _shown(stats)]
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _fails(stats: dict[str, Any]) -> dict[str, int]:
+    """Fail-open counters by reason; the reasons come from state files: shown escaped."""
     fails = stats.get("fail_open", {})
-    parts.append("fail_open=" + ",".join(f"{r}:{n}" for r, n in sorted(fails.items()) if n))
+    if not isinstance(fails, dict):
+        return {}
+    return {str(reason): _int(n) for reason, n in fails.items()}
+
+
+def line(stats: dict[str, Any]) -> str:
+    parts = [f"{key}={_int(stats[key])}" for key, _ in _shown(stats)]
+    fails = _fails(stats)
+    parts.append(
+        "fail_open=" + ",".join(f"{text(r, 60)}:{n}" for r, n in sorted(fails.items()) if n)
+    )
     return " ".join(parts)

@@ -1,0 +1,28 @@
+"""The live table and the status line: strings from state files are shown escaped,
+never as markup or terminal controls; counters that are not numbers show as 0."""
+
+from __future__ import annotations
+
+from govpass.cli.status import line, table
+from rich.console import Console
+
+HOSTILE = "[red]x[/red]\x1b]0;pwned\x07\nforged"
+
+
+def test_the_table_shows_hostile_strings_escaped() -> None:
+    stats = {
+        "flows": 3,
+        "splits": "many",
+        "fail_open": {HOSTILE: 2},
+        "kernel_split_state": HOSTILE,
+        "auto_rejected": 4,
+    }
+    console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
+    console.print(table(stats))
+    raw = console.export_text(styles=False)
+    assert "\x07" not in raw and "]0;" not in raw.replace("\\x1b]0;", "")
+    assert "[red]x[/red]\\x1b]0;pwned\\x07\\x0aforged" in raw
+    assert "auto: names refused (not host names)" in raw
+    text = line(stats)
+    assert "\n" not in text and "\x1b" not in text
+    assert "splits=0" in text
