@@ -498,6 +498,7 @@ fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
     let flow = V6 {
         sport: 40001,
         dest_opts: true,
+        options: Vec::new(),
     };
     let mut d = Driver::default_cfg();
     let out = d.take(&flow.packet(ISN, PSH, &hello), 0);
@@ -512,6 +513,7 @@ fn ipv6_with_destination_options_is_split_behind_its_extension_header() {
     let flow = V6 {
         sport: 40002,
         dest_opts: true,
+        options: Vec::new(),
     };
     let hello = chromium();
     assert!(d.take(&flow.packet(ISN, 0, &hello[..1200]), 1).is_empty());

@@ -327,7 +327,8 @@ impl<T> Engine<T> {
                 Disposition::Pass
             }
             FlowState::Injected(memo) => {
-                let d = resplit(memo, &p, slot, &mut self.stats, out);
+                let msp = self.cfg.max_seg_payload;
+                let d = resplit(memo, msp, &p, slot, &mut self.stats, out);
                 if p.has(flags::FIN | flags::RST) {
                     self.flows.map.remove(&p.key);
                 }
@@ -341,6 +342,8 @@ impl<T> Engine<T> {
                     Some(FailReason::FinRst)
                 } else if p.has(flags::SYN) {
                     Some(FailReason::SynData)
+                } else if p.has(flags::URG) {
+                    Some(FailReason::Ambiguous)
                 } else if p.payload_len() == 0 {
                     out.push(Action::Accept(slot.take()));
                     return Disposition::Taken;
@@ -391,6 +394,14 @@ impl<T> Engine<T> {
             return Disposition::Pass;
         }
         self.stats.flows += 1;
+        if p.has(flags::URG) {
+            // Urgent data: a receiver without SO_OOBINLINE takes a byte out
+            // of the stream, so what the stream holds is ambiguous, and no
+            // cut keeps the urgent pointer right.
+            self.stats.fail(FailReason::Ambiguous);
+            self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
+            return Disposition::Pass;
+        }
         let facts = FlowFacts {
             key: p.key,
             iface: self.iface,
