@@ -17,7 +17,7 @@ pub enum Tail {
 
 /// Flags a generated segment may inherit from its template. SYN, RST and
 /// URG are never copied: a packet carrying them is not split (the engine
-/// fails open first), and copying them would reset the connection once per
+/// fails open first), since copying them would reset the connection once per
 /// segment or point every segment's urgent pointer at the wrong byte.
 const INHERITED: u8 = flags::ACK | flags::PSH | flags::FIN | flags::ECE | flags::CWR;
 

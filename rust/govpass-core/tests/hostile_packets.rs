@@ -59,10 +59,13 @@ fn ipv6_payload_length_zero_passes_untouched() {
 }
 
 #[test]
-fn retransmission_with_rst_urg_fin_or_syn_passes_untouched() {
+fn retransmission_with_rst_urg_or_syn_passes_untouched() {
     let hello = fixture("openssl_default.bin");
     let flow = V4::default();
-    for (i, extra) in [RST, URG, FIN, SYN, RST | URG].into_iter().enumerate() {
+    for (i, extra) in [RST, URG, SYN, RST | URG, FIN | RST]
+        .into_iter()
+        .enumerate()
+    {
         let mut d = Driver::default_cfg();
         let flow = V4::port(flow.sport + i as u16);
         assert_eq!(shape(&d.take(&flow.packet(ISN, PSH, &hello), 0)), "S S D0");
@@ -84,6 +87,17 @@ fn hello_with_urgent_data_fails_open() {
     assert_eq!(shape(&out), "R1 R2");
     assert_eq!(d.engine.stats().splits, 0);
     d.assert_all_fated();
+}
+
+#[test]
+fn retransmission_with_fin_keeps_fin_on_the_last_piece() {
+    let hello = fixture("openssl_default.bin");
+    let mut d = Driver::default_cfg();
+    d.take(&V4::default().packet(ISN, PSH, &hello), 0);
+    let out = d.take(&V4::default().packet(ISN, PSH | FIN, &hello), 200_000);
+    let f: Vec<u8> = sends(&out).iter().map(|p| view(p).flags).collect();
+    assert_eq!(f, vec![ACK, ACK | PSH | FIN]);
+    assert_eq!(d.engine.stats().flows_now, 0, "FIN ends the flow");
 }
 
 #[test]

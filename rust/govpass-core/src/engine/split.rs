@@ -153,10 +153,13 @@ impl<T> Engine<T> {
 /// A packet of an already split flow: when it carries bytes of the split
 /// record (a retransmission), it is cut at the same places again.
 ///
-/// A retransmission carrying SYN, RST, FIN or URG passes untouched: those
-/// flags belong to one byte or to the whole packet, and no cut keeps them
-/// meaningful (a RST copied onto every segment, an urgent pointer relative
-/// to the wrong sequence number). Its pieces are bounded by the flow's
+/// A retransmission carrying SYN, RST or URG passes untouched: no cut keeps
+/// those meaningful (a RST copied onto every segment aborts the connection
+/// at the first one, an urgent pointer would count from the wrong sequence
+/// number), and a connection being reset gains nothing from a split. FIN
+/// marks the end of the packet's bytes, so it is kept on the last piece
+/// only, and the hello stays split even when the client closes at once
+/// (passing it whole would show the host name after all). Its pieces are bounded by the flow's
 /// segment limit and by what fits its own headers, which may be longer
 /// than the original's (more TCP options).
 pub(super) fn resplit<T, F>(
@@ -173,7 +176,7 @@ where
     let len = p.payload_len() as i64;
     let start = p.seq.offset_from(memo.base);
     let window = i64::from(memo.window);
-    let refused = flags::SYN | flags::RST | flags::FIN | flags::URG;
+    let refused = flags::SYN | flags::RST | flags::URG;
     if len == 0 || start < 0 || start >= window || p.has(refused) {
         return Disposition::Pass;
     }
