@@ -184,30 +184,42 @@ fn bytes_per_flow(n: u32, first: impl Fn(u32) -> Vec<u8>) -> (f64, u64) {
     ((after - before) as f64 / f64::from(n), flows)
 }
 
-/// The slowest of a series of `expire` calls every `step` us from `from`
-/// until `done` says so (or `max_calls`): (worst seconds, calls, total seconds).
-fn worst_expire(
+/// Timings of a series of `expire` calls every `step` us from `from` until
+/// `done` says so (or `max_calls`).
+struct Calls {
+    /// Median and slowest call, and all calls together, in seconds.
+    median: f64,
+    worst: f64,
+    total: f64,
+    count: usize,
+}
+
+fn expire_calls(
     e: &mut Engine<u32>,
     from: u64,
     step: u64,
     max_calls: usize,
     mut done: impl FnMut(&Engine<u32>) -> bool,
-) -> (f64, usize, f64) {
+) -> Calls {
     let mut out: Vec<Action<u32>> = Vec::new();
-    let (mut worst, mut total, mut calls) = (0f64, 0f64, 0);
+    let mut times = Vec::new();
     let mut now = from;
-    while calls < max_calls && !done(e) {
+    while times.len() < max_calls && !done(e) {
         let t = Instant::now();
         e.expire(now, &mut out);
-        let secs = t.elapsed().as_secs_f64();
+        times.push(t.elapsed().as_secs_f64());
         black_box(&out);
         out.clear();
-        worst = worst.max(secs);
-        total += secs;
-        calls += 1;
         now += step;
     }
-    (worst, calls, total)
+    let total = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    Calls {
+        median: times.get(times.len() / 2).copied().unwrap_or(0.0),
+        worst: times.last().copied().unwrap_or(0.0),
+        total,
+        count: times.len(),
+    }
 }
 
 /// Timer-call stalls with `n` flows created over one second: pass-through
@@ -237,21 +249,22 @@ fn expire_stalls(n: u32, collecting: bool) -> String {
     assert_eq!(e.stats().flows_now, u64::from(n));
     let heap_full = live();
     // Nothing due: 2 s .. 2 s + 8 ticks.
-    let (idle_worst, _, _) = worst_expire(&mut e, 2_000_000, tick, 8, |_| false);
+    let idle = expire_calls(&mut e, 2_000_000, tick, 8, |_| false);
     // Everything idle: from flow-timeout + 1.1 s on, until the table is empty.
-    let (due_worst, due_calls, due_total) =
-        worst_expire(&mut e, timeout + 1_100_000, tick, 100_000, |e| {
-            e.stats().flows_now == 0
-        });
+    let sweep = expire_calls(&mut e, timeout + 1_100_000, tick, 100_000, |e| {
+        e.stats().flows_now == 0
+    });
     let heap_after = live();
     drop(e);
     let mut fields = format!(
-        "\"flows\": {n}, \"idle_worst_ms\": {:.3}, \"sweep_worst_ms\": {:.3}, \
-         \"sweep_calls\": {due_calls}, \"sweep_total_ms\": {:.1}, \
+        "\"flows\": {n}, \"idle_worst_ms\": {:.3}, \"sweep_median_ms\": {:.3}, \
+         \"sweep_worst_ms\": {:.3}, \"sweep_calls\": {}, \"sweep_total_ms\": {:.1}, \
          \"heap_full_mb\": {:.1}, \"heap_after_mb\": {:.2}, \"insert_worst_ms\": {:.3}",
-        idle_worst * 1e3,
-        due_worst * 1e3,
-        due_total * 1e3,
+        idle.worst * 1e3,
+        sweep.median * 1e3,
+        sweep.worst * 1e3,
+        sweep.count,
+        sweep.total * 1e3,
         (heap_full - heap_before) as f64 / 1e6,
         (heap_after - heap_before) as f64 / 1e6,
         insert_worst * 1e3,
@@ -263,13 +276,15 @@ fn expire_stalls(n: u32, collecting: bool) -> String {
             e.process(&p, 1, || i, &mut out);
         }
         assert_eq!(e.stats().held_packets_now, u64::from(n));
-        let (worst, calls, _) =
-            worst_expire(&mut e, 1 + cfg.collect_timeout_us, 50_000, 100_000, |e| {
-                e.stats().held_packets_now == 0
-            });
+        let c = expire_calls(&mut e, 1 + cfg.collect_timeout_us, 50_000, 100_000, |e| {
+            e.stats().held_packets_now == 0
+        });
         fields += &format!(
-            ", \"collect_timeout_worst_ms\": {:.3}, \"collect_timeout_calls\": {calls}",
-            worst * 1e3
+            ", \"collect_timeout_median_ms\": {:.3}, \"collect_timeout_worst_ms\": {:.3}, \
+             \"collect_timeout_calls\": {}",
+            c.median * 1e3,
+            c.worst * 1e3,
+            c.count
         );
     }
     format!("{{{fields}}}")

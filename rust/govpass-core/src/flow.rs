@@ -123,14 +123,24 @@ impl<T> Flow<T> {
     }
 }
 
-/// Most flows one timer call examines for each of its two jobs (collect
-/// deadlines, idle flows): a few hundred microseconds of work, so no call
-/// stalls the packet loop whatever the table size. A larger backlog is
-/// worked off over the following calls.
-pub const EXPIRE_BUDGET: usize = 4096;
+/// Most idle flows one timer call examines (and forgets). Forgetting a flow
+/// that holds nothing costs a few hash-table operations, so a call stays
+/// within about a millisecond whatever the table size; a larger backlog is
+/// worked off by the following calls.
+pub const EXPIRE_BUDGET: usize = 2048;
+
+/// Most collect deadlines one timer call examines. Each may release a
+/// collecting flow's held packets and free its buffers, a few times dearer
+/// than forgetting an idle flow, hence the smaller number.
+pub const COLLECT_BUDGET: usize = 1024;
 
 /// Below this many slots the table is not shrunk (its memory is negligible).
 const MIN_SHRINK_CAPACITY: usize = 4096;
+
+/// Most flows a shrink rehashes: shrinking moves every flow into a new
+/// table in one go, so it waits until few enough are left for that to take
+/// about a millisecond.
+const MAX_SHRINK_LEN: usize = 4096;
 
 /// Flows by key, kept in a recency list (least recently seen first) so that
 /// evicting the oldest and forgetting idle flows look only at the flows
@@ -360,15 +370,16 @@ impl<T> FlowTable<T> {
 
     /// Gives memory back after a burst: the table (and the deadline heap)
     /// shrink to twice what they hold once they hold less than an eighth of
-    /// their room. Growth doubles at full, so a table shrinks only after
-    /// losing three quarters of what it last grew to: no flapping.
+    /// their room and at most `MAX_SHRINK_LEN` flows. Growth doubles at
+    /// full, so a table shrinks only after losing three quarters of what it
+    /// last grew to: no flapping.
     pub fn shrink(&mut self) {
         let (len, cap) = (self.map.len(), self.map.capacity());
-        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap {
+        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
             self.map.shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
         }
         let (len, cap) = (self.deadlines.len(), self.deadlines.capacity());
-        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap {
+        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
             self.deadlines
                 .shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
         }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use govpass_core::engine::EXPIRE_BUDGET;
+use govpass_core::engine::{COLLECT_BUDGET, EXPIRE_BUDGET};
 use govpass_core::EngineConfig;
 
 const T: u64 = 1_000_000;
@@ -49,12 +49,12 @@ fn expire_examines_a_bounded_number_of_flows() {
     // Everything is due: one call forgets one budget's worth, the following
     // calls the rest.
     d.expire(T + 1);
-    assert!(d.engine.expire_visits() <= 2 * EXPIRE_BUDGET as u64);
+    assert!(d.engine.expire_visits() <= (COLLECT_BUDGET + EXPIRE_BUDGET) as u64);
     assert_eq!(flows(&d), u64::from(n) - EXPIRE_BUDGET as u64);
     let mut calls = 1;
     while flows(&d) > 0 {
         d.expire(T + 1 + calls);
-        assert!(d.engine.expire_visits() <= 2 * EXPIRE_BUDGET as u64);
+        assert!(d.engine.expire_visits() <= (COLLECT_BUDGET + EXPIRE_BUDGET) as u64);
         calls += 1;
     }
     assert_eq!(calls, 4);
@@ -125,7 +125,7 @@ fn a_full_table_evicts_the_least_recently_seen_flow() {
 #[test]
 fn a_burst_of_collect_timeouts_fires_over_bounded_calls() {
     let hello = fixture("chromium_sni_late.bin");
-    let n = EXPIRE_BUDGET as u32 + 500;
+    let n = 2 * COLLECT_BUDGET as u32 + 500;
     let mut d = Driver::new(config(n));
     for i in 0..n {
         let mut f = V4::port(1024 + (i % 60_000) as u16);
@@ -133,11 +133,13 @@ fn a_burst_of_collect_timeouts_fires_over_bounded_calls() {
         assert!(d.take(&f.packet(1, 0, &hello[..1000]), 1).is_empty());
     }
     let timeout = EngineConfig::default().collect_timeout_us;
-    let first = d.expire(1 + timeout);
-    assert_eq!(first.len(), EXPIRE_BUDGET);
-    assert!(d.engine.expire_visits() <= 2 * EXPIRE_BUDGET as u64);
-    let second = d.expire(2 + timeout);
-    assert_eq!(second.len(), 500);
+    let mut released = Vec::new();
+    for call in 0..3 {
+        let out = d.expire(1 + timeout + call);
+        assert!(d.engine.expire_visits() <= (COLLECT_BUDGET + EXPIRE_BUDGET) as u64);
+        released.push(out.len());
+    }
+    assert_eq!(released, vec![COLLECT_BUDGET, COLLECT_BUDGET, 500]);
     d.assert_all_fated();
 }
 

@@ -12,8 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::{check_strategy, EngineConfig, SplitMode};
 use crate::error::ConfigError;
-pub use crate::flow::EXPIRE_BUDGET;
 use crate::flow::{Collector, Flow, FlowState, FlowTable, HeldPacket};
+pub use crate::flow::{COLLECT_BUDGET, EXPIRE_BUDGET};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
 use crate::reassembly::{Added, Assembler};
 use crate::seq::Seq;
@@ -561,8 +561,8 @@ impl<T> Engine<T> {
 
     /// Timer call: fails open the flows whose collect-timeout passed, and
     /// forgets flows idle for longer than the flow timeout. Each call looks
-    /// at no more than [`EXPIRE_BUDGET`] deadlines and as many idle flows,
-    /// so it stays short at any table size; a larger backlog (a burst of
+    /// at no more than [`COLLECT_BUDGET`] deadlines and [`EXPIRE_BUDGET`]
+    /// idle flows, so it stays short at any table size; a larger backlog (a burst of
     /// flows timing out together) is worked off by the following calls. A
     /// flow last seen at `t` is forgotten by the first call at or after
     /// `t` plus flow-timeout plus flow-timeout / 16 that has budget left for
@@ -571,7 +571,7 @@ impl<T> Engine<T> {
     /// least recently seen flow, so a backlog costs memory only.
     pub fn expire(&mut self, now: u64, out: &mut Vec<Action<T>>) {
         self.flows.reset_visits();
-        for key in self.flows.due(now, EXPIRE_BUDGET) {
+        for key in self.flows.due(now, COLLECT_BUDGET) {
             self.fail_flow(key, FailReason::Timeout, out);
         }
         let timeout = self.cfg.flow_timeout_us;
