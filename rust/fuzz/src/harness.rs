@@ -20,9 +20,9 @@
 //!   tokens still waiting for a fate and never exceed
 //!   `max_flows * max_held_pkts`, held bytes never exceed that many packets
 //!   of the largest size given;
-//! - every `Send` parses as complete IPv4/IPv6 TCP, its checksums verify, and
-//!   its payload is no larger than `max_seg_payload` unless it is the tail of
-//!   a packet given (bytes after the first record, sent as they came).
+//! - every `Send` parses as complete IPv4/IPv6 TCP, its checksums verify, it
+//!   is no larger than `max_seg_payload + 40` bytes, and it carries no SYN,
+//!   RST or URG.
 
 use govpass_core::checksum;
 use govpass_core::engine::Disposition;
@@ -246,8 +246,6 @@ struct Checker {
     cfg: EngineConfig,
     tokens: Vec<Tok>,
     largest_packet: u64,
-    /// (sequence number after the payload, payload) of the TCP packets given.
-    given: Vec<(u32, Vec<u8>)>,
 }
 
 impl Checker {
@@ -278,20 +276,20 @@ impl Checker {
             p.len(),
             "IP length of a Send disagrees with its size"
         );
-        // Pieces of the record are bounded by max-seg-payload; bytes after
-        // the record go out as the tail of the packet that carried them,
-        // whatever its size.
-        let end = v.seq.0.wrapping_add(v.payload_len() as u32);
-        let is_tail = || {
-            self.given
-                .iter()
-                .any(|(e, pl)| *e == end && pl.ends_with(v.payload()))
-        };
+        // Every packet the engine builds fits max-seg-payload + 40 bytes,
+        // whatever the headers (TCP and IP options, IPv6 extension headers)
+        // of the packet it was built from, and carries no flag that does not
+        // survive a cut.
         assert!(
-            v.payload_len() as u32 <= self.cfg.max_seg_payload || is_tail(),
-            "Send payload {} > max-seg-payload {} and not the tail of a packet given",
-            v.payload_len(),
+            p.len() as u64 <= u64::from(self.cfg.max_seg_payload) + 40,
+            "Send of {} bytes > max-seg-payload {} + 40",
+            p.len(),
             self.cfg.max_seg_payload,
+        );
+        assert_eq!(
+            v.flags & (packet::flags::SYN | packet::flags::RST | packet::flags::URG),
+            0,
+            "Send with SYN, RST or URG"
         );
         assert!(v.payload_len() > 0, "empty Send");
         let t = v.tcp_offset;
@@ -344,7 +342,6 @@ pub fn run(data: &[u8]) -> govpass_core::Stats {
         cfg,
         tokens: Vec::new(),
         largest_packet: 0,
-        given: Vec::new(),
     };
     let mut out = Vec::new();
     let mut now: u64 = u64::from(c.u16());
@@ -370,10 +367,6 @@ pub fn run(data: &[u8]) -> govpass_core::Stats {
             _ => crafted(&mut c),
         };
         ck.largest_packet = ck.largest_packet.max(packet.len() as u64);
-        if let Ok(v) = packet::parse(&packet) {
-            let end = v.seq.0.wrapping_add(v.payload_len() as u32);
-            ck.given.push((end, v.payload().to_vec()));
-        }
         let id = ck.tokens.len() as u32;
         ck.tokens.push(Tok::Unmade);
         let mut made = 0;

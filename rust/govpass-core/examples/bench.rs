@@ -1,6 +1,7 @@
 //! Engine throughput and memory inside Rust, printed as one JSON object.
 //!
 //!     cargo run --release --example bench [-- --quick]
+//!     cargo run --release --example bench -- --expire [FLOWS...]
 //!
 //! Measures, on whatever core the process runs on (ci/bench_engine.py pins
 //! it): pass-through packets/s (packets of flows already in pass-through
@@ -9,6 +10,14 @@
 //! tracked flow, counted by a global allocator, for flows in pass-through
 //! state, split flows (tombstones) and collecting flows (one 1448-byte
 //! packet held).
+//!
+//! `--expire` measures instead how long single timer calls stall the packet
+//! loop with many tracked flows (default 131072 and 1048576): the slowest
+//! `expire()` call while nothing is due, while every flow falls idle at
+//! once, and (at the smaller size) while every collecting flow reaches its
+//! collect-timeout at once; with the number of calls it took to empty the
+//! table, the live heap before the flows came and after they went, and the
+//! slowest single `process()` call while the table filled.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -175,7 +184,127 @@ fn bytes_per_flow(n: u32, first: impl Fn(u32) -> Vec<u8>) -> (f64, u64) {
     ((after - before) as f64 / f64::from(n), flows)
 }
 
+/// Timings of a series of `expire` calls every `step` us from `from` until
+/// `done` says so (or `max_calls`).
+struct Calls {
+    /// Median and slowest call, and all calls together, in seconds.
+    median: f64,
+    worst: f64,
+    total: f64,
+    count: usize,
+}
+
+fn expire_calls(
+    e: &mut Engine<u32>,
+    from: u64,
+    step: u64,
+    max_calls: usize,
+    mut done: impl FnMut(&Engine<u32>) -> bool,
+) -> Calls {
+    let mut out: Vec<Action<u32>> = Vec::new();
+    let mut times = Vec::new();
+    let mut now = from;
+    while times.len() < max_calls && !done(e) {
+        let t = Instant::now();
+        e.expire(now, &mut out);
+        times.push(t.elapsed().as_secs_f64());
+        black_box(&out);
+        out.clear();
+        now += step;
+    }
+    let total = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    Calls {
+        median: times.get(times.len() / 2).copied().unwrap_or(0.0),
+        worst: times.last().copied().unwrap_or(0.0),
+        total,
+        count: times.len(),
+    }
+}
+
+/// Timer-call stalls with `n` flows created over one second: pass-through
+/// flows while none is due, then all of them idle past the flow timeout;
+/// with `collecting`, also `n` collecting flows whose collect-timeout passes
+/// at once. Calls come every 250 ms, as the daemon's idle tick.
+fn expire_stalls(n: u32, collecting: bool) -> String {
+    let cfg = EngineConfig {
+        max_flows: n,
+        ..EngineConfig::default()
+    };
+    let timeout = cfg.flow_timeout_us;
+    let tick = 250_000;
+    let heap_before = live();
+    let mut e: Engine<u32> = Engine::new(cfg.clone()).unwrap();
+    let mut out: Vec<Action<u32>> = Vec::new();
+    // The slowest single process() call while the table fills (the hash
+    // table's growth rehashes it whole).
+    let mut insert_worst = 0f64;
+    for i in 0..n {
+        let p = packet(i, 443, 1000, 0x08, b"GET / HTTP/1.1\r\n\r\n");
+        let now = 1 + u64::from(i) * 1_000_000 / u64::from(n);
+        let t = Instant::now();
+        e.process(&p, now, || i, &mut out);
+        insert_worst = insert_worst.max(t.elapsed().as_secs_f64());
+    }
+    assert_eq!(e.stats().flows_now, u64::from(n));
+    let heap_full = live();
+    // Nothing due: 2 s .. 2 s + 8 ticks.
+    let idle = expire_calls(&mut e, 2_000_000, tick, 8, |_| false);
+    // Everything idle: from flow-timeout + 1.1 s on, until the table is empty.
+    let sweep = expire_calls(&mut e, timeout + 1_100_000, tick, 100_000, |e| {
+        e.stats().flows_now == 0
+    });
+    let heap_after = live();
+    drop(e);
+    let mut fields = format!(
+        "\"flows\": {n}, \"idle_worst_ms\": {:.3}, \"sweep_median_ms\": {:.3}, \
+         \"sweep_worst_ms\": {:.3}, \"sweep_calls\": {}, \"sweep_total_ms\": {:.1}, \
+         \"heap_full_mb\": {:.1}, \"heap_after_mb\": {:.2}, \"insert_worst_ms\": {:.3}",
+        idle.worst * 1e3,
+        sweep.median * 1e3,
+        sweep.worst * 1e3,
+        sweep.count,
+        sweep.total * 1e3,
+        (heap_full - heap_before) as f64 / 1e6,
+        (heap_after - heap_before) as f64 / 1e6,
+        insert_worst * 1e3,
+    );
+    if collecting {
+        let mut e: Engine<u32> = Engine::new(cfg.clone()).unwrap();
+        for i in 0..n {
+            let p = packet(i, 443, 1000, 0, &CHROMIUM[..1448]);
+            e.process(&p, 1, || i, &mut out);
+        }
+        assert_eq!(e.stats().held_packets_now, u64::from(n));
+        let c = expire_calls(&mut e, 1 + cfg.collect_timeout_us, 50_000, 100_000, |e| {
+            e.stats().held_packets_now == 0
+        });
+        fields += &format!(
+            ", \"collect_timeout_median_ms\": {:.3}, \"collect_timeout_worst_ms\": {:.3}, \
+             \"collect_timeout_calls\": {}",
+            c.median * 1e3,
+            c.worst * 1e3,
+            c.count
+        );
+    }
+    format!("{{{fields}}}")
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--expire") {
+        let mut sizes: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if sizes.is_empty() {
+            sizes = vec![131_072, 1_048_576];
+        }
+        let small = *sizes.iter().min().unwrap();
+        let rows: Vec<String> = sizes
+            .iter()
+            .map(|n| expire_stalls(*n, *n == small))
+            .collect();
+        println!("[{}]", rows.join(", "));
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let (reps, rounds, split_flows, mem_flows) = if quick {
         (20, 2, 50_000, 20_000)

@@ -6,7 +6,7 @@
 //! idle timeout, eviction).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 use hashbrown::HashMap;
 
@@ -106,19 +106,66 @@ pub struct Flow<T> {
     /// Sequence number of the flow's first payload byte seen.
     pub first_seq: Seq,
     pub state: FlowState<T>,
+    /// Neighbours in the table's recency list.
+    older: Option<FlowKey>,
+    newer: Option<FlowKey>,
+    /// When the flow was last moved to the newest end of that list.
+    queued: u64,
 }
 
-/// Flows by key, with what is needed to evict the oldest and to find
-/// collecting flows whose deadline passed without scanning the table.
-pub struct FlowTable<T> {
-    pub map: HashMap<FlowKey, Flow<T>, foldhash::fast::RandomState>,
-    /// Creation order, for eviction; entries of removed flows are stale and
-    /// skipped (matched by id).
-    order: VecDeque<(FlowKey, u64)>,
-    /// Collect deadlines; stale entries are skipped likewise.
-    deadlines: BinaryHeap<Reverse<(u64, u64, FlowKeyOrd)>>,
-    next_id: u64,
+impl<T> Flow<T> {
+    /// Records a packet at `now`. True when the flow is due to move to the
+    /// newest end of its table's recency list ([`FlowTable::requeue`]).
+    #[inline]
+    pub fn seen(&mut self, now: u64, requeue_us: u64) -> bool {
+        self.last_seen = now;
+        now.saturating_sub(self.queued) >= requeue_us
+    }
 }
+
+/// Most idle flows one timer call examines (and forgets). Forgetting a flow
+/// that holds nothing costs a few hash-table operations, so a call stays
+/// within about a millisecond whatever the table size; a larger backlog is
+/// worked off by the following calls.
+pub const EXPIRE_BUDGET: usize = 2048;
+
+/// Most collect deadlines one timer call examines. Each may release a
+/// collecting flow's held packets and free its buffers, a few times dearer
+/// than forgetting an idle flow, hence the smaller number.
+pub const COLLECT_BUDGET: usize = 1024;
+
+/// Below this many slots the table is not shrunk (its memory is negligible).
+const MIN_SHRINK_CAPACITY: usize = 4096;
+
+/// Most flows a shrink rehashes: shrinking moves every flow into a new
+/// table in one go, so it waits until few enough are left for that to take
+/// about a millisecond.
+const MAX_SHRINK_LEN: usize = 4096;
+
+/// Flows by key, kept in a recency list (least recently seen first) so that
+/// evicting the oldest and forgetting idle flows look only at the flows
+/// concerned, and with a heap of collect deadlines so that collecting flows
+/// whose deadline passed are found without scanning the table.
+///
+/// The recency list is coarse: a flow moves to the newest end only when
+/// `requeue_us` passed since it last moved, so a packet costs no list work
+/// in the common case, and a flow idle for the flow timeout is forgotten at
+/// most `requeue_us` late (see [`FlowTable::sweep_idle`]).
+pub struct FlowTable<T> {
+    map: HashMap<FlowKey, Flow<T>, foldhash::fast::RandomState>,
+    oldest: Option<FlowKey>,
+    newest: Option<FlowKey>,
+    /// Collect deadlines; entries of flows that are gone or no longer
+    /// collecting are stale and skipped (matched by id).
+    deadlines: BinaryHeap<Deadline>,
+    next_id: u64,
+    requeue_us: u64,
+    /// Entries examined by timer calls since `reset_visits`.
+    visits: u64,
+}
+
+/// A collect deadline: (when, flow id, flow key), earliest first.
+type Deadline = Reverse<(u64, u64, FlowKeyOrd)>;
 
 /// FlowKey ordered only so it can sit in the deadline heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,18 +185,21 @@ impl Ord for FlowKeyOrd {
     }
 }
 
-impl<T> Default for FlowTable<T> {
-    fn default() -> Self {
+impl<T> FlowTable<T> {
+    /// An empty table whose recency list is refreshed at most every
+    /// `requeue_us` per flow.
+    pub fn new(requeue_us: u64) -> Self {
         FlowTable {
             map: HashMap::with_hasher(foldhash::fast::RandomState::default()),
-            order: VecDeque::new(),
+            oldest: None,
+            newest: None,
             deadlines: BinaryHeap::new(),
             next_id: 0,
+            requeue_us,
+            visits: 0,
         }
     }
-}
 
-impl<T> FlowTable<T> {
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -158,8 +208,23 @@ impl<T> FlowTable<T> {
         self.map.is_empty()
     }
 
-    /// Inserts a new flow and returns its id.
+    /// Bytes of the table's own allocation (the flows' boxed states and
+    /// held packets not included).
+    pub fn allocation_bytes(&self) -> usize {
+        self.map.allocation_size() + self.deadlines.capacity() * std::mem::size_of::<Deadline>()
+    }
+
+    pub fn get(&self, key: &FlowKey) -> Option<&Flow<T>> {
+        self.map.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow<T>> {
+        self.map.get_mut(key)
+    }
+
+    /// Inserts a new flow (replacing any flow of that key) and returns its id.
     pub fn insert(&mut self, key: FlowKey, now: u64, first_seq: Seq, state: FlowState<T>) -> u64 {
+        self.remove(&key);
         self.next_id += 1;
         let id = self.next_id;
         self.map.insert(
@@ -169,65 +234,257 @@ impl<T> FlowTable<T> {
                 last_seen: now,
                 first_seq,
                 state,
+                older: None,
+                newer: None,
+                queued: now,
             },
         );
-        self.order.push_back((key, id));
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order
-                .retain(|(k, id)| map.get(k).is_some_and(|f| f.id == *id));
-        }
+        self.link_newest(key);
         id
     }
 
-    /// Registers the collect deadline of flow `id`.
+    /// Removes a flow.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow<T>> {
+        let flow = self.map.remove(key)?;
+        self.unlink(flow.older, flow.newer);
+        Some(flow)
+    }
+
+    /// How long a flow stays put in the recency list after it moved.
+    pub fn requeue_us(&self) -> u64 {
+        self.requeue_us
+    }
+
+    /// Moves flow `key` to the newest end of the recency list (after
+    /// [`Flow::seen`] said it is due to).
+    pub fn requeue(&mut self, key: &FlowKey, now: u64) {
+        let newest = self.newest == Some(*key);
+        let Some(flow) = self.map.get_mut(key) else {
+            return;
+        };
+        flow.queued = now;
+        if !newest {
+            let (older, newer) = (flow.older.take(), flow.newer.take());
+            self.unlink(older, newer);
+            self.link_newest(*key);
+        }
+    }
+
+    /// Makes `key` (in the map, unlinked) the newest flow of the list.
+    fn link_newest(&mut self, key: FlowKey) {
+        let prev = self.newest.replace(key);
+        match prev.and_then(|p| self.map.get_mut(&p)) {
+            Some(p) => p.newer = Some(key),
+            None => self.oldest = Some(key),
+        }
+        if let Some(f) = self.map.get_mut(&key) {
+            f.older = prev;
+            f.newer = None;
+        }
+    }
+
+    /// Joins the neighbours of a flow taken out of the list (with no
+    /// older neighbour its newer one is the oldest flow now, and so on).
+    fn unlink(&mut self, older: Option<FlowKey>, newer: Option<FlowKey>) {
+        match older.and_then(|k| self.map.get_mut(&k)) {
+            Some(o) => o.newer = newer,
+            None => self.oldest = newer,
+        }
+        match newer.and_then(|k| self.map.get_mut(&k)) {
+            Some(n) => n.older = older,
+            None => self.newest = older,
+        }
+    }
+
+    /// Registers the collect deadline of flow `id`. Entries left by flows
+    /// that finished collecting are dropped when they reach the top of the
+    /// heap (two at most per call, so this never scans), and by `due`.
     pub fn set_deadline(&mut self, key: FlowKey, id: u64, at: u64) {
         self.deadlines.push(Reverse((at, id, FlowKeyOrd(key))));
-        self.compact_deadlines();
-    }
-
-    /// Drops deadlines of flows that are gone, once they outnumber the live
-    /// flows, so the heap stays bounded even when `due` is seldom called.
-    fn compact_deadlines(&mut self) {
-        if self.deadlines.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            let kept: Vec<_> = self
-                .deadlines
-                .drain()
-                .filter(|Reverse((_, id, k))| map.get(&k.0).is_some_and(|f| f.id == *id))
-                .collect();
-            self.deadlines = kept.into();
-        }
-    }
-
-    /// Removes and returns the oldest live flow.
-    pub fn pop_oldest(&mut self) -> Option<(FlowKey, Flow<T>)> {
-        while let Some((key, id)) = self.order.pop_front() {
-            if self.map.get(&key).is_some_and(|f| f.id == id) {
-                return self.map.remove(&key).map(|f| (key, f));
+        for _ in 0..2 {
+            match self.deadlines.peek() {
+                Some(Reverse((_, id, k))) if !self.is_collecting(&k.0, *id) => {
+                    self.deadlines.pop();
+                }
+                _ => break,
             }
         }
-        None
     }
 
-    /// Keys of flows whose collect deadline is at or before `now` and that are
-    /// still collecting.
-    pub fn due(&mut self, now: u64) -> Vec<FlowKey> {
+    fn is_collecting(&self, key: &FlowKey, id: u64) -> bool {
+        self.map
+            .get(key)
+            .is_some_and(|f| f.id == id && matches!(f.state, FlowState::Collecting(_)))
+    }
+
+    /// Removes and returns the least recently seen flow.
+    pub fn pop_oldest(&mut self) -> Option<(FlowKey, Flow<T>)> {
+        let key = self.oldest?;
+        self.remove(&key).map(|f| (key, f))
+    }
+
+    /// Keys of flows that are still collecting and whose collect deadline is
+    /// at or before `now`, looking at no more than `budget` heap entries (the
+    /// rest wait for the next call).
+    pub fn due(&mut self, now: u64, budget: usize) -> Vec<FlowKey> {
         let mut out = Vec::new();
-        while let Some(Reverse((at, id, key))) = self.deadlines.peek().copied() {
+        for _ in 0..budget {
+            let Some(Reverse((at, id, key))) = self.deadlines.peek().copied() else {
+                break;
+            };
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            let live = self
-                .map
-                .get(&key.0)
-                .is_some_and(|f| f.id == id && matches!(f.state, FlowState::Collecting(_)));
-            if live {
+            self.visits += 1;
+            if self.is_collecting(&key.0, id) {
                 out.push(key.0);
             }
         }
-        self.compact_deadlines();
         out
+    }
+
+    /// Removes, oldest first, flows not seen for `timeout` by `now`, at most
+    /// `budget` of them. The list is in order of `queued`, and a flow is
+    /// seen at most `requeue_us` after it was queued; so once the oldest
+    /// flow is not idle, every idle flow behind it turns idle within
+    /// `requeue_us`: a flow last seen at `t` is gone by the first call at or
+    /// after `t + timeout + requeue_us` that finds fewer than `budget`
+    /// removals ahead of it.
+    pub fn sweep_idle(&mut self, now: u64, timeout: u64, budget: usize) -> Vec<Flow<T>> {
+        let mut out = Vec::new();
+        while out.len() < budget {
+            let Some(key) = self.oldest else { break };
+            self.visits += 1;
+            let idle = self
+                .map
+                .get(&key)
+                .is_some_and(|f| f.last_seen.saturating_add(timeout) <= now);
+            if !idle {
+                break;
+            }
+            out.extend(self.remove(&key));
+        }
+        out
+    }
+
+    /// Gives memory back after a burst: the table (and the deadline heap)
+    /// shrink to twice what they hold once they hold less than an eighth of
+    /// their room and at most `MAX_SHRINK_LEN` flows. Growth doubles at
+    /// full, so a table shrinks only after losing three quarters of what it
+    /// last grew to: no flapping.
+    pub fn shrink(&mut self) {
+        let (len, cap) = (self.map.len(), self.map.capacity());
+        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
+            self.map.shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
+        }
+        let (len, cap) = (self.deadlines.len(), self.deadlines.capacity());
+        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
+            self.deadlines
+                .shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
+        }
+    }
+
+    /// Entries examined by `due` and `sweep_idle` since `reset_visits`.
+    pub fn visits(&self) -> u64 {
+        self.visits
+    }
+
+    pub fn reset_visits(&mut self) {
+        self.visits = 0;
+    }
+
+    /// Removes every flow.
+    pub fn drain(&mut self) -> impl Iterator<Item = Flow<T>> + '_ {
+        self.oldest = None;
+        self.newest = None;
+        self.deadlines.clear();
+        self.map.drain().map(|(_, f)| f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(i: u8) -> FlowKey {
+        FlowKey {
+            src: [i; 16],
+            dst: [0; 16],
+            sport: 1,
+            dport: 443,
+            v6: false,
+        }
+    }
+
+    /// The recency list holds every flow once, from oldest to newest, in
+    /// order of `queued`, with consistent back links.
+    fn check_list(t: &FlowTable<u32>) {
+        let mut seen = Vec::new();
+        let mut prev: Option<FlowKey> = None;
+        let mut cur = t.oldest;
+        while let Some(k) = cur {
+            let f = &t.map[&k];
+            assert_eq!(f.older, prev);
+            if let Some(p) = prev {
+                assert!(t.map[&p].queued <= f.queued);
+            }
+            assert!(f.last_seen.saturating_sub(f.queued) < t.requeue_us.max(1));
+            seen.push(k);
+            prev = Some(k);
+            cur = f.newer;
+        }
+        assert_eq!(t.newest, prev);
+        assert_eq!(seen.len(), t.map.len());
+    }
+
+    proptest! {
+        #[test]
+        fn recency_list_stays_consistent(ops in proptest::collection::vec((0u8..5, 0u8..12, 0u64..40), 1..200)) {
+            let mut t: FlowTable<u32> = FlowTable::new(10);
+            let mut now = 0;
+            for (op, k, dt) in ops {
+                now += dt;
+                let k = key(k);
+                match op {
+                    0 => {
+                        t.insert(k, now, Seq(0), FlowState::PassThrough);
+                    }
+                    1 => {
+                        if let Some(f) = t.map.get_mut(&k) {
+                            if f.seen(now, t.requeue_us) {
+                                t.requeue(&k, now);
+                            }
+                        }
+                    }
+                    2 => {
+                        t.remove(&k);
+                    }
+                    3 => {
+                        // Unlimited budget: nothing idle for the timeout
+                        // plus requeue_us is left.
+                        t.sweep_idle(now, 50, usize::MAX);
+                        for f in t.map.values() {
+                            prop_assert!(f.last_seen + 50 + 10 > now);
+                        }
+                    }
+                    _ => {
+                        let before = t.len();
+                        let gone = t.sweep_idle(now, 50, 3);
+                        prop_assert!(gone.len() <= 3);
+                        prop_assert_eq!(t.len(), before - gone.len());
+                        for f in &gone {
+                            prop_assert!(f.last_seen + 50 <= now);
+                        }
+                    }
+                }
+                check_list(&t);
+            }
+            while t.pop_oldest().is_some() {
+                check_list(&t);
+            }
+            prop_assert!(t.oldest.is_none() && t.newest.is_none());
+        }
     }
 }

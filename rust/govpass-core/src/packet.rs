@@ -14,6 +14,10 @@ pub mod flags {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
 }
 
 /// The 5-tuple of a TCP flow (the protocol is always TCP). IPv4 addresses are
@@ -116,6 +120,9 @@ pub fn quick_ipv4_dport(data: &[u8]) -> Option<u16> {
 
 /// Parses `data` (starting at the IP header) into a [`TcpPacket`].
 pub fn parse(data: &[u8]) -> Result<TcpPacket<'_>, Skip> {
+    if declares_jumbo(data) {
+        return Err(Skip::Malformed);
+    }
     let ip = match IpSlice::from_slice(data) {
         Ok(ip) => ip,
         Err(_) => return Err(classify_failure(data)),
@@ -154,6 +161,17 @@ pub fn parse(data: &[u8]) -> Result<TcpPacket<'_>, Skip> {
         seq: Seq(tcp.sequence_number()),
         flags: tcp.slice()[13],
     })
+}
+
+/// Whether `data` is an IPv6 header whose payload length is 0. etherparse
+/// reads that as a jumbogram and takes the whole buffer as the payload, with
+/// or without a hop-by-hop jumbo option; the engine then used bytes the header
+/// never declared (capture padding or a truncated copy). Real jumbograms
+/// (RFC 2675) are not supported on purpose: they need a link MTU above
+/// 65,575 bytes, and a ClientHello never needs one, so they pass untouched
+/// like any packet the engine will not reshape.
+fn declares_jumbo(data: &[u8]) -> bool {
+    data.len() >= 6 && data[0] >> 4 == 6 && data[4] == 0 && data[5] == 0
 }
 
 /// After a strict parse failed: was the packet cut short by the capture? If
@@ -292,6 +310,25 @@ pub(crate) mod tests {
         }
         let p = ipv6_tcp(1, 0, &[0x16; 100], false);
         assert!(matches!(parse(&p[..70]), Err(Skip::Truncated(Some(_)))));
+    }
+
+    #[test]
+    fn ipv6_payload_length_zero_is_never_a_jumbogram() {
+        // Without a jumbo option: the header declares no payload at all.
+        let mut p = ipv6_tcp(1, 0, &[0x16; 1538], false);
+        p[4..6].copy_from_slice(&[0, 0]);
+        assert_eq!(parse(&p).unwrap_err(), Skip::Malformed);
+        assert_eq!(parse(&p[..600]).unwrap_err(), Skip::Malformed);
+        // With a real hop-by-hop jumbo option (RFC 2675): refused too.
+        let body = ipv6_tcp(1, 0, &[0x16; 64], false);
+        let mut j = body[..40].to_vec();
+        j[4..6].copy_from_slice(&[0, 0]);
+        j[6] = 0; // hop-by-hop
+        let jumbo_len = (8 + body.len() - 40) as u32;
+        j.extend_from_slice(&[6, 0, 0xc2, 4]);
+        j.extend_from_slice(&jumbo_len.to_be_bytes());
+        j.extend_from_slice(&body[40..]);
+        assert_eq!(parse(&j).unwrap_err(), Skip::Malformed);
     }
 
     #[test]

@@ -15,9 +15,27 @@ pub enum Tail {
     LastPush,
 }
 
+/// Flags a generated segment may inherit from its template. SYN, RST and
+/// URG are never copied: a packet carrying them is not split (the engine
+/// fails open first), since copying them would reset the connection once per
+/// segment or point every segment's urgent pointer at the wrong byte.
+const INHERITED: u8 = flags::ACK | flags::PSH | flags::FIN | flags::ECE | flags::CWR;
+
+/// The largest payload a segment built from headers of `header_len` bytes
+/// may carry so that the whole packet stays within `max_seg_payload + 40`
+/// bytes (max-seg-payload is meant for bare 20-byte IPv4 and TCP headers;
+/// TCP and IP options and IPv6's longer header take their bytes off it).
+/// 0 when not even one byte fits.
+pub fn payload_cap(max_seg_payload: u32, header_len: usize) -> u32 {
+    let extra = u32::try_from(header_len.saturating_sub(40)).unwrap_or(u32::MAX);
+    max_seg_payload.saturating_sub(extra)
+}
+
 /// A new packet carrying `payload` at `seq`, with the IP and TCP headers
 /// (options included) of `template`. Lengths and checksums are recomputed;
-/// ack, window, IP id and everything else are kept.
+/// ack, window, IP id and everything else are kept. CWR stays only on the
+/// segment that starts where the template starts (it marks the first data
+/// sent after the window was reduced), PSH and FIN follow `tail`.
 pub fn build(template: &TcpPacket<'_>, seq: Seq, payload: &[u8], tail: Tail) -> Vec<u8> {
     let header_len = template.payload_offset;
     let total = header_len + payload.len();
@@ -27,7 +45,10 @@ pub fn build(template: &TcpPacket<'_>, seq: Seq, payload: &[u8], tail: Tail) -> 
 
     let t = template.tcp_offset;
     out[t + 4..t + 8].copy_from_slice(&seq.0.to_be_bytes());
-    let mut f = template.flags;
+    let mut f = template.flags & INHERITED;
+    if seq != template.seq {
+        f &= !flags::CWR;
+    }
     match tail {
         Tail::Inner => f &= !(flags::PSH | flags::FIN),
         Tail::Last => {}
@@ -35,6 +56,9 @@ pub fn build(template: &TcpPacket<'_>, seq: Seq, payload: &[u8], tail: Tail) -> 
     }
     out[t + 13] = f;
     out[t + 16..t + 18].copy_from_slice(&[0, 0]);
+    if template.has(flags::URG) {
+        out[t + 18..t + 20].copy_from_slice(&[0, 0]);
+    }
 
     let key = &template.key;
     if key.v6 {
@@ -71,6 +95,34 @@ mod tests {
         let orig6 = ipv6_tcp(9, flags::PSH, b"abcdef", true);
         let t6 = parse(&orig6).unwrap();
         assert_eq!(build(&t6, t6.seq, t6.payload(), Tail::Last), orig6);
+    }
+
+    #[test]
+    fn segments_never_inherit_syn_rst_or_urg_and_cwr_only_at_the_start() {
+        let all = flags::FIN | flags::SYN | flags::RST | flags::PSH | flags::URG;
+        let mut orig = ipv4_tcp(100, all | flags::ECE | flags::CWR, b"0123456789");
+        orig[38..40].copy_from_slice(&3u16.to_be_bytes()); // urgent pointer
+        let t = parse(&orig).unwrap();
+        let first = parse_owned(build(&t, t.seq, &t.payload()[..4], Tail::Inner));
+        assert_eq!(first.0, flags::ACK | flags::ECE | flags::CWR);
+        assert_eq!(first.1, 0, "urgent pointer cleared");
+        let last = parse_owned(build(&t, t.seq.plus(4), &t.payload()[4..], Tail::Last));
+        assert_eq!(last.0, flags::ACK | flags::ECE | flags::PSH | flags::FIN);
+    }
+
+    /// (flags, urgent pointer) of a built packet.
+    fn parse_owned(p: Vec<u8>) -> (u8, u16) {
+        let v = parse(&p).unwrap();
+        let t = v.tcp_offset;
+        (v.flags, u16::from_be_bytes([p[t + 18], p[t + 19]]))
+    }
+
+    #[test]
+    fn payload_cap_keeps_every_packet_within_max_seg_payload_plus_40() {
+        assert_eq!(payload_cap(1460, 40), 1460);
+        assert_eq!(payload_cap(1460, 52), 1448);
+        assert_eq!(payload_cap(1460, 60 + 40), 1400);
+        assert_eq!(payload_cap(30, 100), 0);
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl<T> Engine<T> {
             dport: k.sport,
             v6: k.v6,
         };
-        let Some(flow) = self.flows.map.get(&key) else {
+        let Some(flow) = self.flows.get(&key) else {
             return;
         };
         if !matches!(flow.state, FlowState::Watching(_)) {
@@ -153,7 +153,7 @@ impl<T> Engine<T> {
 
     /// Reports an auto-learning verdict for a watched flow and stops watching it.
     pub(super) fn verdict(&mut self, key: FlowKey, failed: bool) {
-        let Some(flow) = self.flows.map.get_mut(&key) else {
+        let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
         let FlowState::Watching(w) = std::mem::replace(&mut flow.state, FlowState::PassThrough)

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::config::{check_strategy, EngineConfig, SplitMode};
 use crate::error::ConfigError;
 use crate::flow::{Collector, Flow, FlowState, FlowTable, HeldPacket};
+pub use crate::flow::{COLLECT_BUDGET, EXPIRE_BUDGET};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
 use crate::reassembly::{Added, Assembler};
 use crate::seq::Seq;
@@ -79,7 +80,6 @@ pub struct Engine<T> {
     iface: u32,
     flows: FlowTable<T>,
     stats: Stats,
-    last_sweep: u64,
     panic_armed: bool,
     panic_in_plan: std::sync::atomic::AtomicBool,
 }
@@ -98,6 +98,8 @@ impl<T> Engine<T> {
                 positions: cfg.split_positions.clone(),
             }),
         );
+        // Idle flows are forgotten at most flow-timeout / 16 late.
+        let flows = FlowTable::new(cfg.flow_timeout_us / 16);
         let mut engine = Engine {
             cfg,
             ports,
@@ -106,9 +108,8 @@ impl<T> Engine<T> {
             auto: false,
             events: Vec::new(),
             iface: 0,
-            flows: FlowTable::default(),
+            flows,
             stats: Stats::default(),
-            last_sweep: 0,
             panic_armed: false,
             panic_in_plan: std::sync::atomic::AtomicBool::new(false),
         };
@@ -246,7 +247,7 @@ impl<T> Engine<T> {
             .ok()
             .flatten();
         if let Some(key) = key {
-            if let Some(flow) = self.flows.map.remove(&key) {
+            if let Some(flow) = self.flows.remove(&key) {
                 if let FlowState::Collecting(c) = flow.state {
                     release_all(*c, &mut self.stats, out);
                 }
@@ -283,7 +284,8 @@ impl<T> Engine<T> {
             return Disposition::Pass;
         }
         let timeout = self.cfg.flow_timeout_us;
-        let state = match self.flows.map.get_mut(&p.key) {
+        let requeue_us = self.flows.requeue_us();
+        let state = match self.flows.get_mut(&p.key) {
             Some(_) if p.has(flags::SYN) => {
                 // A new connection on a tuple still tracked (the old one was
                 // reset, say): forget the old flow, releasing what it held.
@@ -293,12 +295,19 @@ impl<T> Engine<T> {
             Some(flow) if restarts(flow, &p, self.cfg.max_buffer) => {
                 // A ClientHello at another sequence number: a new connection
                 // reusing the tuple (its SYN was not seen). Start afresh.
-                self.flows.map.remove(&p.key);
+                self.flows.remove(&p.key);
                 return self.new_flow(&p, now, slot, out);
             }
             Some(flow) if flow.last_seen.saturating_add(timeout) > now => {
-                flow.last_seen = now;
-                &mut flow.state
+                if flow.seen(now, requeue_us) {
+                    self.flows.requeue(&p.key, now);
+                    match self.flows.get_mut(&p.key) {
+                        Some(flow) => &mut flow.state,
+                        None => return Disposition::Pass,
+                    }
+                } else {
+                    &mut flow.state
+                }
             }
             Some(_) => {
                 // Idle too long: forget it and treat this packet as new.
@@ -310,7 +319,7 @@ impl<T> Engine<T> {
         match state {
             FlowState::PassThrough => {
                 if p.has(flags::FIN | flags::RST) {
-                    self.flows.map.remove(&p.key);
+                    self.flows.remove(&p.key);
                 }
                 Disposition::Pass
             }
@@ -322,14 +331,15 @@ impl<T> Engine<T> {
                     }
                 }
                 if p.has(flags::FIN | flags::RST) {
-                    self.flows.map.remove(&p.key);
+                    self.flows.remove(&p.key);
                 }
                 Disposition::Pass
             }
             FlowState::Injected(memo) => {
-                let d = resplit(memo, &p, slot, &mut self.stats, out);
+                let msp = self.cfg.max_seg_payload;
+                let d = resplit(memo, msp, &p, slot, &mut self.stats, out);
                 if p.has(flags::FIN | flags::RST) {
-                    self.flows.map.remove(&p.key);
+                    self.flows.remove(&p.key);
                 }
                 d
             }
@@ -341,6 +351,8 @@ impl<T> Engine<T> {
                     Some(FailReason::FinRst)
                 } else if p.has(flags::SYN) {
                     Some(FailReason::SynData)
+                } else if p.has(flags::URG) {
+                    Some(FailReason::Ambiguous)
                 } else if p.payload_len() == 0 {
                     out.push(Action::Accept(slot.take()));
                     return Disposition::Taken;
@@ -357,7 +369,7 @@ impl<T> Engine<T> {
                     let closing = reason == FailReason::FinRst;
                     self.fail_flow(p.key, reason, out);
                     if closing {
-                        self.flows.map.remove(&p.key);
+                        self.flows.remove(&p.key);
                     }
                     return Disposition::Pass;
                 }
@@ -391,6 +403,14 @@ impl<T> Engine<T> {
             return Disposition::Pass;
         }
         self.stats.flows += 1;
+        if p.has(flags::URG) {
+            // Urgent data: a receiver without SO_OOBINLINE takes a byte out
+            // of the stream, so what the stream holds is ambiguous, and no
+            // cut keeps the urgent pointer right.
+            self.stats.fail(FailReason::Ambiguous);
+            self.insert(p.key, now, p.seq, FlowState::PassThrough, out);
+            return Disposition::Pass;
+        }
         let facts = FlowFacts {
             key: p.key,
             iface: self.iface,
@@ -451,7 +471,7 @@ impl<T> Engine<T> {
     /// Re-examines a collecting flow after new bytes arrived.
     fn advance(&mut self, key: FlowKey, out: &mut Vec<Action<T>>) {
         let mode = self.cfg.split_mode;
-        let Some(flow) = self.flows.map.get_mut(&key) else {
+        let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
         let FlowState::Collecting(c) = &flow.state else {
@@ -491,7 +511,7 @@ impl<T> Engine<T> {
             c.max_payload,
             out,
         );
-        if let Some(flow) = self.flows.map.get_mut(&key) {
+        if let Some(flow) = self.flows.get_mut(&key) {
             flow.state = state;
         }
     }
@@ -519,7 +539,7 @@ impl<T> Engine<T> {
 
     /// Releases what a collecting flow holds and lets the rest of it pass.
     fn fail_flow(&mut self, key: FlowKey, reason: FailReason, out: &mut Vec<Action<T>>) {
-        let Some(flow) = self.flows.map.get_mut(&key) else {
+        let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
         if let FlowState::Collecting(_) = flow.state {
@@ -536,36 +556,51 @@ impl<T> Engine<T> {
     /// Forgets a flow, releasing what it holds.
     fn remove_flow(&mut self, key: FlowKey, reason: FailReason, out: &mut Vec<Action<T>>) {
         self.fail_flow(key, reason, out);
-        self.flows.map.remove(&key);
+        self.flows.remove(&key);
     }
 
     /// Timer call: fails open the flows whose collect-timeout passed, and
-    /// forgets flows idle for longer than the flow timeout.
+    /// forgets flows idle for longer than the flow timeout. Each call looks
+    /// at no more than [`COLLECT_BUDGET`] deadlines and [`EXPIRE_BUDGET`]
+    /// idle flows, so it stays short at any table size; a larger backlog (a burst of
+    /// flows timing out together) is worked off by the following calls. A
+    /// flow last seen at `t` is forgotten by the first call at or after
+    /// `t` plus flow-timeout plus flow-timeout / 16 that has budget left for
+    /// it. A packet of a flow idle past the flow timeout starts a new flow
+    /// whether or not the sweep reached it, and a full table evicts the
+    /// least recently seen flow, so a backlog costs memory only.
     pub fn expire(&mut self, now: u64, out: &mut Vec<Action<T>>) {
-        for key in self.flows.due(now) {
+        self.flows.reset_visits();
+        for key in self.flows.due(now, COLLECT_BUDGET) {
             self.fail_flow(key, FailReason::Timeout, out);
         }
-        let interval = (self.cfg.flow_timeout_us / 4).min(1_000_000);
-        if now.saturating_sub(self.last_sweep) < interval {
-            return;
-        }
-        self.last_sweep = now;
         let timeout = self.cfg.flow_timeout_us;
-        let stale: Vec<FlowKey> = self
-            .flows
-            .map
-            .iter()
-            .filter(|(_, f)| f.last_seen.saturating_add(timeout) <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            self.remove_flow(key, FailReason::Timeout, out);
+        for flow in self.flows.sweep_idle(now, timeout, EXPIRE_BUDGET) {
+            if let FlowState::Collecting(c) = flow.state {
+                self.stats.fail(FailReason::Timeout);
+                release_all(*c, &mut self.stats, out);
+            }
         }
+        self.flows.shrink();
+    }
+
+    /// Flow-table entries the last `expire` call examined (for tests of its
+    /// bound).
+    #[doc(hidden)]
+    pub fn expire_visits(&self) -> u64 {
+        self.flows.visits()
+    }
+
+    /// Bytes the flow table itself holds now (for tests that memory is
+    /// given back after a burst).
+    #[doc(hidden)]
+    pub fn flow_table_bytes(&self) -> usize {
+        self.flows.allocation_bytes()
     }
 
     /// Releases every held packet and forgets all flows (shutdown).
     pub fn release_all(&mut self, out: &mut Vec<Action<T>>) {
-        for (_, flow) in self.flows.map.drain() {
+        for flow in self.flows.drain() {
             if let FlowState::Collecting(c) = flow.state {
                 release_all(*c, &mut self.stats, out);
             }

@@ -49,19 +49,18 @@ impl<T> Engine<T> {
             return None;
         }
         let base = held[0].seq;
-        // max-seg-payload is meant for bare 20-byte IPv4 and TCP headers:
-        // TCP options and IPv6 take their extra bytes off it, so a generated
-        // packet never outgrows max-seg-payload + 40 (1500 by default) even
-        // when the original was a large offloaded (GSO) packet.
-        let header_extra = held
-            .iter()
-            .map(|h| h.payload_offset.saturating_sub(40))
-            .max();
-        let cap = self
-            .cfg
-            .max_seg_payload
-            .saturating_sub(header_extra.unwrap_or(0) as u32);
-        let seg_limit = cap.max(1).min(max_payload as u32);
+        // Every piece fits the longest headers among the packets it may be
+        // built from (each carrier's and each straddling packet's own), so no
+        // generated packet outgrows max-seg-payload + 40 (1500 by default),
+        // even when the original was a large offloaded (GSO) packet. When not
+        // one byte fits (tiny max-seg-payload, long IPv6 extension headers),
+        // nothing is split: the flow fails open.
+        let longest = held.iter().map(|h| h.payload_offset).max()?;
+        let cap = segment::payload_cap(self.cfg.max_seg_payload, longest);
+        if cap == 0 {
+            return None;
+        }
+        let seg_limit = cap.min(max_payload as u32).max(1);
         let offset = |h: &HeldPacket<T>| h.seq.offset_from(base);
         let ranges = plan::pieces(0, w, &cuts, seg_limit);
         let last = ranges.len() - 1;
@@ -153,8 +152,19 @@ impl<T> Engine<T> {
 
 /// A packet of an already split flow: when it carries bytes of the split
 /// record (a retransmission), it is cut at the same places again.
+///
+/// A retransmission carrying SYN, RST or URG passes untouched: no cut keeps
+/// those meaningful (a RST copied onto every segment aborts the connection
+/// at the first one, an urgent pointer would count from the wrong sequence
+/// number), and a connection being reset gains nothing from a split. FIN
+/// marks the end of the packet's bytes, so it is kept on the last piece
+/// only, and the hello stays split even when the client closes at once
+/// (passing it whole would show the host name after all). Its pieces are bounded by the flow's
+/// segment limit and by what fits its own headers, which may be longer
+/// than the original's (more TCP options).
 pub(super) fn resplit<T, F>(
     memo: &SplitMemo,
+    max_seg_payload: u32,
     p: &TcpPacket<'_>,
     slot: &mut Slot<F>,
     stats: &mut Stats,
@@ -166,13 +176,18 @@ where
     let len = p.payload_len() as i64;
     let start = p.seq.offset_from(memo.base);
     let window = i64::from(memo.window);
-    if len == 0 || start < 0 || start >= window || p.has(flags::SYN) {
+    let refused = flags::SYN | flags::RST | flags::URG;
+    if len == 0 || start < 0 || start >= window || p.has(refused) {
+        return Disposition::Pass;
+    }
+    let cap = segment::payload_cap(max_seg_payload, p.payload_offset);
+    if cap == 0 {
         return Disposition::Pass;
     }
     let (s, e) = (start as u32, (start + len) as u32);
     let mut cuts: Vec<u32> = memo.cuts.to_vec();
     cuts.push(memo.window);
-    let ranges = plan::pieces(s, e, &cuts, memo.seg_limit);
+    let ranges = plan::pieces(s, e, &cuts, memo.seg_limit.min(cap));
     if ranges.len() <= 1 {
         return Disposition::Pass;
     }

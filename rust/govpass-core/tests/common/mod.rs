@@ -169,6 +169,8 @@ impl V4 {
 pub struct V6 {
     pub sport: u16,
     pub dest_opts: bool,
+    /// TCP options.
+    pub options: Vec<u8>,
 }
 
 impl V6 {
@@ -191,7 +193,9 @@ impl V6 {
         } else {
             &[]
         };
-        let plen = ext.len() + 20 + payload.len();
+        assert_eq!(self.options.len() % 4, 0);
+        let tcp_len = 20 + self.options.len();
+        let plen = ext.len() + tcp_len + payload.len();
         let mut p = vec![0u8; 40 + plen];
         p[0] = 0x60;
         p[1] = 0x0a; // traffic class / flow label bits that must be kept
@@ -206,10 +210,11 @@ impl V6 {
         p[t + 2..t + 4].copy_from_slice(&443u16.to_be_bytes());
         p[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
         p[t + 8..t + 12].copy_from_slice(&99u32.to_be_bytes());
-        p[t + 12] = 5 << 4;
+        p[t + 12] = ((tcp_len / 4) as u8) << 4;
         p[t + 13] = flags | ACK;
         p[t + 14..t + 16].copy_from_slice(&1000u16.to_be_bytes());
-        p[t + 20..].copy_from_slice(payload);
+        p[t + 20..t + tcp_len].copy_from_slice(&self.options);
+        p[t + tcp_len..].copy_from_slice(payload);
         let c = tcp_sum(&p[8..40], &p[t..]);
         p[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
         p
