@@ -1,0 +1,113 @@
+"""``govpass probe`` end to end: resolve, intercept, search each host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from govpass.probe.attempt import Outcome, PortPicker, attempt
+from govpass.probe.intercept import Marks, intercepting
+from govpass.probe.resolve import Resolution, resolve
+from govpass.probe.search import UNFIXABLE, Control, HostResult, Searcher, Try
+from govpass.strategy import DEFAULT_LADDER, Strategy
+
+DEFAULT_OTHER_SNI = "www.example.com"
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    port: int = 443
+    connect: str | None = None
+    controls: tuple[str, ...] = ()
+    tries: int = 3
+    timeout: float = 4.0
+    max_wait: float = 180.0
+    ladder: tuple[Strategy, ...] = DEFAULT_LADDER
+
+
+def probe(
+    hosts: Sequence[str],
+    opts: ProbeOptions,
+    marks: Marks,
+    progress: Callable[[str], None] = lambda s: None,
+) -> list[HostResult]:
+    resolved = {h: resolve(h, opts.port, opts.connect) for h in (*hosts, *opts.controls)}
+    ports = PortPicker()
+    with intercepting(marks, opts.port) as icp:
+        current: list[Strategy | None] = [None]
+
+        def tryer(t: Try) -> Outcome:
+            if t.strategy is not None and t.strategy != current[0]:
+                icp.use(t.strategy)
+                current[0] = t.strategy
+            mark = marks.plain if t.strategy is None else marks.split
+            return attempt(
+                t.addr,
+                opts.port,
+                t.sni,
+                mark=mark,
+                timeout=opts.timeout,
+                hello=t.hello,
+                version=t.version,
+                fetch=t.fetch,
+                ports=ports,
+            )
+
+        searcher = Searcher(
+            tryer,
+            opts.ladder,
+            tries=opts.tries,
+            max_wait=opts.max_wait,
+            sleep=time.sleep,
+            on_progress=progress,
+        )
+        # Controls: --control hosts, else the argument hosts that work unsplit.
+        names = opts.controls or tuple(hosts)
+        candidates = [Control(n, a) for n in names if (a := resolved[n].addr) is not None]
+        progress("checking control hosts")
+        controls, notes = searcher.usable_controls(candidates)
+        if not opts.controls:
+            notes = []  # blocked argument hosts are not controls: no news
+        results = []
+        for host in hosts:
+            res = _one(searcher, host, resolved[host], controls, notes)
+            results.append(res)
+            progress(f"{host}: {res.verdict}")
+        if icp.errors:
+            for res in results:
+                res.step("engine", "; ".join(icp.errors))
+    return results
+
+
+def _one(
+    searcher: Searcher,
+    host: str,
+    where: Resolution,
+    controls: Sequence[Control],
+    notes: Sequence[str],
+) -> HostResult:
+    if where.addr is None:
+        res = HostResult(host, None, UNFIXABLE, reason=f"cannot resolve: {where.error}")
+        res.step("resolve", where.error)
+        return res
+    others = [c for c in controls if c.name != host]
+    searcher.controls = others
+    searcher.other_sni = others[0].name if others else DEFAULT_OTHER_SNI
+    res = searcher.run(host, where.addr)
+    res.steps.insert(0, ("resolve", _resolve_text(where)))
+    if res.tried:  # the ladder ran: say what its candidates were checked against
+        checked = ", ".join(c.name for c in others) or "none (strategies not cross-checked)"
+        res.step("control", f"unblocked hosts checked: {checked}")
+        res.steps += [("control", n) for n in notes]
+    return res
+
+
+def _resolve_text(where: Resolution) -> str:
+    parts = [f"using {where.addr}"]
+    if where.answers:
+        parts.append(f"resolver: {', '.join(where.answers)}")
+    elif where.error:
+        parts.append(where.error)
+    parts += list(where.warnings)
+    return "; ".join(parts)
