@@ -34,8 +34,13 @@ API (roles are ``client``, ``gateway`` (router mode only), ``censor``, ``server`
 ``start_server(names=NAMES, *, kind="python"|"openssl", port=443) -> None``
     Self-signed certificate for ``names`` (``cafile`` property), TLS server in ``server``.
     ``server_log() -> list[dict]``: one record per connection (python server).
-``start_censor(kind="string"|"firstpacket", names, *, rst=False, queue=0) -> None``
-    ``stop_censor()`` removes it; ``censor_decisions() -> list[dict]`` (firstpacket log),
+``start_censor(kind, names, *, rst=False, queue=0, also=()) -> None``
+    ``kind`` in :data:`CENSOR_KINDS`: ``string``, ``firstpacket``, ``tspu`` (only a
+    first segment of 1-2 bytes passes), ``reassemble`` (nothing split-only passes),
+    ``address`` (``names`` are addresses, default the server's), ``splitreject`` (a
+    server resetting first segments under 8 bytes); ``also=[("splitreject",
+    ["allowed.example"])]`` adds a box on the same queue.
+    ``stop_censor()`` removes it; ``censor_decisions() -> list[dict]`` (queue censors' log),
     ``censor_drops() -> int`` (packets the string rules dropped).
 ``client(kind, name, family=4, *, timeout=5.0, role="client", port=443) -> (bool, str)``
     ``kind`` in :data:`CLIENT_KINDS`; ``clients_available() -> list[str]``.
@@ -90,6 +95,7 @@ from govpass.lab.netns import (
 from govpass.lab.wirecheck import FlowReport, Segment, analyze
 
 __all__ = [
+    "CENSOR_KINDS",
     "CLIENT_KINDS",
     "NAMES",
     "Capture",
@@ -101,6 +107,10 @@ __all__ = [
 ]
 
 NAMES = ("blocked.example", "allowed.example")
+RULE_CENSORS = ("string", "address")  # firewall rules in the censor namespace
+# Programs on a queue in the censor namespace (govpass.lab.censor, .reassembly).
+QUEUE_CENSORS = ("firstpacket", "tspu", "reassemble", "splitreject")
+CENSOR_KINDS = RULE_CENSORS + QUEUE_CENSORS
 CLIENT_KINDS = _clients.KINDS
 # The directory holding the govpass package, so `python -m govpass.lab.*` works in a
 # namespace even when govpass is not installed.
@@ -305,36 +315,53 @@ class Lab:
     # -- censor ------------------------------------------------------------------------------
 
     def start_censor(
-        self, kind: str, names: Sequence[str], *, rst: bool = False, queue: int = 0
+        self,
+        kind: str,
+        names: Sequence[str],
+        *,
+        rst: bool = False,
+        queue: int = 0,
+        also: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
+        """``kind`` in :data:`CENSOR_KINDS`. For ``address``, ``names`` are the blocked
+        addresses (empty: the server's). ``also``: further boxes on the same queue,
+        as (kind, names) pairs, for the queue kinds."""
         if self._censor is not None:
             raise LabError("a censor is already running; stop_censor() first")
+        if kind not in CENSOR_KINDS:
+            raise ValueError(f"unknown censor kind {kind!r} ({', '.join(CENSOR_KINDS)})")
+        if also and kind in RULE_CENSORS:
+            raise ValueError(f"censor {kind!r} is a firewall rule: no boxes can go with it")
         if kind == "string":
             rules, pid = _censor.string_rules(names), None
-        elif kind == "firstpacket":
+        elif kind == "address":
+            addrs = list(names) or [self.address("server", 4), self.address("server", 6)]
+            rules, pid = _censor.address_rules(addrs), None
+        else:
             self._censor_log.write_text("")
             argv = [
                 "-m",
                 "govpass.lab.censor",
+                "--kind",
+                kind,
                 "--queue",
                 str(queue),
                 "--log",
                 str(self._censor_log),
                 *(["--rst"] if rst else []),
+                *[f"--also={k}={','.join(n)}" for k, n in also],
                 *names,
             ]
             pid = self.spawn("censor", argv, python=True)
 
             def ready() -> bool:
-                self._check_alive(pid, "firstpacket censor")
+                self._check_alive(pid, f"{kind} censor")
                 return _censor.READY in self._censor_log.read_text(encoding="utf-8")
 
             # The queue must be bound before packets go to it: --queue-bypass would
             # otherwise let them through uncensored.
-            wait_for(ready, 10.0, "firstpacket censor to bind its queue", step=0.05)
+            wait_for(ready, 10.0, f"{kind} censor to bind its queue", step=0.05)
             rules = _censor.queue_rules(queue)
-        else:
-            raise ValueError(f"unknown censor kind {kind!r} (string, firstpacket)")
         for argv in rules:
             self.exec("censor", argv)
         self._censor = (kind, rules, pid)
