@@ -32,13 +32,14 @@ def test_run_loads_it_as_is(tmp_path: Path) -> None:
     assert [(s.name, s.hosts, s.split_chunk, s.split_pos, s.action) for s in specs] == [
         ("probe-blocked.example", ("blocked.example",), 2, ("midsld",), "split"),
         ("probe-tspu.example", ("tspu.example",), 1, (), "split"),
+        ("probe-fine.example", ("fine.example",), config.split_chunk, (), "pass"),
         ("default", (), config.split_chunk, (), "split"),  # catch-all keeps the default
     ]
 
 
 def test_nothing_fixed_still_a_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "probe.toml"
-    write_atomic(path, render(_results()[2:]))
+    write_atomic(path, render(_results()[3:]))
     assert [s.name for s in specs_from_config(config_mod.load(path, env={}))] == ["default"]
 
 

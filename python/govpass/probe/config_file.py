@@ -1,10 +1,12 @@
 """``--write-config``: a TOML file ``govpass run --config FILE`` uses as is.
 
-One ``[[profile]]`` per fixed host (its name and strategy), then a catch-all profile
-that keeps run's default strategy for everything else. The file is written to a
-temporary name created with O_EXCL|O_NOFOLLOW in the same directory and renamed over
-the target: a reader never sees half a file, and a symlink planted at either name is
-never followed (the rename replaces a symlink at the target, not what it points to).
+One ``[[profile]]`` per fixed host (its name and strategy), one ``pass`` profile per
+host that was not blocked (it works unsplit, and some servers break on any split),
+then a catch-all profile that keeps run's default strategy for everything else. The
+file is written to a temporary name created with O_EXCL|O_NOFOLLOW in the same
+directory and renamed over the target: a reader never sees half a file, and a symlink
+planted at either name is never followed (the rename replaces a symlink at the
+target, not what it points to).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from govpass.errors import ConfigError
-from govpass.probe.search import FIXED, HostResult
+from govpass.probe.search import FIXED, OK, HostResult
 
 MODE = 0o644
 # What a host list accepts, and what can sit in a TOML string unquoted by escapes.
@@ -41,18 +43,22 @@ def _profile_name(host: str, used: set[str]) -> str:
 
 def render(results: Sequence[HostResult]) -> str:
     lines = [
-        "# Written by `govpass probe`: one profile per host it fixed, then the default.",
+        "# Written by `govpass probe`: one profile per host it fixed or found unblocked,",
+        "# then the default for everything else.",
         "# Use with: govpass run --config THIS_FILE",
         "",
     ]
     used: set[str] = set()
     for r in results:
-        if r.verdict != FIXED or r.strategy is None:
+        if r.verdict not in (FIXED, OK) or (r.verdict == FIXED and r.strategy is None):
             continue
         if not _HOST.match(r.host):
             continue  # the probe only fixes names it could connect to; belt and braces
         lines += ["[[profile]]", f"name = {_toml_str(_profile_name(r.host, used))}"]
         lines.append(f"hosts = [{_toml_str(r.host)}]")
+        if r.strategy is None:
+            lines += ['action = "pass"  # not blocked: left unsplit', ""]
+            continue
         lines.append('action = "split"')
         for key, value in r.strategy.profile_keys().items():
             if isinstance(value, int):
