@@ -25,6 +25,7 @@ from e2e_support import (
     PASS_TIMEOUT,
     all_splits,
     censoring,
+    cli_argv,
     govpass_cli,
     govpass_rule_lines,
     mangle_rules,
@@ -39,12 +40,27 @@ pytestmark = pytest.mark.netns
 PICKY = [("splitreject", [ALLOWED])]  # the control's server resets first segments < 8
 
 
-def probe(lab: Lab, *extra: str, hosts: Sequence[str] = (BLOCKED, ALLOWED)) -> dict[str, Any]:
+ONLY_TWO_CAPS = [
+    "setpriv",
+    "--bounding-set=-all,+net_admin,+net_raw",
+    "--inh-caps=-all,+net_admin,+net_raw",
+    "--ambient-caps=-all,+net_admin,+net_raw",
+    "--",
+]
+
+
+def probe(
+    lab: Lab,
+    *extra: str,
+    hosts: Sequence[str] = (BLOCKED, ALLOWED),
+    family: int = 4,
+    prefix: Sequence[str] = (),
+) -> dict[str, Any]:
     """Runs the probe in the client namespace; its exit code, records by host, config."""
     config = lab.workdir / f"probe-{time.monotonic_ns()}.toml"
-    args = ["probe", *hosts, "--connect", lab.address("server", 4), "--json"]
+    args = ["probe", *hosts, "--connect", lab.address("server", family), "--json"]
     args += ["--tries", "2", "--timeout", "2", "--write-config", str(config), *extra]
-    proc = govpass_cli(lab, "client", args, timeout=600)
+    proc = lab.exec("client", [*prefix, *cli_argv(None, args)], check=False, timeout=600)
     assert "Traceback" not in proc.stderr, proc.stderr
     records = {r["host"]: r for r in map(json.loads, proc.stdout.splitlines())}
     assert set(records) == set(hosts), (proc.stdout, proc.stderr)
@@ -172,3 +188,14 @@ def test_rules_go_when_the_probe_is_stopped(host_lab: Lab, sig: signal.Signals) 
     assert rc == 130, log
     assert "Traceback" not in log and "rules removed" in log, log
     assert probe_rules() == []
+
+
+def test_probe_over_ipv6_with_only_the_two_capabilities(host_lab: Lab) -> None:
+    """What the systemd unit grants run (CAP_NET_ADMIN, CAP_NET_RAW) is enough, and
+    the probe's rules and engine work for IPv6 as for IPv4."""
+    with censoring(host_lab, "tspu"):
+        out = probe(host_lab, family=6, prefix=ONLY_TWO_CAPS)
+    rec = out["hosts"][BLOCKED]
+    assert out["rc"] == 0 and rec["verdict"] == "fixed", (rec, out["stderr"])
+    assert rec["address"] == host_lab.address("server", 6)
+    assert 1 <= strategy_of(rec).chunk <= 2

@@ -43,3 +43,21 @@ def test_check_host() -> None:
     assert check_host("2001:db8::1", "host") == "2001:db8::1"
     with pytest.raises(ConfigError):
         check_host("x" * 300, "host")
+
+
+def test_without_privileges_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lacking capabilities (mocked: the test runs as root), the probe says what it
+    needs in one line, before touching anything."""
+    import govpass.privileges
+    from govpass.cli import main
+
+    monkeypatch.setattr(govpass.privileges, "missing_capabilities", lambda: ["CAP_NET_RAW"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", "blocked.example"])
+    assert exit_info.value.code == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "needs root or CAP_NET_ADMIN and CAP_NET_RAW" in lines[0]
+    assert "missing CAP_NET_RAW" in lines[0]

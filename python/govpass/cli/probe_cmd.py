@@ -114,7 +114,7 @@ def probe_command(
     from govpass.backends import unavailable_reason
     from govpass.probe.config_file import render, write_atomic
     from govpass.probe.intercept import Marks
-    from govpass.probe.report import exit_code, json_lines, table, verdict_lines
+    from govpass.probe.report import escape, exit_code, json_lines, table, verdict_lines
     from govpass.probe.run import ProbeOptions, probe
 
     reason = unavailable_reason("nfqueue")
@@ -125,20 +125,24 @@ def probe_command(
     err = Console(stderr=True, highlight=False)
     try:
         if err.is_terminal:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             with Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                console=err, transient=True,
+                TextColumn("hosts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.description}"), console=err, transient=True,
             ) as bar:  # fmt: skip
-                task = bar.add_task("probing", total=None)
+                task = bar.add_task("starting", total=len(names))
 
                 def show(text: str) -> None:
-                    from govpass.probe.report import escape
-
                     bar.update(task, description=escape(text, 100))
 
-                results = probe(names, opts, marks, show)
+                results = probe(names, opts, marks, show, lambda: bar.advance(task))
         else:
             results = probe(names, opts, marks)
     except KeyboardInterrupt:

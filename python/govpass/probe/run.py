@@ -31,6 +31,7 @@ def probe(
     opts: ProbeOptions,
     marks: Marks,
     progress: Callable[[str], None] = lambda s: None,
+    host_done: Callable[[], None] = lambda: None,
 ) -> list[HostResult]:
     resolved = {h: resolve(h, opts.port, opts.connect) for h in (*hosts, *opts.controls)}
     ports = PortPicker()
@@ -74,6 +75,7 @@ def probe(
             res = _one(searcher, host, resolved[host], controls, notes)
             results.append(res)
             progress(f"{host}: {res.verdict}")
+            host_done()
         if icp.errors:
             for res in results:
                 res.step("engine", "; ".join(icp.errors))
