@@ -32,6 +32,7 @@ from e2e_support import (
     running,
 )
 from govpass.lab import Lab
+from govpass.lab.netns import caps_argv
 from govpass.probe.intercept import CHAIN_PREFIX
 from govpass.strategy import Strategy
 
@@ -40,13 +41,7 @@ pytestmark = pytest.mark.netns
 PICKY = [("splitreject", [ALLOWED])]  # the control's server resets first segments < 8
 
 
-ONLY_TWO_CAPS = [
-    "setpriv",
-    "--bounding-set=-all,+net_admin,+net_raw",
-    "--inh-caps=-all,+net_admin,+net_raw",
-    "--ambient-caps=-all,+net_admin,+net_raw",
-    "--",
-]
+ONLY_TWO_CAPS = caps_argv(("net_admin", "net_raw"))
 
 
 def probe(

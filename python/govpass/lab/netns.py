@@ -121,6 +121,19 @@ def ns_argv(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+def caps_argv(caps: Sequence[str] = ("net_admin", "net_raw")) -> list[str]:
+    """A ``setpriv`` prefix that runs a command holding only ``caps`` (still uid 0):
+    what the systemd unit in scripts/ grants govpass."""
+    keep = "-all," + ",".join(f"+{c}" for c in caps)
+    return [
+        "setpriv",
+        f"--bounding-set={keep}",
+        f"--inh-caps={keep}",
+        f"--ambient-caps={keep}",
+        "--",
+    ]
+
+
 def run(
     argv: Sequence[str], *, check: bool = True, timeout: float = 30.0, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
