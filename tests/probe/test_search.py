@@ -166,3 +166,17 @@ def test_usable_controls_drop_blocked_ones() -> None:
     good, notes = s.usable_controls([Control(BLOCKED, ADDR), Control(ALLOWED, ADDR)])
     assert good == [Control(ALLOWED, ADDR)]
     assert notes and BLOCKED in notes[0]
+
+
+def test_a_tls12_only_server_is_judged_on_tls12() -> None:
+    """Its TLS 1.3 tries fail whatever the censor does: they must not sink every strategy."""
+
+    def tls12_only(addr: str, sni: str, s: Strategy | None, hello: str, version: str) -> bool:
+        return version != "1.3" and tspu(addr, sni, s, hello, version)
+
+    s = searcher(Net(tls12_only, fail=ALERT), controls=())
+    s.controls, _ = s.usable_controls([Control(ALLOWED, ADDR)])
+    assert [v for _, v in s.controls[0].variants] == ["1.2", "1.2"]
+    res = s.run(BLOCKED, ADDR)
+    assert res.verdict == FIXED and res.strategy == Strategy(1), res
+    assert any(step == "variants" and "TLS 1.2" in text for step, text in res.steps)

@@ -34,6 +34,7 @@ KINDS = (OK, RST, TIMEOUT, ALERT, NON_TLS, CLOSED, REFUSED, UNREACHABLE, FREEZE,
 CLASSIC, PQ = "classic", "pq"
 HELLO_SIZES = (CLASSIC, PQ)
 TLS_VERSIONS = ("1.3", "1.2")
+ANY_VERSION = "any"  # TLS 1.2 or 1.3, as the server picks: what a browser offers
 # Enough ALPN names (each at most 255 bytes) to push the hello past 1500 bytes, so it
 # spans two segments like a post-quantum (X25519MLKEM768) hello; http/1.1 last, so a
 # server that insists on ALPN still finds one it speaks.
@@ -63,8 +64,8 @@ def tls_context(hello: str, version: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    tls = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
-    ctx.minimum_version = ctx.maximum_version = tls
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(_PQ_ALPN if hello == PQ else ["http/1.1"])
     return ctx
 
@@ -153,7 +154,7 @@ def attempt(
     mark: int,
     timeout: float,
     hello: str = CLASSIC,
-    version: str = "1.3",
+    version: str = ANY_VERSION,
     fetch: int = 0,
     ports: PortPicker | None = None,
 ) -> Outcome:

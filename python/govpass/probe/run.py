@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from govpass.probe.attempt import Outcome, PortPicker, attempt
+from govpass.probe.diagnose import Diagnosis
 from govpass.probe.intercept import Marks, intercepting
 from govpass.probe.resolve import Resolution, resolve
-from govpass.probe.search import UNFIXABLE, Control, HostResult, Searcher, Try
+from govpass.probe.search import OK, PENDING, UNFIXABLE, Control, HostResult, Searcher, Try
 from govpass.strategy import DEFAULT_LADDER, Strategy
 
 DEFAULT_OTHER_SNI = "www.example.com"
@@ -63,18 +64,34 @@ def probe(
             sleep=time.sleep,
             on_progress=progress,
         )
-        # Controls: --control hosts, else the argument hosts that work unsplit.
-        names = opts.controls or tuple(hosts)
-        candidates = [Control(n, a) for n in names if (a := resolved[n].addr) is not None]
-        progress("checking control hosts")
-        controls, notes = searcher.usable_controls(candidates)
+        controls: list[Control] = []
+        notes: list[str] = []
+        if opts.controls:
+            progress("checking control hosts")
+            given = [Control(n, a) for n in opts.controls if (a := resolved[n].addr) is not None]
+            controls, notes = searcher.usable_controls(given)
+            notes += [f"control {n}: cannot resolve" for n in opts.controls if not resolved[n].addr]
+        searcher.other_sni = controls[0].name if controls else DEFAULT_OTHER_SNI
+        # Every host's unsplit diagnosis first: without --control, the hosts that are
+        # not blocked are the controls of the ladders that follow.
+        diagnosed = [_diagnose(searcher, h, resolved[h]) for h in hosts]
         if not opts.controls:
-            notes = []  # blocked argument hosts are not controls: no news
+            controls = [
+                Control(r.host, r.addr, searcher.speaks(r.addr, r.host))
+                for r, _ in diagnosed
+                if r.verdict == OK and r.addr
+            ]
         results = []
-        for host in hosts:
-            res = _one(searcher, host, resolved[host], controls, notes)
+        for res, diag in diagnosed:
+            if res.verdict == PENDING and diag is not None:
+                others = [c for c in controls if c.name != res.host]
+                searcher.controls = others
+                res = searcher.fix(res, diag)
+                checked = ", ".join(c.name for c in others) or "none (not cross-checked)"
+                res.step("control", f"unblocked hosts checked: {checked}")
+                res.steps += [("control", n) for n in notes]
             results.append(res)
-            progress(f"{host}: {res.verdict}")
+            progress(f"{res.host}: {res.verdict}")
             host_done()
         if icp.errors:
             for res in results:
@@ -82,27 +99,16 @@ def probe(
     return results
 
 
-def _one(
-    searcher: Searcher,
-    host: str,
-    where: Resolution,
-    controls: Sequence[Control],
-    notes: Sequence[str],
-) -> HostResult:
+def _diagnose(
+    searcher: Searcher, host: str, where: Resolution
+) -> tuple[HostResult, Diagnosis | None]:
     if where.addr is None:
         res = HostResult(host, None, UNFIXABLE, reason=f"cannot resolve: {where.error}")
         res.step("resolve", where.error)
-        return res
-    others = [c for c in controls if c.name != host]
-    searcher.controls = others
-    searcher.other_sni = others[0].name if others else DEFAULT_OTHER_SNI
-    res = searcher.run(host, where.addr)
+        return res, None
+    res, diag = searcher.diagnose(host, where.addr)
     res.steps.insert(0, ("resolve", _resolve_text(where)))
-    if res.tried:  # the ladder ran: say what its candidates were checked against
-        checked = ", ".join(c.name for c in others) or "none (strategies not cross-checked)"
-        res.step("control", f"unblocked hosts checked: {checked}")
-        res.steps += [("control", n) for n in notes]
-    return res
+    return res, diag
 
 
 def _resolve_text(where: Resolution) -> str:

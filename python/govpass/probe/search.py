@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from govpass.probe.attempt import CLASSIC, FETCH_BYTES, HELLO_SIZES, TLS_VERSIONS, Outcome
+from govpass.probe.attempt import (
+    ANY_VERSION,
+    CLASSIC,
+    FETCH_BYTES,
+    HELLO_SIZES,
+    TLS_VERSIONS,
+    Outcome,
+)
 from govpass.probe.diagnose import (
     ADDRESS_BLOCK,
     FROZEN,
@@ -30,19 +37,22 @@ from govpass.probe.diagnose import (
 from govpass.strategy import Strategy
 
 OK, FIXED, UNFIXABLE = "ok", "fixed", "unfixable"
-VARIANTS: tuple[tuple[str, str], ...] = tuple((h, v) for v in TLS_VERSIONS for h in HELLO_SIZES)
+PENDING = "pending"  # diagnosed as blocked by name; the ladder decides
+Variant = tuple[str, str]  # (hello size, TLS version)
+VARIANTS: tuple[Variant, ...] = tuple((h, v) for v in TLS_VERSIONS for h in HELLO_SIZES)
 RESIDUAL_STEP = 15.0  # seconds between canary checks while a residual block lasts
 
 
 @dataclass(frozen=True)
 class Try:
-    """One attempt to make: ``strategy`` None is unsplit."""
+    """One attempt to make: ``strategy`` None is unsplit; ``version`` "any" lets the
+    server pick TLS 1.2 or 1.3 (the unsplit diagnosis), the ladder names one."""
 
     addr: str
     sni: str
     strategy: Strategy | None = None
     hello: str = CLASSIC
-    version: str = "1.3"
+    version: str = ANY_VERSION
     fetch: int = 0
 
 
@@ -55,6 +65,7 @@ class Control:
 
     name: str
     addr: str
+    variants: tuple[Variant, ...] = VARIANTS  # what it speaks unsplit
 
 
 @dataclass
@@ -108,14 +119,22 @@ class Searcher:
             out.append(self.tryer(Try(addr, sni, fetch=FETCH_BYTES if last else 0)))
         return out
 
-    def works(self, addr: str, sni: str, strategy: Strategy) -> tuple[bool, str]:
+    def works(
+        self, addr: str, sni: str, strategy: Strategy, variants: Sequence[Variant] = VARIANTS
+    ) -> tuple[bool, str]:
         """Every variant on every try; the first failure ends it."""
         for n in range(self.tries):
-            for hello, version in VARIANTS:
+            for hello, version in variants:
                 o = self.tryer(Try(addr, sni, strategy, hello, version))
                 if not o.ok:
                     return False, f"{hello} TLS {version}, try {n + 1}: {o.kind} {o.detail}".strip()
-        return True, f"{len(VARIANTS)} hello variants x {self.tries} tries ok"
+        return True, f"{len(variants)} hello variants x {self.tries} tries ok"
+
+    def speaks(self, addr: str, sni: str) -> tuple[Variant, ...]:
+        """The variants a server handshakes unsplit (a TLS 1.2-only server fails every
+        TLS 1.3 try whatever the censor does: those tries would prove nothing)."""
+        ok = tuple(v for v in VARIANTS if self.tryer(Try(addr, sni, None, *v)).ok)
+        return ok or VARIANTS
 
     def residual(self, addr: str) -> bool:
         """Whether the address itself fails now (a residual block); waits it out,
@@ -134,7 +153,7 @@ class Searcher:
     def check_controls(self, strategy: Strategy) -> str:
         """The first control host this strategy breaks, with how ("" if none)."""
         for c in self.controls:
-            ok, detail = self.works(c.addr, c.name, strategy)
+            ok, detail = self.works(c.addr, c.name, strategy, c.variants)
             if not ok:
                 return f"{c.name}: {detail}"
         return ""
@@ -142,7 +161,14 @@ class Searcher:
     # -- the whole host -------------------------------------------------------------------
 
     def run(self, host: str, addr: str) -> HostResult:
-        res = HostResult(host, addr)
+        """Diagnosis, then (for a block by name) the ladder."""
+        res, diag = self.diagnose(host, addr)
+        return self.fix(res, diag) if res.verdict == PENDING else res
+
+    def diagnose(self, host: str, addr: str) -> tuple[HostResult, Diagnosis]:
+        """The unsplit steps. The verdict is final unless it is :data:`PENDING`
+        (blocked by name: :meth:`fix` runs the ladder)."""
+        res = HostResult(host, addr, PENDING)
         # Another name on the same address first: after the host's own blocked
         # attempts a residual block would make the address look blocked.
         self.on_progress(f"{host}: another name on {addr}")
@@ -154,16 +180,24 @@ class Searcher:
         res.step("unsplit", diag.reason)
         if diag.block == NOT_BLOCKED:
             res.verdict, res.reason = OK, diag.reason
-            return res
-        if diag.block in (FROZEN, ADDRESS_BLOCK):
-            return self._unfixable(res, diag)
-        canary_ok = any(o.answered for o in other)
+        elif diag.block in (FROZEN, ADDRESS_BLOCK):
+            self._unfixable(res, diag)
+        return res, diag
+
+    def fix(self, res: HostResult, diag: Diagnosis) -> HostResult:
+        """The ladder for a host blocked by name (the address answers other names)."""
+        host, addr = res.host, res.addr
+        assert addr is not None
+        variants = self.speaks(addr, self.other_sni)
+        if variants != VARIANTS:
+            shown = ", ".join(f"{h} TLS {v}" for h, v in variants)
+            res.step("variants", f"the server speaks only {shown} here: tried those")
         for strategy in self.ladder:
             self.on_progress(f"{host}: {strategy.label}")
-            ok, detail = self.works(addr, host, strategy)
-            if not ok and canary_ok and self.residual(addr):
+            ok, detail = self.works(addr, host, strategy, variants)
+            if not ok and self.residual(addr):
                 res.step("residual", f"residual block after {strategy.label}; waited, retrying")
-                ok, detail = self.works(addr, host, strategy)
+                ok, detail = self.works(addr, host, strategy, variants)
             if not ok:
                 res.tried.append(Tried(strategy, "fails", detail))
                 continue
@@ -200,7 +234,7 @@ class Searcher:
         for c in candidates:
             outcomes = self.unsplit(c.addr, c.name, fetch=False)
             if all(o.ok for o in outcomes):
-                good.append(c)
+                good.append(Control(c.name, c.addr, self.speaks(c.addr, c.name)))
             else:
                 notes.append(f"control {c.name} fails unsplit itself; not used")
         return good, notes
