@@ -194,3 +194,16 @@ def test_probe_over_ipv6_with_only_the_two_capabilities(host_lab: Lab) -> None:
     assert out["rc"] == 0 and rec["verdict"] == "fixed", (rec, out["stderr"])
     assert rec["address"] == host_lab.address("server", 6)
     assert 1 <= strategy_of(rec).chunk <= 2
+
+
+def test_resolver_answer_that_differs_from_connect_is_flagged(host_lab: Lab) -> None:
+    host_lab.set_hosts("client", {BLOCKED: "203.0.113.99"})
+    try:
+        out = probe(host_lab, hosts=(BLOCKED,))
+    finally:
+        host_lab.set_hosts("client", {})
+    rec = out["hosts"][BLOCKED]
+    resolve = next(s["result"] for s in rec["steps"] if s["step"] == "resolve")
+    assert f"using {host_lab.address('server', 4)}" in resolve
+    assert "resolver: 203.0.113.99" in resolve
+    assert "not --connect" in resolve and "private/bogon" in resolve

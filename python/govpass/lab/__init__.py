@@ -22,6 +22,9 @@ API (roles are ``client``, ``gateway`` (router mode only), ``censor``, ``server`
     ``__enter__``/``start()`` build the topology; ``__exit__``/``close() -> list[str]``
     tear it down and return problems (none expected). ``leftovers() -> list[str]``
     names anything of this lab still present (namespaces, live processes).
+``set_hosts(role, {name: addr})``
+    What the system resolver answers there; DNS in every lab namespace goes to
+    loopback (nothing listens), so no lookup leaves the lab or waits.
 ``ns(role) -> str``, ``address(role, family=4) -> str``, ``iface(role) -> str``
     Namespace name; the role's address (forwarders: client side); the interface where
     the role's traffic towards the server leaves (client ``eth0``, gateway ``wan0``).
@@ -81,6 +84,7 @@ from govpass.lab import clients as _clients
 from govpass.lab import server as _server
 from govpass.lab.capture import Capture
 from govpass.lab.netns import (
+    NETNS_ETC,
     LabError,
     Processes,
     Topology,
@@ -91,6 +95,7 @@ from govpass.lab.netns import (
     plan,
     run,
     wait_for,
+    write_etc,
 )
 from govpass.lab.wirecheck import FlowReport, Segment, analyze
 
@@ -194,6 +199,9 @@ class Lab:
     def leftovers(self) -> list[str]:
         """What of this lab still exists: namespaces and processes it started."""
         left = [f"netns {ns}" for ns in netns_list() if ns.startswith(self.prefix + "-")]
+        left += [
+            f"{NETNS_ETC / ns}" for ns in self.topo.namespaces.values() if (NETNS_ETC / ns).exists()
+        ]
         left += [f"pid {p.pid} {p.args!r}" for p in self._spawned if p.poll() is None]
         return left
 
@@ -204,6 +212,11 @@ class Lab:
 
     def address(self, role: str, family: int = 4) -> str:
         return self.topo.address(role, family)
+
+    def set_hosts(self, role: str, hosts: Mapping[str, str]) -> None:
+        """What the system resolver answers in ``role``'s namespace (name -> address);
+        other names fail at once (the lab's DNS is loopback with nothing on it)."""
+        write_etc(self.ns(role), hosts)
 
     def iface(self, role: str) -> str:
         self.topo.ns(role)
