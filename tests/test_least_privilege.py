@@ -9,16 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from govpass.lab.netns import caps_argv
 
 pytestmark = pytest.mark.netns
 
-ONLY_TWO_CAPS = [
-    "setpriv",
-    "--bounding-set=-all,+net_admin,+net_raw",
-    "--inh-caps=-all,+net_admin,+net_raw",
-    "--ambient-caps=-all,+net_admin,+net_raw",
-    "--",
-]
+ONLY_TWO_CAPS = caps_argv(("net_admin", "net_raw"))
 
 
 def test_daemon_runs_with_only_net_admin_and_net_raw(tmp_path: Path) -> None:

@@ -99,8 +99,13 @@ def router_lab() -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def censoring(lab: Lab, kind: str, names: Sequence[str] = (BLOCKED,)) -> Iterator[None]:
-    lab.start_censor(kind, names=list(names))
+def censoring(
+    lab: Lab,
+    kind: str,
+    names: Sequence[str] = (BLOCKED,),
+    also: Sequence[tuple[str, Sequence[str]]] = (),
+) -> Iterator[None]:
+    lab.start_censor(kind, names=list(names), also=also)
     try:
         yield
     finally:

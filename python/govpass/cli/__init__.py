@@ -24,6 +24,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
+    import govpass.cli.probe_cmd  # noqa: F401
     from govpass.cli import doctor_cmd, lab_cmd, pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
 
 

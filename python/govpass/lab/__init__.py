@@ -22,6 +22,9 @@ API (roles are ``client``, ``gateway`` (router mode only), ``censor``, ``server`
     ``__enter__``/``start()`` build the topology; ``__exit__``/``close() -> list[str]``
     tear it down and return problems (none expected). ``leftovers() -> list[str]``
     names anything of this lab still present (namespaces, live processes).
+``set_hosts(role, {name: addr})``
+    What the system resolver answers there; DNS in every lab namespace goes to
+    loopback (nothing listens), so no lookup leaves the lab or waits.
 ``ns(role) -> str``, ``address(role, family=4) -> str``, ``iface(role) -> str``
     Namespace name; the role's address (forwarders: client side); the interface where
     the role's traffic towards the server leaves (client ``eth0``, gateway ``wan0``).
@@ -34,8 +37,13 @@ API (roles are ``client``, ``gateway`` (router mode only), ``censor``, ``server`
 ``start_server(names=NAMES, *, kind="python"|"openssl", port=443) -> None``
     Self-signed certificate for ``names`` (``cafile`` property), TLS server in ``server``.
     ``server_log() -> list[dict]``: one record per connection (python server).
-``start_censor(kind="string"|"firstpacket", names, *, rst=False, queue=0) -> None``
-    ``stop_censor()`` removes it; ``censor_decisions() -> list[dict]`` (firstpacket log),
+``start_censor(kind, names, *, rst=False, queue=0, also=()) -> None``
+    ``kind`` in :data:`CENSOR_KINDS`: ``string``, ``firstpacket``, ``tspu`` (only a
+    first segment of 1-2 bytes passes), ``reassemble`` (nothing split-only passes),
+    ``address`` (``names`` are addresses, default the server's), ``splitreject`` (a
+    server resetting first segments under 8 bytes); ``also=[("splitreject",
+    ["allowed.example"])]`` adds a box on the same queue.
+    ``stop_censor()`` removes it; ``censor_decisions() -> list[dict]`` (queue censors' log),
     ``censor_drops() -> int`` (packets the string rules dropped).
 ``client(kind, name, family=4, *, timeout=5.0, role="client", port=443) -> (bool, str)``
     ``kind`` in :data:`CLIENT_KINDS`; ``clients_available() -> list[str]``.
@@ -76,6 +84,7 @@ from govpass.lab import clients as _clients
 from govpass.lab import server as _server
 from govpass.lab.capture import Capture
 from govpass.lab.netns import (
+    NETNS_ETC,
     LabError,
     Processes,
     Topology,
@@ -86,10 +95,12 @@ from govpass.lab.netns import (
     plan,
     run,
     wait_for,
+    write_etc,
 )
 from govpass.lab.wirecheck import FlowReport, Segment, analyze
 
 __all__ = [
+    "CENSOR_KINDS",
     "CLIENT_KINDS",
     "NAMES",
     "Capture",
@@ -101,6 +112,10 @@ __all__ = [
 ]
 
 NAMES = ("blocked.example", "allowed.example")
+RULE_CENSORS = ("string", "address")  # firewall rules in the censor namespace
+# Programs on a queue in the censor namespace (govpass.lab.censor, .reassembly).
+QUEUE_CENSORS = ("firstpacket", "tspu", "reassemble", "splitreject")
+CENSOR_KINDS = RULE_CENSORS + QUEUE_CENSORS
 CLIENT_KINDS = _clients.KINDS
 # The directory holding the govpass package, so `python -m govpass.lab.*` works in a
 # namespace even when govpass is not installed.
@@ -184,6 +199,9 @@ class Lab:
     def leftovers(self) -> list[str]:
         """What of this lab still exists: namespaces and processes it started."""
         left = [f"netns {ns}" for ns in netns_list() if ns.startswith(self.prefix + "-")]
+        left += [
+            f"{NETNS_ETC / ns}" for ns in self.topo.namespaces.values() if (NETNS_ETC / ns).exists()
+        ]
         left += [f"pid {p.pid} {p.args!r}" for p in self._spawned if p.poll() is None]
         return left
 
@@ -194,6 +212,11 @@ class Lab:
 
     def address(self, role: str, family: int = 4) -> str:
         return self.topo.address(role, family)
+
+    def set_hosts(self, role: str, hosts: Mapping[str, str]) -> None:
+        """What the system resolver answers in ``role``'s namespace (name -> address);
+        other names fail at once (the lab's DNS is loopback with nothing on it)."""
+        write_etc(self.ns(role), hosts)
 
     def iface(self, role: str) -> str:
         self.topo.ns(role)
@@ -305,36 +328,53 @@ class Lab:
     # -- censor ------------------------------------------------------------------------------
 
     def start_censor(
-        self, kind: str, names: Sequence[str], *, rst: bool = False, queue: int = 0
+        self,
+        kind: str,
+        names: Sequence[str],
+        *,
+        rst: bool = False,
+        queue: int = 0,
+        also: Sequence[tuple[str, Sequence[str]]] = (),
     ) -> None:
+        """``kind`` in :data:`CENSOR_KINDS`. For ``address``, ``names`` are the blocked
+        addresses (empty: the server's). ``also``: further boxes on the same queue,
+        as (kind, names) pairs, for the queue kinds."""
         if self._censor is not None:
             raise LabError("a censor is already running; stop_censor() first")
+        if kind not in CENSOR_KINDS:
+            raise ValueError(f"unknown censor kind {kind!r} ({', '.join(CENSOR_KINDS)})")
+        if also and kind in RULE_CENSORS:
+            raise ValueError(f"censor {kind!r} is a firewall rule: no boxes can go with it")
         if kind == "string":
             rules, pid = _censor.string_rules(names), None
-        elif kind == "firstpacket":
+        elif kind == "address":
+            addrs = list(names) or [self.address("server", 4), self.address("server", 6)]
+            rules, pid = _censor.address_rules(addrs), None
+        else:
             self._censor_log.write_text("")
             argv = [
                 "-m",
                 "govpass.lab.censor",
+                "--kind",
+                kind,
                 "--queue",
                 str(queue),
                 "--log",
                 str(self._censor_log),
                 *(["--rst"] if rst else []),
+                *[f"--also={k}={','.join(n)}" for k, n in also],
                 *names,
             ]
             pid = self.spawn("censor", argv, python=True)
 
             def ready() -> bool:
-                self._check_alive(pid, "firstpacket censor")
+                self._check_alive(pid, f"{kind} censor")
                 return _censor.READY in self._censor_log.read_text(encoding="utf-8")
 
             # The queue must be bound before packets go to it: --queue-bypass would
             # otherwise let them through uncensored.
-            wait_for(ready, 10.0, "firstpacket censor to bind its queue", step=0.05)
+            wait_for(ready, 10.0, f"{kind} censor to bind its queue", step=0.05)
             rules = _censor.queue_rules(queue)
-        else:
-            raise ValueError(f"unknown censor kind {kind!r} (string, firstpacket)")
         for argv in rules:
             self.exec("censor", argv)
         self._censor = (kind, rules, pid)

@@ -1,4 +1,4 @@
-"""The lab's censors, both run in the censor namespace on forwarded TCP/443 traffic.
+"""The lab's censors, all run in the censor namespace on forwarded TCP/443 traffic.
 
 ``string``
     The kernel's per-packet string match: one ``-m string --algo bm -j DROP`` rule per
@@ -16,6 +16,15 @@
     ``--rst`` both ends get a RST). Anything else — including a first packet too short to
     hold the SNI — lets the flow through for good. One JSON line per decision goes to LOG:
     ``{"flow": "a:p>b:443", "sni": name or null, "verdict": "kill"|"allow", ...}``.
+
+``tspu``, ``reassemble``, ``splitreject``
+    Boxes that read the first bytes across several packets (govpass.lab.reassembly),
+    run by the same program with ``--kind``; ``--also KIND=NAMES`` puts a second box
+    on the same queue (e.g. a first-packet DPI plus a server that rejects split hellos).
+
+``address``
+    An address block: every TCP/443 packet to the listed addresses is dropped in
+    FORWARD (:func:`address_rules`), whatever it carries.
 """
 
 from __future__ import annotations
@@ -88,6 +97,19 @@ def queue_rules(queue: int, action: str = "-I", port: int = 443) -> list[list[st
                     "--queue-bypass",
                 ]
             )
+    return rules
+
+
+def address_rules(addrs: Sequence[str], action: str = "-I", port: int = 443) -> list[list[str]]:
+    """argv lists that add (``-I``) or delete (``-D``) an address block: every TCP/``port``
+    packet to one of ``addrs`` is dropped in FORWARD."""
+    rules = []
+    for addr in addrs:
+        tool = "ip6tables" if ":" in addr else "iptables"
+        rules.append(
+            [tool, "-w", action, "FORWARD", "-d", addr, "-p", "tcp", "--dport", str(port),
+             "-j", "DROP"]
+        )  # fmt: skip
     return rules
 
 
@@ -222,6 +244,7 @@ class FirstPacketCensor:
         while len(self.flows) > MAX_FLOWS:
             old, _ = self.flows.popitem(last=False)
             self._syns.pop(old, None)
+            self.forget(old)
 
     def verdict(self, raw: bytes) -> bool:
         """True to accept the packet, False to drop it."""
@@ -237,6 +260,7 @@ class FirstPacketCensor:
         if outbound and pkt.flags & TCP_SYN and not pkt.flags & TCP_ACK:
             if self._syns.get(key) != pkt.seq:  # a new ISN: a new connection on this tuple
                 self.flows[key] = "new"
+                self.forget(key)
                 self.flows.move_to_end(key)
                 self._syns[key] = pkt.seq
                 self._trim()
@@ -247,13 +271,27 @@ class FirstPacketCensor:
         if state is None or not outbound or not pkt.payload:
             # No SYN seen: the flow began before this censor did; leave it alone.
             return True
-        view = read_hello(pkt.payload)
-        kill = view.sni is not None and name_listed(view.sni, self.names)
+        decision = self.inspect(key, pkt)
+        if decision is None:  # still reading the flow's first bytes
+            return True
+        kill, sni, reason = decision
         self.flows[key] = "kill" if kill else "allow"
-        self.emit(key, pkt, view.sni, view.reason, "kill" if kill else "allow")
+        self.forget(key)
+        self.emit(key, pkt, sni, reason, "kill" if kill else "allow")
         if kill and self.rst:
             self.inject_rsts(pkt)
         return not kill
+
+    def inspect(
+        self, key: tuple[str, int, str, int], pkt: Packet
+    ) -> tuple[bool, str | None, str] | None:
+        """(kill, sni, reason) for a client payload packet of an undecided flow, or
+        None to let it pass undecided. This censor: the first one decides."""
+        view = read_hello(pkt.payload)
+        return view.sni is not None and name_listed(view.sni, self.names), view.sni, view.reason
+
+    def forget(self, key: tuple[str, int, str, int]) -> None:
+        """Drops what :meth:`inspect` kept about a flow (a decided or evicted one)."""
 
     def emit(
         self,
@@ -266,6 +304,7 @@ class FirstPacketCensor:
         fmt = "{}:{}>{}:{}" if pkt.family == 4 else "[{}]:{}>[{}]:{}"
         rec = {
             "ts": round(time.time(), 3),
+            "box": type(self).__name__,
             "flow": fmt.format(*key),
             "family": pkt.family,
             "sni": sni,
@@ -300,29 +339,54 @@ class FirstPacketCensor:
                 self.log.write(json.dumps({"event": "rst-error", "error": str(exc)}) + "\n")
 
 
+def parse_also(text: str) -> tuple[str, list[str]]:
+    """``KIND=NAME,NAME`` (names may be empty: ``splitreject=``)."""
+    from govpass.lab.reassembly import KINDS
+
+    kind, _, names = text.partition("=")
+    if kind not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind {kind!r} (accepted: {', '.join(KINDS)})")
+    return kind, [n for n in names.split(",") if n]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from govpass.lab.reassembly import KINDS
+
     ap = argparse.ArgumentParser(prog="python -m govpass.lab.censor")
-    ap.add_argument("names", nargs="+", help="listed names (exact or parent domain)")
+    ap.add_argument("names", nargs="*", help="listed names (exact or parent domain)")
+    ap.add_argument("--kind", choices=sorted(KINDS), default="firstpacket")
     ap.add_argument("--queue", type=int, default=0)
     ap.add_argument("--port", type=int, default=443)
     ap.add_argument("--log", type=Path, required=True)
     ap.add_argument("--rst", action="store_true", help="also reset both ends of killed flows")
+    ap.add_argument(
+        "--also",
+        type=parse_also,
+        action="append",
+        default=[],
+        metavar="KIND=NAMES",
+        help="another box on the same queue, e.g. splitreject=allowed.example",
+    )
     args = ap.parse_args(argv)
 
     from netfilterqueue import NetfilterQueue  # Linux-only; imported where it is needed
 
     with open(args.log, "a", encoding="utf-8") as log:
-        censor = FirstPacketCensor(args.names, log, args.port, args.rst)
+        boxes = [KINDS[args.kind](args.names, log, args.port, args.rst)]
+        boxes += [KINDS[kind](names, log, args.port, args.rst) for kind, names in args.also]
 
         def on_packet(pkt: Any) -> None:
-            if censor.verdict(pkt.get_payload()):
+            raw = pkt.get_payload()
+            # Every box sees every packet (each keeps its own flow state).
+            if all([box.verdict(raw) for box in boxes]):
                 pkt.accept()
             else:
                 pkt.drop()
 
         nfq = NetfilterQueue()
         nfq.bind(args.queue, on_packet, max_len=4096)
-        log.write(json.dumps({"event": READY, "queue": args.queue, "names": args.names}) + "\n")
+        ready = {"event": READY, "queue": args.queue, "kind": args.kind, "names": args.names}
+        log.write(json.dumps(ready) + "\n")
         log.flush()
         try:
             nfq.run()

@@ -121,6 +121,19 @@ def ns_argv(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+def caps_argv(caps: Sequence[str] = ("net_admin", "net_raw")) -> list[str]:
+    """A ``setpriv`` prefix that runs a command holding only ``caps`` (still uid 0):
+    what the systemd unit in scripts/ grants govpass."""
+    keep = "-all," + ",".join(f"+{c}" for c in caps)
+    return [
+        "setpriv",
+        f"--bounding-set={keep}",
+        f"--inh-caps={keep}",
+        f"--ambient-caps={keep}",
+        "--",
+    ]
+
+
 def run(
     argv: Sequence[str], *, check: bool = True, timeout: float = 30.0, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -148,6 +161,23 @@ def netns_pids(ns: str) -> list[int]:
     return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
 
 
+# `ip netns exec NS` bind-mounts the files of /etc/netns/NS over those of /etc.
+NETNS_ETC = Path("/etc/netns")
+LOCAL_DNS = "# govpass lab: DNS stays on loopback (nothing listens: lookups fail at once)\n"
+LOCAL_DNS += "nameserver 127.0.0.1\n"
+
+
+def write_etc(ns: str, hosts: Mapping[str, str] | None = None) -> None:
+    """resolv.conf and hosts of a lab namespace: no DNS query leaves it (a lookup
+    not in ``hosts`` fails at once); ``hosts`` maps names to addresses."""
+    d = NETNS_ETC / ns
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "resolv.conf").write_text(LOCAL_DNS)
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    lines += [f"{addr} {name}" for name, addr in (hosts or {}).items()]
+    (d / "hosts").write_text("\n".join(lines) + "\n")
+
+
 def build(topo: Topology) -> list[str]:
     """Create namespaces, links, addresses and routes. Returns notes (e.g. ethtool gaps).
 
@@ -157,6 +187,7 @@ def build(topo: Topology) -> list[str]:
     notes: list[str] = []
     for ns in topo.namespaces.values():
         run(["ip", "netns", "add", ns])
+        write_etc(ns)
     for ns in topo.namespaces.values():
         run(ns_argv(ns, ["ip", "link", "set", "lo", "up"]))
         # No duplicate address detection on links made later (link-local addresses
@@ -266,6 +297,8 @@ def destroy(topo: Topology) -> list[str]:
         proc = run(["ip", "netns", "del", ns], check=False)
         if proc.returncode != 0:
             problems.append(f"ip netns del {ns}: {proc.stderr.strip()}")
+    for ns in topo.namespaces.values():
+        shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
     left = [ns for ns in netns_list() if ns in topo.namespaces.values()]
     if left:
         problems.append(f"namespaces left: {left}")
