@@ -12,12 +12,11 @@ target, not what it points to).
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from govpass import safefile
 from govpass.errors import ConfigError
 from govpass.probe.search import FIXED, OK, HostResult
 
@@ -77,28 +76,12 @@ def render(results: Sequence[HostResult]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` (mode 0644) through an exclusive temporary file."""
-    directory = path.parent if str(path.parent) else Path(".")
+    """Writes ``text`` to ``path`` (mode 0644) in one step, never through a symlink."""
     if path.is_dir():
         raise ConfigError(f"--write-config {path}: is a directory", field="write-config")
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(tmp, flags, MODE)
+        safefile.write_atomic(path, text, mode=MODE)
     except OSError as e:
-        raise ConfigError(
-            f"--write-config {path}: cannot create a file in {directory}: {e.strerror}",
-            field="write-config",
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), MODE)  # not narrowed by the umask
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(
             f"--write-config {path}: cannot write: {e.strerror}", field="write-config"
         ) from None

@@ -14,23 +14,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from govpass import safetext
 from govpass.probe.search import FIXED, OK, HostResult
 
 MAX_DETAIL = 200
 
 
 def escape(text: str, limit: int = MAX_DETAIL) -> str:
-    """Printable text: non-printable characters as ``\\xNN``/``\\uNNNN``, cut at ``limit``."""
-    out = []
-    for ch in text:
-        if ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
-    s = "".join(out)
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+    """Printable text for the report (:func:`govpass.safetext.text`)."""
+    return safetext.text(text, limit)
 
 
 def as_json(res: HostResult) -> dict[str, Any]:
