@@ -21,8 +21,8 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -576,27 +576,3 @@ class Daemon:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-@contextmanager
-def signals_raise(on_reload: Callable[[], None] | None = None) -> Iterator[None]:
-    """Turns SIGTERM into KeyboardInterrupt, so the parent's clean-up path (remove
-    rules, stop workers) runs for it as for Ctrl-C. SIGHUP calls `on_reload`
-    when given (the daemon: re-read the lists), else it stops like SIGTERM."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    def hup(signum: int, frame: Any) -> None:
-        assert on_reload is not None
-        on_reload()
-
-    old = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, hup if on_reload else handler),
-    }
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

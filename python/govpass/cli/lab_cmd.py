@@ -209,8 +209,8 @@ def lab_command(
     kinds, missing = _client_kinds(clients)
     if not kinds:
         raise GovpassError(f"none of the clients {', '.join(missing)} is installed")
-    from govpass.daemon import signals_raise
     from govpass.lab import Lab
+    from govpass.stop_signals import signals_raise
 
     console = Console(highlight=False)
     censors = ["firstpacket", "string"] if censor is Censor.both else [censor.value]

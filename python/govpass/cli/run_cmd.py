@@ -11,7 +11,7 @@ from typing import Any
 from govpass import config as config_mod
 from govpass.cli import app, err_console
 from govpass.cli.options import with_settings
-from govpass.cli.status import line, table
+from govpass.cli.status import ChangeLog, line, table
 from govpass.errors import BackendError, ConfigError
 
 
@@ -48,7 +48,8 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         )
     require_privileges()
     from govpass.backends import unavailable_reason
-    from govpass.daemon import Daemon, signals_raise
+    from govpass.daemon import Daemon
+    from govpass.stop_signals import signals_raise
 
     reason = unavailable_reason("nfqueue")
     if reason:
@@ -72,6 +73,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                 live: Any = Live(table(daemon.stats()), refresh_per_second=2)
             else:
                 live = nullcontext()
+            changes = ChangeLog()
             with live:
                 while True:
                     daemon.wait(config.stats_interval)
@@ -80,8 +82,8 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                     stats = daemon.stats()
                     if interactive:
                         live.update(table(stats))
-                    else:
-                        _log(line(stats))
+                    elif text := changes.due(stats):
+                        _log(text)
     except KeyboardInterrupt:
         _log("stopping")
     finally:
