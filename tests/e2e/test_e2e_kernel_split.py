@@ -149,10 +149,30 @@ def tcx_egress_programs(lab: Lab, role: str, iface: str) -> list[str]:
     return names
 
 
+def bpf_link_holders() -> list[str]:
+    """Every process that holds a bpf link descriptor: "pid (comm): fd, ...", so a
+    program that stays attached names who keeps it."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            fds = [
+                fd
+                for fd in os.listdir(f"/proc/{pid}/fd")
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link"
+            ]
+            if fds:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                out.append(f"{pid} ({comm}): {', '.join(fds)}")
+    return out
+
+
 def wait_tcx(lab: Lab, role: str, iface: str, want: list[str], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while (got := tcx_egress_programs(lab, role, iface)) != want:
-        assert time.monotonic() < deadline, f"tcx egress of {role}/{iface}: {got}, not {want}"
+        assert time.monotonic() < deadline, (
+            f"tcx egress of {role}/{iface}: {got}, not {want}; bpf links held by "
+            f"{bpf_link_holders() or 'no process'}"
+        )
         time.sleep(0.1)
 
 
