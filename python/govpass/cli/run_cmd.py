@@ -10,7 +10,7 @@ from typing import Any
 
 from govpass import config as config_mod
 from govpass.cli import app, err_console
-from govpass.cli.options import with_settings
+from govpass.cli.options import HELP_ALL_HINT, with_settings
 from govpass.cli.status import ChangeLog, line, table
 from govpass.errors import BackendError, ConfigError
 
@@ -31,7 +31,7 @@ def require_privileges() -> None:
         )
 
 
-@app.command("run")
+@app.command("run", epilog=HELP_ALL_HINT)
 @with_settings()
 def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     """Capture outbound TLS flows and split their first ClientHello (NFQUEUE on Linux;
