@@ -98,11 +98,22 @@ BACKEND_FIXES = {
 }
 
 
+NEEDS_ROOT = "needs root (or CAP_NET_ADMIN)"
+AS_ROOT_FIX = "run govpass doctor as root to check this"
+
+
 def check_firewall(config: Config) -> list[Check]:
     from govpass import rules
     from govpass.daemon import rule_spec
     from govpass.errors import GovpassError
 
+    if "CAP_NET_ADMIN" in missing_capabilities():
+        # Every probe below would fail with a permission error, which reads like a
+        # missing module or package: say what is missing instead.
+        return [
+            Check(name, "warn", f"not checked: {NEEDS_ROOT}", AS_ROOT_FIX)
+            for name in ("firewall", "pre-filter", "kernel split", "installed rules")
+        ]
     out: list[Check] = []
     try:
         spec = rule_spec(config)
@@ -157,10 +168,11 @@ def check_prefilter(config: Config, backend: str | None) -> Check:
         return Check("pre-filter", "ok", "conntrack (set by prefilter)")
     status: Status = "fail" if config.prefilter == "bpf" else "warn"
     if backend != "iptables-nft":
+        where = f"the rules go to {backend}" if backend else "no firewall backend is usable"
         return Check(
             "pre-filter",
             status,
-            f"conntrack: the eBPF pre-filter needs iptables-nft, the rules go to {backend}",
+            f"conntrack: the eBPF pre-filter needs iptables-nft, {where}",
             "install iptables with the nf_tables backend (iptables-nft)",
         )
     from govpass.bpf.prefilter import unavailable_reason
@@ -352,7 +364,11 @@ def check_backends(config: Config) -> list[Check]:
         if reason is None:
             out.append(Check(f"backend {name}", "ok", "usable"))
         else:
-            out.append(Check(f"backend {name}", "warn", reason, BACKEND_FIXES.get(name, "")))
+            # A missing privilege is not fixed by installing packages.
+            fix = "run as root or with scripts/govpass.service" if reason.startswith(
+                "needs root"
+            ) else BACKEND_FIXES.get(name, "")  # fmt: skip
+            out.append(Check(f"backend {name}", "warn", reason, fix))
     if importlib.util.find_spec("pydivert") is not None and not sys.platform.startswith("freebsd"):
         from govpass.backends import divert
 

@@ -51,7 +51,8 @@ def doctor(
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in results], indent=2))
     else:
-        console = Console(highlight=False)
+        # One check per line whatever the width (a pipe counts as 80 columns).
+        console = Console(highlight=False, soft_wrap=True)
         for r in results:
             fix = f"  [dim]fix: {escape(r.fix)}[/dim]" if r.fix else ""
             console.print(f"{MARKS[r.status]} {escape(r.name)}: {escape(r.detail)}{fix}")
