@@ -200,7 +200,7 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
     from govpass import links
     from govpass.bpf import syscall as sc
     from govpass.bpf.ksplit import Loaded
-    from govpass.kernel_split import config_reason, covered, params_for
+    from govpass.kernel_split import IFB_REASON, config_reason, covered, left_alone, params_for
 
     why = config_reason(config)
     if why is not None:
@@ -219,7 +219,8 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
             except sc.BpfError as e:
                 if e.errno != errno.ENODEV:
                     raise
-        interfaces = covered(spec, links.dump())
+        all_links = links.dump()
+        interfaces = covered(spec, all_links)
     except (sc.BpfError, OSError) as e:
         return Check("kernel split", "warn", f"off: {e.strerror or e}", KERNEL_SPLIT_FIX)
     odd = [i for i in interfaces if i.l2_bytes is None]
@@ -232,11 +233,13 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
             "exclude those interfaces (--exclude-iface) if they carry no HTTPS",
         )
     names = ", ".join(i.name for i in interfaces) or "none yet"
+    ifbs = left_alone(spec, all_links)
+    ifb = f"; leaves {', '.join(ifbs)} alone ({IFB_REASON})" if ifbs else ""
     return Check(
         "kernel split",
         "ok",
         "on: ClientHellos whole in one packet are split by a tc egress program "
-        f"(interfaces now: {names}); the others go to the workers",
+        f"(interfaces now: {names}); the others go to the workers{ifb}",
     )
 
 

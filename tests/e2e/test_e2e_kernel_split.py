@@ -621,6 +621,23 @@ def test_sigkill_takes_the_program_even_with_a_restarted_worker(host_lab: Lab) -
     assert govpass_rule_lines(lab, "client") == []
 
 
+def test_an_ifb_device_is_left_alone_and_the_log_says_why(host_lab: Lab) -> None:
+    """ifb devices carry another interface's redirected ingress (shapers): no program
+    there, down or up, and the log names the device once."""
+    lab = host_lab
+    lab.exec("client", ["ip", "link", "add", "ifb7", "type", "ifb"])
+    try:
+        with running(lab, name="ks-ifb") as gp:
+            assert ready_stats(gp)["kernel_split_state"] == "on (tcx egress: eth0)"
+            lab.exec("client", ["ip", "link", "set", "ifb7", "up"])
+            time.sleep(1.0)  # the link watcher's turn
+            assert tcx_egress_programs(lab, "client", "ifb7") == []
+            assert tcx_egress_programs(lab, "client", "eth0") == [PROGRAM]
+            assert gp.log().count("kernel split: leaves ifb7 alone (ifb devices") == 1, gp.log()
+    finally:
+        lab.exec("client", ["ip", "link", "del", "ifb7"], check=False)
+
+
 def test_sigterm_detaches_and_removes_everything(host_lab: Lab) -> None:
     """SIGTERM: the daemon turns the gate off, detaches, removes every rule (checked
     by ``running``), and a hello then leaves whole."""

@@ -58,6 +58,9 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         raise ConfigError(
             "router mode needs --iface WAN (accepted: one or more interface names)", field="iface"
         )
+    from govpass.interfaces import check_listed
+
+    check_listed(config.iface)
     daemon = Daemon(config, _log)
     interactive = sys.stdout.isatty()
     try:
