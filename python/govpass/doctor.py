@@ -114,10 +114,17 @@ def check_firewall(config: Config) -> list[Check]:
             Check(name, "warn", f"not checked: {NEEDS_ROOT}", AS_ROOT_FIX)
             for name in ("firewall", "pre-filter", "kernel split", "installed rules")
         ]
+    from govpass.rules import tables
+
     out: list[Check] = []
+    runner = rules.Runner()
     try:
         spec = rule_spec(config)
-        detection = rules.detect(spec, rules.Runner())
+        tables.claim(spec.families, runner)  # the probes must leave no table behind
+        try:
+            detection = rules.detect(spec, runner)
+        finally:
+            tables.release(runner)
     except GovpassError as e:
         return [Check("firewall", "fail", str(e), "install iptables (and nftables)")]
     for s in detection.statuses:
