@@ -287,6 +287,7 @@ class Daemon:
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
         self.owns_run_dir = False
+        self.final_stats: dict[str, Any] = {}  # the counters as they were at stop()
         self.spec: Any = None
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
@@ -556,9 +557,14 @@ class Daemon:
                 w.process.kill()
                 w.process.join(1)
         with suppress(OSError):
-            self.stats()
-        for name in ("daemon.json", "kernel-split.json") if self.owns_run_dir else ():
-            (self.directory / name).unlink(missing_ok=True)
+            self.final_stats = self.stats()
+        if self.owns_run_dir:  # a clean stop leaves no state behind: the log has the counters
+            state = ["daemon.json", "kernel-split.json", "learner.json", "stats.json"]
+            for path in [
+                *self.directory.glob("worker-*.json"),
+                *(self.directory / n for n in state),
+            ]:
+                path.unlink(missing_ok=True)
         if self._events is not None:
             with suppress(OSError):  # verdicts the workers sent while stopping
                 while select.select([self._events[0]], [], [], 0)[0]:

@@ -34,7 +34,8 @@ main(["doctor"])
 def test_as_non_root_it_says_root_is_needed_one_check_per_line() -> None:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     proc = subprocess.run(
-        [sys.executable, "-c", AS_NOBODY],
+        # In a network namespace of its own: the root pass probes the firewall.
+        ["unshare", "--net", sys.executable, "-c", AS_NOBODY],
         capture_output=True,
         text=True,
         env={**env, "GOVPASS_RUN_DIR": "/nonexistent-govpass-run"},

@@ -303,6 +303,10 @@ def test_sigterm_removes_every_rule(lab: Lab) -> None:
     assert "rules removed" in gp.log()
     assert govpass_rule_lines(lab, "client") == []
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+    # A clean stop leaves what it found: no state files, no table iptables-nft made.
+    assert sorted(p.name for p in gp.run_dir.glob("*.json")) == []
+    assert lab.exec("client", ["nft", "list", "ruleset"]).stdout.strip() == ""
+    assert "splits=" in gp.log().splitlines()[-1]  # the last counters, in the log
 
 
 # What `govpass run &` in a script or under nohup gets: SIGINT ignored, then exec.

@@ -91,4 +91,4 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         _log("stopping")
     finally:
         daemon.stop()
-    err_console.print(line(daemon.stats()), markup=False)
+    err_console.print(line(daemon.final_stats), markup=False)
