@@ -42,8 +42,8 @@ def claim(families: Iterable[Family], runner: Runner) -> list[str]:
         name = f"{NFT_FAMILY[family]} {TABLE}"
         if f"table {name}" in present:
             continue
-        script = f'add table {name} {{ comment "{COMMENT}"; }}\n'
-        if runner.run(["nft", "-f", "-"], input_text=script, check=False).ok:
+        argv = ["nft", "add", "table", *name.split(), "{", "comment", f'"{COMMENT}";', "}"]
+        if runner.run(argv, check=False).ok:
             made.append(name)
     return made
 
