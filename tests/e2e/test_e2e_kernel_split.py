@@ -149,18 +149,24 @@ def tcx_egress_programs(lab: Lab, role: str, iface: str) -> list[str]:
     return names
 
 
+def bpf_link_fds(pid: int | str) -> list[str]:
+    """The bpf link descriptors process ``pid`` holds."""
+    out = []
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link":
+                    out.append(fd)
+    return out
+
+
 def bpf_link_holders() -> list[str]:
     """Every process that holds a bpf link descriptor: "pid (comm): fd, ...", so a
     program that stays attached names who keeps it."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            fds = [
-                fd
-                for fd in os.listdir(f"/proc/{pid}/fd")
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link"
-            ]
-            if fds:
+        if fds := bpf_link_fds(pid):
+            with contextlib.suppress(OSError):
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
                 out.append(f"{pid} ({comm}): {', '.join(fds)}")
     return out
@@ -560,6 +566,12 @@ def restart_worker(gp: Govpass) -> int:
         assert time.monotonic() < deadline, f"no worker restarted: {gp.log()[-1500:]}"
         time.sleep(0.05)
     wait_log(gp, "worker 0 exited (code -9); restarting")
+    # The new pid shows as soon as the daemon forked, before the child has closed
+    # the links it inherited (its at-fork hook): a worker stopped in that instant
+    # would keep the program attached for as long as it stays stopped.
+    while links := bpf_link_fds(new[0]):
+        assert time.monotonic() < deadline, f"restarted worker {new[0]} keeps bpf links {links}"
+        time.sleep(0.01)
     return new[0]
 
 
