@@ -149,3 +149,8 @@ def test_a_listed_interface_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"^iface: no interface 'nonexistent0' here") as e:
         ifs.check_listed(["eth0", "nonexistent0"])
     assert e.value.field == "iface"
+
+
+def test_a_tunnel_matched_by_an_iface_pattern_is_not_excluded(tmp_path: Path) -> None:
+    det = ifs.detect(*fake_tree(tmp_path))
+    assert ifs.exclusions(det, include=("ppp+", "eth0"), exclude=()) == ("tun0", "wg0")

@@ -156,7 +156,8 @@ def detect(
 
 def check_listed(names: Iterable[str], setting: str = "iface") -> None:
     """ConfigError naming the first listed interface (not a ``prefix+`` pattern)
-    that this network namespace does not have: rules for it would match nothing."""
+    that this network namespace does not have: rules for it would match nothing.
+    One that appears later (ppp0, a VPN) is named by a pattern (``ppp+``)."""
     from govpass import links
     from govpass.errors import ConfigError
 
@@ -171,7 +172,8 @@ def check_listed(names: Iterable[str], setting: str = "iface") -> None:
         if name not in present:
             raise ConfigError(
                 f"{setting}: no interface {name!r} here (accepted: names of existing "
-                f"interfaces, or a prefix ending in '+'; `ip link` lists them)",
+                "interfaces, or a prefix ending in '+' for one that appears later; "
+                "`ip link` lists them)",
                 field=setting,
             )
 
@@ -182,12 +184,22 @@ def exclusions(
     """Interfaces the rules must skip: the explicit ones plus detected tunnels
     and VPNs, minus any the user explicitly included. Loopback is always
     skipped by the rules themselves."""
-    wanted = set(include)
+    wanted = tuple(include)
     out = list(dict.fromkeys(exclude))
     for name in detection.excluded:
-        if name != "lo" and name not in wanted and name not in out:
+        if name != "lo" and not matches(name, wanted) and name not in out:
             out.append(name)
     return tuple(out)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """iptables interface matching: "eth+" is every name starting with "eth"."""
+    for pattern in patterns:
+        if pattern.endswith("+") and name.startswith(pattern[:-1]):
+            return True
+        if name == pattern:
+            return True
+    return False
 
 
 def describe(detection: Detection, include: Iterable[str], exclude: Iterable[str]) -> list[str]:

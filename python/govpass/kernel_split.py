@@ -29,6 +29,7 @@ from govpass import links as _links
 from govpass.bpf import ksplit
 from govpass.bpf import syscall as sc
 from govpass.config import Config
+from govpass.interfaces import matches
 from govpass.rules.spec import KernelSplitGate
 
 _KEY0 = struct.pack("=I", 0)
@@ -71,23 +72,13 @@ def params_for(config: Config, l2: int) -> ksplit.Params:
     )
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    """iptables interface matching: "eth+" is every name starting with "eth"."""
-    for pattern in patterns:
-        if pattern.endswith("+") and name.startswith(pattern[:-1]):
-            return True
-        if name == pattern:
-            return True
-    return False
-
-
 IFB_REASON = "ifb devices carry traffic redirected from ingress, for traffic shapers"
 
 
 def _in_rules(spec: Any, link: _links.Link) -> bool:
-    if link.loopback or link.name == "lo" or _matches(link.name, spec.exclude_interfaces):
+    if link.loopback or link.name == "lo" or matches(link.name, spec.exclude_interfaces):
         return False
-    return not spec.interfaces or _matches(link.name, spec.interfaces)
+    return not spec.interfaces or matches(link.name, spec.interfaces)
 
 
 def covered(spec: Any, all_links: Iterable[_links.Link]) -> list[_links.Link]:
