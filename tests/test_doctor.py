@@ -69,6 +69,19 @@ def test_prefilter_without_iptables_nft_falls_back_or_fails(prefilter: str, stat
     assert "nf_tables" in check.fix
 
 
+def test_prefilter_without_any_firewall_backend_says_so() -> None:
+    check = doctor.check_prefilter(Config(), None)
+    assert "None" not in check.detail and "no firewall backend is usable" in check.detail
+
+
+def test_without_cap_net_admin_the_firewall_is_not_blamed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(doctor, "missing_capabilities", lambda: ["CAP_NET_ADMIN"])
+    checks = doctor.check_firewall(Config())
+    assert checks and all(c.detail == "not checked: needs root (or CAP_NET_ADMIN)" for c in checks)
+
+
 def _fake_ethtool(tmp_path: Path, output: str, rc: int = 0) -> str:
     tool = tmp_path / "ethtool"
     tool.write_text(f"#!/bin/sh\ncat <<'END'\n{output}END\nexit {rc}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from govpass import interfaces as ifs
 
 
@@ -129,3 +130,27 @@ def test_divert_filter_skips_detected_tunnels_unless_included(tmp_path: Path) ->
     included = config.load(env={}, flags={"iface": "wg0"})
     assert divert.detected_tunnel_indexes(included, det) == ()
     assert divert.filter_spec(cfg, detection=ifs.Detection()).exclude_ifidx == ()
+
+
+def test_an_ifb_is_named_as_such(tmp_path: Path) -> None:
+    sys_net, proc = fake_tree(tmp_path)
+    make_iface(sys_net, "ifb0", 1)  # sysfs shows no DEVTYPE for ifb; rtnetlink names it
+    det = ifs.detect(sys_net, proc, drivers={"ifb0": "ifb", "veth1": "veth"})
+    assert det.by_name("ifb0").reason == ifs.IFB_NOTE
+    assert det.by_name("veth1").kind == "virtual"
+
+
+def test_a_listed_interface_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    from govpass import links
+    from govpass.errors import ConfigError
+
+    monkeypatch.setattr(links, "dump", lambda: [links.Link(1, "lo", 772), links.Link(2, "eth0", 1)])
+    ifs.check_listed(["eth0", "wg+"])  # a prefix may match interfaces that come later
+    with pytest.raises(ConfigError, match=r"^iface: no interface 'nonexistent0' here") as e:
+        ifs.check_listed(["eth0", "nonexistent0"])
+    assert e.value.field == "iface"
+
+
+def test_a_tunnel_matched_by_an_iface_pattern_is_not_excluded(tmp_path: Path) -> None:
+    det = ifs.detect(*fake_tree(tmp_path))
+    assert ifs.exclusions(det, include=("ppp+", "eth0"), exclude=()) == ("tun0", "wg0")

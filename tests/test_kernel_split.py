@@ -85,6 +85,28 @@ def test_covered_interfaces_are_those_of_the_rules(spec: RuleSpec, names: list[s
     assert [link.name for link in found] == names
 
 
+def test_ifb_devices_are_left_alone_and_named() -> None:
+    ifb = Link(7, "ifb0", 1, "ifb")
+    assert [link.name for link in kernel_split.covered(RuleSpec(), [LO, ETH0, ifb])] == ["eth0"]
+    assert kernel_split.left_alone(RuleSpec(), [LO, ETH0, ifb]) == ["ifb0"]
+    assert kernel_split.left_alone(RuleSpec(exclude_interfaces=("ifb+",)), [ifb]) == []
+
+
+def test_the_log_says_why_an_ifb_is_left_alone(world: list[Link]) -> None:
+    log: list[str] = []
+    world.append(Link(7, "ifb0", 1, "ifb"))
+    ks = kernel_split.KernelSplit(Config(), log.append)
+    ks.open()
+    try:
+        ks.sync(RuleSpec())
+        ks.sync(RuleSpec())
+        assert FakeProgram.attached == [ETH0.index] and ks.interfaces() == ["eth0"]
+        notes = [line for line in log if "ifb0" in line]
+        assert notes == [f"kernel split: leaves ifb0 alone ({kernel_split.IFB_REASON})"]
+    finally:
+        ks.close()
+
+
 # -- the gate ------------------------------------------------------------------------------
 
 

@@ -9,10 +9,14 @@ import pytest
 from govpass import links
 
 
-def newlink(index: int, name: str, kind: int, *, seq: int = 1) -> bytes:
+def newlink(index: int, name: str, kind: int, *, seq: int = 1, driver: bytes = b"") -> bytes:
     name_attr = name.encode() + b"\0"
     rta = struct.pack("=HH", 4 + len(name_attr), links.IFLA_IFNAME) + name_attr
     rta += b"\0" * (-len(rta) % 4)
+    if driver:
+        inner = struct.pack("=HH", 4 + len(driver) + 1, links.IFLA_INFO_KIND) + driver + b"\0"
+        inner += b"\0" * (-len(inner) % 4)
+        rta += struct.pack("=HH", 4 + len(inner), links.IFLA_LINKINFO | 0x8000) + inner
     mtu = struct.pack("=HHI", 8, 4, 1500)  # IFLA_MTU, skipped
     body = struct.pack("=BxHiII", socket.AF_UNSPEC, kind, index, 0, 0) + mtu + rta
     return struct.pack("=IHHII", 16 + len(body), links.RTM_NEWLINK, 2, seq, 0) + body
@@ -33,6 +37,12 @@ def test_parse_links_reads_index_name_and_type() -> None:
     ]
     assert parsed[0].loopback and parsed[0].l2_bytes is None
     assert parsed[1].l2_bytes == 14 and parsed[2].l2_bytes == 0
+
+
+def test_parse_links_reads_the_driver_of_a_software_device() -> None:
+    data = newlink(2, "ifb0", 1, driver=b"ifb") + newlink(3, "odd0", 1, driver=b"x\x1b[31m")
+    parsed, _ = links.parse_links(data + newlink(4, "eth0", 1))
+    assert [link.driver for link in parsed] == ["ifb", "x??31m", ""]
 
 
 def test_parse_links_sees_the_end_of_the_dump() -> None:

@@ -5,7 +5,6 @@ so once; the daemon forwards SIGHUP to its workers instead of stopping."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from govpass import SEND, Engine, EngineConfig
 from govpass.config import load
-from govpass.daemon import Daemon, WorkerHandle, signals_raise
+from govpass.daemon import Daemon, WorkerHandle
 from govpass.targeting import ListWatcher, Targeting
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
@@ -151,18 +150,6 @@ def test_auto_file_appearing_later(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ signals
-
-
-def test_sighup_reloads_sigterm_stops() -> None:
-    calls: list[str] = []
-    with signals_raise(lambda: calls.append("reload")):
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert calls == ["reload"]
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), signals_raise():  # no reload: SIGHUP stops
-        os.kill(os.getpid(), signal.SIGHUP)
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
 class _Proc:

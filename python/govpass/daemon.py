@@ -22,8 +22,8 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,7 @@ class Daemon:
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
         self.owns_run_dir = False
+        self.final_stats: dict[str, Any] = {}  # the counters as they were at stop()
         self.spec: Any = None
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
@@ -743,9 +744,14 @@ class Daemon:
                 w.process.kill()
                 w.process.join(1)
         with suppress(OSError):
-            self.stats()
-        for name in ("daemon.json", "kernel-split.json") if self.owns_run_dir else ():
-            (self.directory / name).unlink(missing_ok=True)
+            self.final_stats = self.stats()
+        if self.owns_run_dir:  # a clean stop leaves no state behind: the log has the counters
+            state = ["daemon.json", "kernel-split.json", "learner.json", "stats.json"]
+            for path in [
+                *self.directory.glob("worker-*.json"),
+                *(self.directory / n for n in state),
+            ]:
+                path.unlink(missing_ok=True)
         if self._events is not None:
             with suppress(OSError):  # verdicts the workers sent while stopping
                 while select.select([self._events[0]], [], [], 0)[0]:
@@ -763,27 +769,3 @@ class Daemon:
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-@contextmanager
-def signals_raise(on_reload: Callable[[], None] | None = None) -> Iterator[None]:
-    """Turns SIGTERM into KeyboardInterrupt, so the parent's clean-up path (remove
-    rules, stop workers) runs for it as for Ctrl-C. SIGHUP calls `on_reload`
-    when given (the daemon: re-read the lists), else it stops like SIGTERM."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    def hup(signum: int, frame: Any) -> None:
-        assert on_reload is not None
-        on_reload()
-
-    old = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, hup if on_reload else handler),
-    }
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

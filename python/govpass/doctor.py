@@ -98,15 +98,33 @@ BACKEND_FIXES = {
 }
 
 
+NEEDS_ROOT = "needs root (or CAP_NET_ADMIN)"
+AS_ROOT_FIX = "run govpass doctor as root to check this"
+
+
 def check_firewall(config: Config) -> list[Check]:
     from govpass import rules
     from govpass.daemon import rule_spec
     from govpass.errors import GovpassError
 
+    if "CAP_NET_ADMIN" in missing_capabilities():
+        # Every probe below would fail with a permission error, which reads like a
+        # missing module or package: say what is missing instead.
+        return [
+            Check(name, "warn", f"not checked: {NEEDS_ROOT}", AS_ROOT_FIX)
+            for name in ("firewall", "pre-filter", "kernel split", "installed rules")
+        ]
+    from govpass.rules import tables
+
     out: list[Check] = []
+    runner = rules.Runner()
     try:
         spec = rule_spec(config)
-        detection = rules.detect(spec, rules.Runner())
+        tables.claim(spec.families, runner)  # the probes must leave no table behind
+        try:
+            detection = rules.detect(spec, runner)
+        finally:
+            tables.release(runner)
     except GovpassError as e:
         return [Check("firewall", "fail", str(e), "install iptables (and nftables)")]
     for s in detection.statuses:
@@ -157,10 +175,11 @@ def check_prefilter(config: Config, backend: str | None) -> Check:
         return Check("pre-filter", "ok", "conntrack (set by prefilter)")
     status: Status = "fail" if config.prefilter == "bpf" else "warn"
     if backend != "iptables-nft":
+        where = f"the rules go to {backend}" if backend else "no firewall backend is usable"
         return Check(
             "pre-filter",
             status,
-            f"conntrack: the eBPF pre-filter needs iptables-nft, the rules go to {backend}",
+            f"conntrack: the eBPF pre-filter needs iptables-nft, {where}",
             "install iptables with the nf_tables backend (iptables-nft)",
         )
     from govpass.bpf.prefilter import unavailable_reason
@@ -188,7 +207,7 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
     from govpass import links
     from govpass.bpf import syscall as sc
     from govpass.bpf.ksplit import Loaded
-    from govpass.kernel_split import config_reason, covered, params_for
+    from govpass.kernel_split import IFB_REASON, config_reason, covered, left_alone, params_for
 
     why = config_reason(config)
     if why is not None:
@@ -207,7 +226,8 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
             except sc.BpfError as e:
                 if e.errno != errno.ENODEV:
                     raise
-        interfaces = covered(spec, links.dump())
+        all_links = links.dump()
+        interfaces = covered(spec, all_links)
     except (sc.BpfError, OSError) as e:
         return Check("kernel split", "warn", f"off: {e.strerror or e}", KERNEL_SPLIT_FIX)
     odd = [i for i in interfaces if i.l2_bytes is None]
@@ -220,11 +240,13 @@ def check_kernel_split(config: Config, spec: object, bpf_prefilter: bool) -> Che
             "exclude those interfaces (--exclude-iface) if they carry no HTTPS",
         )
     names = ", ".join(i.name for i in interfaces) or "none yet"
+    ifbs = left_alone(spec, all_links)
+    ifb = f"; leaves {', '.join(ifbs)} alone ({IFB_REASON})" if ifbs else ""
     return Check(
         "kernel split",
         "ok",
         "on: ClientHellos whole in one packet are split by a tc egress program "
-        f"(interfaces now: {names}); the others go to the workers",
+        f"(interfaces now: {names}); the others go to the workers{ifb}",
     )
 
 
@@ -348,7 +370,11 @@ def check_backends(config: Config) -> list[Check]:
         if reason is None:
             out.append(Check(f"backend {name}", "ok", "usable"))
         else:
-            out.append(Check(f"backend {name}", "warn", reason, BACKEND_FIXES.get(name, "")))
+            # A missing privilege is not fixed by installing packages.
+            fix = "run as root or with scripts/govpass.service" if reason.startswith(
+                "needs root"
+            ) else BACKEND_FIXES.get(name, "")  # fmt: skip
+            out.append(Check(f"backend {name}", "warn", reason, fix))
     if importlib.util.find_spec("pydivert") is not None and not sys.platform.startswith("freebsd"):
         from govpass.backends import divert
 

@@ -77,8 +77,16 @@ def _read(path: Path) -> str:
         return ""
 
 
-def classify(name: str, sys_net: Path = SYS_NET) -> tuple[str, str]:
-    """(kind, reason) of interface `name` from sysfs."""
+IFB_NOTE = (
+    "ifb device: traffic redirected from ingress for shapers; the kernel split leaves it alone"
+)
+
+
+def classify(name: str, sys_net: Path = SYS_NET, driver: str = "") -> tuple[str, str]:
+    """(kind, reason) of interface `name` from sysfs (and its rtnetlink driver name,
+    which sysfs does not show for every software device)."""
+    if driver == "ifb":
+        return "virtual", IFB_NOTE
     base = sys_net / name
     try:
         link_type = int(_read(base / "type") or "-1")
@@ -115,19 +123,59 @@ def default_route_interfaces(proc: Path = Path("/proc/net")) -> tuple[set[str], 
     return v4, v6
 
 
-def detect(sys_net: Path = SYS_NET, proc: Path = Path("/proc/net")) -> Detection:
+def _drivers() -> dict[str, str]:
+    """Interface name -> rtnetlink driver name of this namespace ({} if unreadable)."""
+    from govpass import links
+
+    try:
+        return {link.name: link.driver for link in links.dump()}
+    except links.LinkError:
+        return {}
+
+
+def detect(
+    sys_net: Path = SYS_NET,
+    proc: Path = Path("/proc/net"),
+    drivers: dict[str, str] | None = None,
+) -> Detection:
     if sys.platform == "win32":
         return detect_windows()
     try:
         names = sorted(os.listdir(sys_net))
     except OSError:
         return Detection()
+    if drivers is None:
+        drivers = _drivers() if sys_net == SYS_NET else {}
     v4, v6 = default_route_interfaces(proc)
     found = []
     for name in names:
-        kind, reason = classify(name, sys_net)
+        kind, reason = classify(name, sys_net, drivers.get(name, ""))
         found.append(Interface(name, kind, reason, name in v4, name in v6))
     return Detection(tuple(found))
+
+
+def check_listed(names: Iterable[str], setting: str = "iface") -> None:
+    """ConfigError naming the first listed interface (not a ``prefix+`` pattern)
+    that this network namespace does not have: rules for it would match nothing.
+    One that appears later (ppp0, a VPN) is named by a pattern (``ppp+``)."""
+    from govpass import links
+    from govpass.errors import ConfigError
+
+    wanted = [n for n in names if not n.endswith("+")]
+    if not wanted:
+        return
+    try:
+        present = {link.name for link in links.dump()}
+    except links.LinkError:
+        return  # cannot tell; the rules take the names as they are
+    for name in wanted:
+        if name not in present:
+            raise ConfigError(
+                f"{setting}: no interface {name!r} here (accepted: names of existing "
+                "interfaces, or a prefix ending in '+' for one that appears later; "
+                "`ip link` lists them)",
+                field=setting,
+            )
 
 
 def exclusions(
@@ -136,12 +184,22 @@ def exclusions(
     """Interfaces the rules must skip: the explicit ones plus detected tunnels
     and VPNs, minus any the user explicitly included. Loopback is always
     skipped by the rules themselves."""
-    wanted = set(include)
+    wanted = tuple(include)
     out = list(dict.fromkeys(exclude))
     for name in detection.excluded:
-        if name != "lo" and name not in wanted and name not in out:
+        if name != "lo" and not matches(name, wanted) and name not in out:
             out.append(name)
     return tuple(out)
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """iptables interface matching: "eth+" is every name starting with "eth"."""
+    for pattern in patterns:
+        if pattern.endswith("+") and name.startswith(pattern[:-1]):
+            return True
+        if name == pattern:
+            return True
+    return False
 
 
 def describe(detection: Detection, include: Iterable[str], exclude: Iterable[str]) -> list[str]:

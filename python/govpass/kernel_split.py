@@ -29,6 +29,7 @@ from govpass import links as _links
 from govpass.bpf import ksplit
 from govpass.bpf import syscall as sc
 from govpass.config import Config
+from govpass.interfaces import matches
 from govpass.rules.spec import KernelSplitGate
 
 _KEY0 = struct.pack("=I", 0)
@@ -71,26 +72,25 @@ def params_for(config: Config, l2: int) -> ksplit.Params:
     )
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    """iptables interface matching: "eth+" is every name starting with "eth"."""
-    for pattern in patterns:
-        if pattern.endswith("+") and name.startswith(pattern[:-1]):
-            return True
-        if name == pattern:
-            return True
-    return False
+IFB_REASON = "ifb devices carry traffic redirected from ingress, for traffic shapers"
+
+
+def _in_rules(spec: Any, link: _links.Link) -> bool:
+    if link.loopback or link.name == "lo" or matches(link.name, spec.exclude_interfaces):
+        return False
+    return not spec.interfaces or matches(link.name, spec.interfaces)
 
 
 def covered(spec: Any, all_links: Iterable[_links.Link]) -> list[_links.Link]:
-    """The interfaces whose egress the rules of ``spec`` cover."""
-    out = []
-    for link in all_links:
-        if link.loopback or link.name == "lo" or _matches(link.name, spec.exclude_interfaces):
-            continue
-        if spec.interfaces and not _matches(link.name, spec.interfaces):
-            continue
-        out.append(link)
-    return out
+    """The interfaces whose egress the rules of ``spec`` cover, less ifb devices: what
+    leaves an ifb is another interface's ingress (a shaper's redirect), not a flow
+    this host or router sends, and a program there would only cost the shaper."""
+    return [link for link in all_links if _in_rules(spec, link) and link.driver != "ifb"]
+
+
+def left_alone(spec: Any, all_links: Iterable[_links.Link]) -> list[str]:
+    """Names of the ifb devices the rules cover but the kernel split leaves alone."""
+    return sorted(link.name for link in all_links if _in_rules(spec, link) and link.driver == "ifb")
 
 
 def _bpf_link_fds() -> list[int]:
@@ -125,6 +125,7 @@ class KernelSplit:
         self._thread: threading.Thread | None = None
         self._stop_pipe: tuple[int, int] | None = None
         self._synced = False  # after the first sync, each attach is logged
+        self._ifbs: list[str] = []  # ifb devices left alone, as last logged
         self._final: dict[str, int] | None = None  # the counters as they were at close
         # A process forked from the daemon (a worker started again) must not keep the
         # links: the program would outlive a detach or the daemon itself.
@@ -193,10 +194,15 @@ class KernelSplit:
 
     def _sync_locked(self) -> None:
         try:
-            want = {link.index: link for link in covered(self._spec, _links.dump())}
+            all_links = _links.dump()
         except _links.LinkError as e:
             self._set_gate(False, str(e))
             return
+        want = {link.index: link for link in covered(self._spec, all_links)}
+        ifbs = left_alone(self._spec, all_links)
+        if ifbs and ifbs != self._ifbs:
+            self.log(f"kernel split: leaves {', '.join(ifbs)} alone ({IFB_REASON})")
+        self._ifbs = ifbs
         for index in [i for i in self._links if i not in want]:
             name, fd = self._links.pop(index)
             os.close(fd)

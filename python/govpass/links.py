@@ -21,7 +21,8 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTMGRP_LINK = 0x1
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_LINKINFO = 3, 18
+IFLA_INFO_KIND = 1  # inside IFLA_LINKINFO: the driver's name ("veth", "ifb", ...)
 _NLMSG = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _RTA = struct.Struct("=HH")  # length, type
@@ -48,6 +49,7 @@ class Link:
     index: int
     name: str
     kind: int  # ARPHRD_* link type
+    driver: str = ""  # IFLA_INFO_KIND of a software device ("ifb", "veth"), "" for hardware
 
     @property
     def l2_bytes(self) -> int | None:
@@ -70,6 +72,12 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     return out
 
 
+def _printable(raw: bytes) -> str:
+    """A driver name from the kernel, cut at its NUL; anything odd in it becomes '?'."""
+    text = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+    return "".join(c if c.isalnum() or c in "_-." else "?" for c in text)
+
+
 def parse_links(data: bytes) -> tuple[list[Link], bool]:
     """The links in a buffer of rtnetlink messages, and whether it ended the dump."""
     links: list[Link] = []
@@ -89,7 +97,9 @@ def parse_links(data: bytes) -> tuple[list[Link], bool]:
             _family, link_type, index, _iflags, _change = _IFINFO.unpack_from(data, body)
             attrs = _attrs(data, body + _IFINFO.size, offset + length)
             name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
-            links.append(Link(index, name, link_type))
+            info = attrs.get(IFLA_LINKINFO, b"")
+            driver = _attrs(info, 0, len(info)).get(IFLA_INFO_KIND, b"")
+            links.append(Link(index, name, link_type, _printable(driver)))
         offset += (length + 3) & ~3
     return links, done
 

@@ -28,6 +28,7 @@ from typing import Any
 import ksplit_probe
 import pytest
 from frames import DPORT, ETH, FAMILIES, ISN, SPORT, frame, ip_layer, record
+from govpass import SEND, Engine, EngineConfig
 from govpass.bpf import ksplit
 from scapy.layers.inet import UDP, IPOption
 from scapy.layers.inet6 import IPv6ExtHdrHopByHop
@@ -185,25 +186,42 @@ def split_case(
     chunk: int,
     *,
     seq: int = ISN,
+    flags: str = "PA",
     knobs: Knobs | None = None,
     ip: dict[str, object] | None = None,
     **kw: Any,
 ) -> Case:
-    """A whole ClientHello record of ``payload`` bytes, and the two frames it must become."""
+    """A whole ClientHello record of ``payload`` bytes, and the two frames it must
+    become: TCP flags as the engine's segments of the same packet have them."""
     rec = hello(payload)
 
-    def build(data: bytes, at: int) -> bytes:
+    def build(data: bytes, at: int, tcp_flags: str) -> bytes:
         layer = ip_layer(family, **(ip or {}))
-        return frame(family, data, at, ip=layer, **kw)
+        return frame(family, data, at, ip=layer, flags=tcp_flags, **kw)
 
+    original = build(rec, seq, flags)
+    first_flags, rest_flags = engine_flags(original, chunk)
     return Case(
         family,
-        build(rec, seq),
+        original,
         knobs or Knobs(chunk=chunk),
         record=rec,
-        first=build(rec[:chunk], seq),
-        rest=build(rec[chunk:], seq + chunk),
+        first=build(rec[:chunk], seq, first_flags),
+        rest=build(rec[chunk:], seq + chunk, rest_flags),
     )
+
+
+def engine_flags(original: bytes, chunk: int) -> tuple[str, str]:
+    """TCP flags of the first and the last segment the engine makes of ``original``."""
+    engine = Engine(EngineConfig(ports=[DPORT, 8443], split_chunk=chunk, max_seg_payload=9000))
+    out = engine.process(original[14:], 0.0, "h") or []
+    sends = [parse(original[:14] + a.packet) for a in out if a.kind == SEND]
+    assert len(sends) >= 2, "the engine did not split the packet"
+    return tcp_flag_letters(sends[0].tcp[13]), tcp_flag_letters(sends[-1].tcp[13])
+
+
+def tcp_flag_letters(bits: int) -> str:
+    return "".join(c for i, c in enumerate("FSRPAUEC") if bits & (1 << i))
 
 
 def _split_matrix() -> dict[str, Case]:
@@ -246,6 +264,9 @@ def _split_shapes() -> dict[str, Case]:
         cases[f"{family}-foreign-mark-bits"] = replace(
             split_case(family, 305, 5), mark=~MARK & 0xFFFFFFFF
         )
+        # The engine's flags: PSH only on the last segment, also when the original had none.
+        cases[f"{family}-without-psh"] = split_case(family, 305, 5, flags="A")
+        cases[f"{family}-with-urg-and-ece"] = split_case(family, 305, 5, flags="PAUE")
         cases[f"{family}-gso-segs-1"] = replace(split_case(family, 305, 5), gso_segs=1)
         cases[f"{family}-max-payload-exactly"] = split_case(
             family, 1000, 5, knobs=Knobs(max_payload=1000)
@@ -294,6 +315,7 @@ def _untouched() -> dict[str, Case]:
         add("syn-with-data", frame(family, hello(305), flags="S"))
         add("syn-ack-with-data", frame(family, hello(305), flags="SA"))
         add("pure-ack", frame(family, flags="A"))
+        add("fin-with-data", frame(family, hello(305), flags="FPA"))  # the engine's too
         add("govpass-mark", frame(family, hello(305)), mark=MARK)
         add("govpass-mark-among-others", frame(family, hello(305)), mark=MARK | 0x7)
         add("gso", frame(family, hello(305)), gso_segs=2)

@@ -9,7 +9,6 @@ import ctypes
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -556,14 +555,6 @@ def test_unavailable_reasons_are_one_line_each(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------ run helpers
 
 
-def test_stop_on_signals_sets_a_flag_instead_of_raising() -> None:
-    with divert_run.stop_on_signals() as stopped:
-        assert not stopped()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stopped()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
-
 def tc_entry(pref: int, handle: str, name: str, prog_id: int) -> dict[str, Any]:
     return {
         "protocol": "all",
@@ -652,13 +643,3 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
     cfg = config_mod.load(env={}, flags={"hostlist": str(tmp_path / "missing.txt")})
     with pytest.raises(ConfigError):
         divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
-
-
-def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
-    reloads: list[int] = []
-    with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert reloads == [1] and not stopped()
-    with divert_run.stop_on_signals() as stopped:
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert stopped()

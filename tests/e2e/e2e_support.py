@@ -218,8 +218,16 @@ def mangle_rules(lab: Lab, role: str, tool: str = "iptables-save") -> list[str]:
 class Govpass:
     """One ``govpass run`` in a lab namespace, with its own run directory."""
 
-    def __init__(self, lab: Lab, role: str, args: Sequence[str], name: str = "gp") -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        role: str,
+        args: Sequence[str],
+        name: str = "gp",
+        launcher: Sequence[str] = ("-m", "govpass"),
+    ) -> None:
         self.lab = lab
+        self.launcher = list(launcher)  # python arguments before the subcommand
         self.role = role
         self.args = ["run", "--workers", "1", "--stats-interval", "0.5", *args]
         self.run_dir = lab.workdir / f"run-{name}-{time.monotonic_ns()}"
@@ -230,7 +238,7 @@ class Govpass:
     def start(self, timeout: float = 20.0) -> Govpass:
         self.pid = self.lab.spawn(
             self.role,
-            ["-m", "govpass", *self.args],
+            [*self.launcher, *self.args],
             python=True,
             env={"GOVPASS_RUN_DIR": str(self.run_dir)},
         )

@@ -305,6 +305,31 @@ def test_sigterm_removes_every_rule(lab: Lab) -> None:
     assert "rules removed" in gp.log()
     assert govpass_rule_lines(lab, "client") == []
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+    # A clean stop leaves what it found: no state files, no table iptables-nft made.
+    assert sorted(p.name for p in gp.run_dir.glob("*.json")) == []
+    assert lab.exec("client", ["nft", "list", "ruleset"]).stdout.strip() == ""
+    assert "splits=" in gp.log().splitlines()[-1]  # the last counters, in the log
+
+
+# What `govpass run &` in a script or under nohup gets: SIGINT ignored, then exec.
+SIGINT_IGNORED = (
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'govpass', *sys.argv[1:]])",
+)
+
+
+def test_sigint_stops_a_daemon_that_inherited_it_ignored(lab: Lab) -> None:
+    gp = Govpass(lab, "client", [], name="sigint-ignored", launcher=SIGINT_IGNORED).start()
+    assert gp.pid is not None
+    sigint = int(Path(f"/proc/{gp.pid}/status").read_text().split("SigIgn:")[1].split()[0], 16)
+    assert not sigint & (1 << (signal.SIGINT - 1)), "the daemon left SIGINT ignored"
+    assert mangle_rules(lab, "client")
+    workers = gp.workers()
+    assert gp.stop(signal.SIGINT) == 0, gp.log()
+    assert "rules removed" in gp.log()
+    assert govpass_rule_lines(lab, "client") == []
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
 
 
 def test_rules_install_twice_does_not_duplicate(lab: Lab) -> None:

@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import time
 
-from e2e_support import BLOCKED, censoring, mangle_rules, running
+import pytest
+from e2e_support import BLOCKED, censoring, govpass_cli, govpass_rule_lines, mangle_rules, running
 from govpass.lab import Lab
+
+
+@pytest.mark.parametrize("mode", ["host", "router"])
+def test_a_listed_interface_that_does_not_exist_is_one_line(host_lab: Lab, mode: str) -> None:
+    proc = govpass_cli(host_lab, "client", ["run", "--mode", mode, "--iface", "nonexistent0"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("govpass: iface: "), proc.stderr
+    assert "nonexistent0" in lines[0]
+    assert govpass_rule_lines(host_lab, "client") == []
 
 
 def test_excluded_interface_is_never_touched(host_lab: Lab) -> None:

@@ -149,10 +149,36 @@ def tcx_egress_programs(lab: Lab, role: str, iface: str) -> list[str]:
     return names
 
 
+def bpf_link_fds(pid: int | str) -> list[str]:
+    """The bpf link descriptors process ``pid`` holds."""
+    out = []
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:bpf_link":
+                    out.append(fd)
+    return out
+
+
+def bpf_link_holders() -> list[str]:
+    """Every process that holds a bpf link descriptor: "pid (comm): fd, ...", so a
+    program that stays attached names who keeps it."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if fds := bpf_link_fds(pid):
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                out.append(f"{pid} ({comm}): {', '.join(fds)}")
+    return out
+
+
 def wait_tcx(lab: Lab, role: str, iface: str, want: list[str], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while (got := tcx_egress_programs(lab, role, iface)) != want:
-        assert time.monotonic() < deadline, f"tcx egress of {role}/{iface}: {got}, not {want}"
+        assert time.monotonic() < deadline, (
+            f"tcx egress of {role}/{iface}: {got}, not {want}; bpf links held by "
+            f"{bpf_link_holders() or 'no process'}"
+        )
         time.sleep(0.1)
 
 
@@ -447,13 +473,14 @@ def test_settings_that_rule_it_out_hand_hellos_to_the_workers(
 
 def test_unsupported_link_type_turns_the_gate_off_until_it_goes(host_lab: Lab) -> None:
     """An interface the rules cover but the program cannot handle (link type GRE,
-    named in ``--iface`` so that the tunnel detection leaves it covered) appears: the
+    matched by ``--iface`` so that the tunnel detection leaves it covered; a pattern,
+    as an interface that does not exist yet must be named) appears: the
     gate goes off naming it and blocked hellos are split by the workers (the kernel
     split counts none); once it is deleted the gate is on again and the kernel split
     takes the next hellos."""
     name = "ksgre0"
     jobs: list[Job] = [("curl", BLOCKED, 4), ("python", BLOCKED, 6)]
-    with running(host_lab, ["--iface", f"eth0,{name}"], name="ks-gre") as gp:
+    with running(host_lab, ["--iface", "eth0,ksgre+"], name="ks-gre") as gp:
         stats = ready_stats(gp)
         assert stats["kernel_split_state"] == "on (tcx egress: eth0)", counters(stats)
         mark = len(gp.log())
@@ -540,6 +567,12 @@ def restart_worker(gp: Govpass) -> int:
         assert time.monotonic() < deadline, f"no worker restarted: {gp.log()[-1500:]}"
         time.sleep(0.05)
     wait_log(gp, "worker 0 exited (code -9); restarting")
+    # The new pid shows as soon as the daemon forked, before the child has closed
+    # the links it inherited (its at-fork hook): a worker stopped in that instant
+    # would keep the program attached for as long as it stays stopped.
+    while links := bpf_link_fds(new[0]):
+        assert time.monotonic() < deadline, f"restarted worker {new[0]} keeps bpf links {links}"
+        time.sleep(0.01)
     return new[0]
 
 
@@ -600,6 +633,23 @@ def test_sigkill_takes_the_program_even_with_a_restarted_worker(host_lab: Lab) -
         govpass_cli(lab, "client", ["rules", "remove"])
         wait_tcx(lab, "client", "eth0", [])
     assert govpass_rule_lines(lab, "client") == []
+
+
+def test_an_ifb_device_is_left_alone_and_the_log_says_why(host_lab: Lab) -> None:
+    """ifb devices carry another interface's redirected ingress (shapers): no program
+    there, down or up, and the log names the device once."""
+    lab = host_lab
+    lab.exec("client", ["ip", "link", "add", "ifb7", "type", "ifb"])
+    try:
+        with running(lab, name="ks-ifb") as gp:
+            assert ready_stats(gp)["kernel_split_state"] == "on (tcx egress: eth0)"
+            lab.exec("client", ["ip", "link", "set", "ifb7", "up"])
+            time.sleep(1.0)  # the link watcher's turn
+            assert tcx_egress_programs(lab, "client", "ifb7") == []
+            assert tcx_egress_programs(lab, "client", "eth0") == [PROGRAM]
+            assert gp.log().count("kernel split: leaves ifb7 alone (ifb devices") == 1, gp.log()
+    finally:
+        lab.exec("client", ["ip", "link", "del", "ifb7"], check=False)
 
 
 def test_sigterm_detaches_and_removes_everything(host_lab: Lab) -> None:

@@ -52,6 +52,19 @@ def test_lab_command_firstpacket(tmp_path: Path) -> None:
     assert any(f.sizes[0] == 5 for f in flows), [f.summary() for f in flows]
 
 
+def test_lab_command_defaults_show_what_works_and_what_to_do(tmp_path: Path) -> None:
+    """Both censors, govpass's defaults: the string censor needs --split-pos midsld,
+    which the lab proves; that is govpass as designed, so exit 0, no traceback."""
+    proc = govpass(["lab", "--clients", "curl,python", "--family", "4"], tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "ok   censor firstpacket: blocks 2/2 without govpass; all 2 pass" in out, out
+    flat = " ".join(out.split())
+    assert "ok censor string: blocks 2/2 without govpass; 0/2 pass" in flat, out
+    assert "all 2 pass with --split-pos midsld" in flat, out
+    assert "Traceback" not in out and 'File "' not in out, out
+
+
 def test_lab_command_rejects_bad_split_flag(tmp_path: Path) -> None:
     proc = govpass(["lab", "--split-chunk", "abc"], tmp_path, timeout=60)
     assert proc.returncode == 2, proc

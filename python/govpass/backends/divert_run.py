@@ -21,20 +21,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
 from govpass.backends import divert
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
+from govpass.stop_signals import stop_on_signals
 
 TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
 
@@ -133,43 +132,6 @@ def _clean_leftovers(log: Callable[[str], None]) -> None:
         )
 
 
-@contextmanager
-def stop_on_signals(
-    on_reload: Callable[[], None] | None = None,
-) -> Iterator[Callable[[], bool]]:
-    """SIGINT/SIGTERM (SIGBREAK on Windows) ask the loop to stop; SIGHUP calls
-    `on_reload` (re-read the host lists) when given, else stops too.
-
-    A flag, not an exception: an exception raised in the middle of a batch
-    could lose a packet that was received but not yet sent back. Outside the
-    main thread (a Windows service's worker thread) no handler can be set;
-    the caller's own stop callable is then the only way to stop.
-    """
-    requested: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        requested.append(signum)
-
-    def hup(signum: int, frame: Any) -> None:
-        if on_reload is not None:
-            on_reload()
-        else:
-            requested.append(signum)
-
-    names = ("SIGINT", "SIGTERM", "SIGBREAK")
-    old: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (getattr(signal, n) for n in names if hasattr(signal, n)):
-            old[sig] = signal.signal(sig, handler)
-        if hasattr(signal, "SIGHUP"):
-            old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
-    try:
-        yield lambda: bool(requested)
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
 DIVERT_KEYS = ("divert_diverted", "divert_queue_full", "divert_ringbuf_full", "divert_too_big")
 
 
@@ -264,6 +226,9 @@ def run_divert(
         else:
             live = nullcontext()
         last = time.monotonic()
+        from govpass.cli.status import ChangeLog
+
+        changes = ChangeLog(status_line)
 
         def on_tick() -> None:
             nonlocal last
@@ -274,8 +239,8 @@ def run_divert(
             stats = _write_stats(directory, worker)
             if interactive:
                 live.update(table(stats))
-            else:
-                log(status_line(stats))
+            elif text := changes.due(stats):
+                log(text)
 
         reload = worker.request_reload if profiles is not None else None
         with stop_on_signals(reload) as signalled, live:

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +45,7 @@ from govpass.rules.bsd import (
     BsdFirewall,
     BsdRuleSpec,
 )
+from govpass.stop_signals import stop_on_signals
 
 # FreeBSD >= 14 has its own domain, socket(PF_DIVERT = 44, SOCK_RAW, 0), which
 # CPython >= 3.12 can bind (socket.AF_DIVERT); older CPython rejects the family
@@ -347,24 +347,6 @@ def rule_spec(config: Any, options: FreeBSDOptions) -> BsdRuleSpec:
     )
 
 
-@contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP ask the loop to stop after the packet in hand,
-    instead of raising in the middle of writing it back."""
-
-    def handler(signum: int, frame: Any) -> None:
-        stop()
-
-    names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows, where tests run too
-    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
-    old = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def run_freebsd(
     config: Any,
     options: FreeBSDOptions,
@@ -388,7 +370,6 @@ def run_freebsd(
     directory = run_dir()
     installed = False
     last_write = 0.0
-    stopping: list[str] = []
 
     def write_stats() -> None:
         nonlocal last_write
@@ -399,7 +380,7 @@ def run_freebsd(
                 write_json_atomic(directory / "worker-0.json", {"queue": -1, **worker.stats()})
 
     try:
-        with _stop_on_signals(lambda: stopping.append("signal")):
+        with stop_on_signals() as signalled:
             with suppress(OSError):
                 directory.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(
@@ -411,8 +392,8 @@ def run_freebsd(
                 installed = True
                 log(f"{options.firewall} rules installed ({len(result.commands)} commands)")
             log(f"diverting from port {options.divert_port}")
-            worker.run(lambda: bool(stopping) or should_stop(), write_stats)
-            if stopping:
+            worker.run(lambda: signalled() or should_stop(), write_stats)
+            if signalled():
                 log("stopping")
     finally:
         errors: list[str] = []

@@ -18,7 +18,7 @@ A packet is split when all of these hold (anything else goes on untouched):
 * it has a socket (host mode: this machine's traffic) or none (router mode:
   forwarded traffic), as the rules' hook (OUTPUT or FORWARD) would see it;
 * IPv4 without fragmentation, or IPv6 whose next header is TCP;
-* TCP to one of the ports, no SYN flag;
+* TCP to one of the ports, no SYN or FIN flag (the engine leaves those whole too);
 * the payload is exactly one ClientHello record (``16 03 .. LL LL 01``,
   record length + 5 = payload length), longer than ``chunk`` and at most
   ``max_payload`` bytes.
@@ -71,6 +71,7 @@ SPLIT, UNSPLIT, FIRST_ONLY, DROPPED = range(len(COUNTERS))
 
 TCX_NEXT = -1  # go on: the next program on the interface, then the qdisc
 TCX_DROP = 2
+_FIN, _SYN, _PSH = 0x01, 0x02, 0x08  # TCP flags
 F_PSEUDO_HDR = 0x10  # bpf_l4_csum_replace: the field is part of the pseudo-header
 
 # struct __sk_buff
@@ -241,7 +242,7 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
         p.jmp("next")
         p.label(f + "port")
         p.ldx(1, R1, FP, _TCP + 13)
-        p.alu(R1, "&", 0x02)  # SYN (a TCP Fast Open SYN carries data)
+        p.alu(R1, "&", _SYN | _FIN)  # a TCP Fast Open SYN carries data
         p.jif(R1, "!=", 0, "next")
         p.ldx(1, R1, FP, _TCP + 12)
         p.alu(R1, ">>", 4)
@@ -386,6 +387,30 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
             call(asm.L4_CSUM_REPLACE, ("reg", R2), ("imm", 0), ("slot", slot), ("imm", 0))
             p.jif(R0, "!=", 0, "dropped")
 
+        def tcp_flags(was_cleared: int, clear: int, set_: int) -> None:
+            """The packet's TCP flags from the original's, less ``was_cleared``, to the
+            original's less ``clear`` plus ``set_``; the checksum follows."""
+            p.ldx(1, R1, FP, _TCP + 12)  # the data offset: the flags' 16-bit word
+            p.stx(1, FP, _TMP, R1)
+            p.stx(1, FP, _TMP + 2, R1)
+            p.ldx(1, R1, FP, _TCP + 13)
+            p.movr(R2, R1)
+            p.alu(R1, "&", 0xFF & ~was_cleared)
+            p.stx(1, FP, _TMP + 1, R1)
+            p.alu(R2, "&", 0xFF & ~clear)
+            p.alu(R2, "|", set_)
+            p.stx(1, FP, _TMP + 3, R2)
+            p.ldx(8, R2, FP, _L4)
+            p.alu(R2, "+", 16)
+            p.ldx(2, R3, FP, _TMP)
+            p.ldx(2, R4, FP, _TMP + 2)
+            call(asm.L4_CSUM_REPLACE, ("reg", R2), ("reg", R3), ("reg", R4), ("imm", 2))
+            p.jif(R0, "!=", 0, "dropped")
+            p.ldx(8, R2, FP, _L4)
+            p.alu(R2, "+", 12)
+            call(asm.SKB_STORE_BYTES, ("reg", R2), ("fp", _TMP + 2), ("imm", 2), ("imm", 0))
+            p.jif(R0, "!=", 0, "dropped")
+
         # -- the first segment: cut to n bytes, and a copy of it sent ------------------------
         p.movr(R2, R7)
         p.alu(R2, "+", n)
@@ -393,6 +418,8 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
         p.jif(R0, "!=", 0, "unsplit")
         lengths(("reg", R8), ("imm", n))
         payload_diff(_D1)
+        # As the engine's segments: PSH only on the last one, whatever the original had.
+        tcp_flags(0, _PSH, 0)
         p.ldx(4, R2, R6, _SKB_IFINDEX)
         call(asm.CLONE_REDIRECT, ("reg", R2), ("imm", 0))
         p.jif(R0, "!=", 0, "first_only")
@@ -408,6 +435,7 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
         rest_length(R5)
         lengths(("imm", n), ("reg", R5))
         payload_diff(_D2)
+        tcp_flags(_PSH, 0, _PSH)
         p.ldx(4, R2, FP, _TCP + 4)
         p.be(R2, 32)
         p.alu(R2, "+", n, bits=32)

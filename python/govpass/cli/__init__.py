@@ -3,6 +3,7 @@ builds the app and turns known errors into one line and an exit code."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -20,6 +21,28 @@ app = typer.Typer(
 )
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("govpass")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            text = "unknown (not installed)"
+        print(f"govpass {text}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Split the first TLS ClientHello of outbound HTTPS flows so single-packet SNI
+    filters miss it. Never changes TLS bytes; fails open."""
 
 
 def _register() -> None:
@@ -50,10 +73,16 @@ def _one_line(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app; known errors become one line on stderr."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in args:  # every platform's options, before the commands are built
+        from govpass.cli.options import HELP_ALL_ENV
+
+        os.environ[HELP_ALL_ENV] = "1"
+        args = ["--help" if a == "--help-all" else a for a in args]
     _register()
     try:
         # Without standalone mode, typer.Exit(n) comes back as a return value.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except ConfigError as e:
         err_console.print(f"govpass: {_one_line(e)}", style="red", markup=False)
         sys.exit(2)

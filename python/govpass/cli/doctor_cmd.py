@@ -50,7 +50,8 @@ def doctor(
     if as_json:
         typer.echo(json.dumps([r.__dict__ for r in results], indent=2))
     else:
-        console = Console(highlight=False)
+        # One check per line whatever the width (a pipe counts as 80 columns).
+        console = Console(highlight=False, soft_wrap=True)
         for r in results:
             # Names and details quote interfaces, commands' output and files: escaped.
             fix = f"  [dim]fix: {markup(r.fix, 400)}[/dim]" if r.fix else ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,6 +35,47 @@ ENGINE_SETTINGS = (
 TARGETING_SETTINGS = tuple(name for name in SHORTCUTS if name != "hostlist-auto")
 
 
+# Help panels of `govpass run --help` (and of the other commands' settings).
+PANELS: dict[str, tuple[str, ...]] = {
+    "Splitting": ("split-mode", "split-chunk", "split-pos", "max-seg-payload"),
+    "Targeting": (*TARGETING_SETTINGS, "hostlist-auto", "auto-fail-threshold",
+                  "auto-fail-time", "auto-retrans"),
+    "Capture & rules": ("ports", "backend", "mode", "iface", "exclude-iface", "firewall",
+                        "prefilter", "mark", "watch-mark", "ipv6", "block-quic", "queue-num",
+                        "queue-len", "copy-range"),
+    "Workers & kernel": ("workers", "worker-sched", "packet-loop", "inject", "kernel-split"),
+    "Limits": ("collect-timeout", "max-buffer", "max-held-pkts", "flow-timeout", "max-flows"),
+    "Divert backend (Windows, Linux eBPF)": ("queue-time", "queue-size"),
+    "FreeBSD": ("divert-port", "bsd-firewall", "ipfw-rule", "pf-anchor"),
+    "Output": ("stats-interval",),
+}  # fmt: skip
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+# Settings that mean something only on some platforms; elsewhere their flags are
+# hidden from --help (still accepted, and shown by --help-all).
+NFQUEUE_ONLY = ("workers", "worker-sched", "packet-loop", "inject", "kernel-split",
+                "queue-num", "copy-range", "prefilter", "watch-mark", "firewall")  # fmt: skip
+PLATFORM_SETTINGS: dict[str, tuple[str, ...]] = {
+    "linux": PANELS["FreeBSD"],
+    "freebsd": (*NFQUEUE_ONLY, *PANELS["Divert backend (Windows, Linux eBPF)"]),
+    "win32": (*NFQUEUE_ONLY, *PANELS["FreeBSD"]),
+}
+HELP_ALL_ENV = "GOVPASS_HELP_ALL"
+HELP_ALL_HINT = (
+    "Options of other platforms are hidden: `govpass run --help-all` "
+    f"(or {HELP_ALL_ENV}=1) lists them all."
+)
+
+
+def hidden_here(name: str, platform: str | None = None) -> bool:
+    """Whether the flag of setting ``name`` is left out of --help on this platform."""
+    if os.environ.get(HELP_ALL_ENV, "") not in ("", "0"):
+        return False
+    platform = platform or sys.platform
+    key = next((k for k in PLATFORM_SETTINGS if platform.startswith(k)), "")
+    return name in PLATFORM_SETTINGS.get(key, ())
+
+
 def _default_text(s: Setting) -> str:
     d = s.default
     if isinstance(d, tuple):
@@ -49,20 +92,24 @@ def _default_text(s: Setting) -> str:
 
 
 def _option(s: Setting) -> tuple[Any, Any]:
-    help_text = escape(f"{s.help}. [default: {_default_text(s)}; env {s.env}]")
+    # Choices in the text, which wraps at spaces (a metavar column would cut them mid-word).
+    choices = f"one of {', '.join(s.choices)}; " if s.kind == "choice" else ""
+    help_text = escape(f"{s.help}. [{choices}default: {_default_text(s)}; env {s.env}]")
+    common: dict[str, Any] = {
+        "help": help_text,
+        "show_default": False,
+        "rich_help_panel": PANEL_OF.get(s.name, "Options"),
+        "hidden": hidden_here(s.name),
+    }
     if s.kind == "bool":
-        return bool | None, typer.Option(
-            None, f"--{s.name}/--no-{s.name}", help=help_text, show_default=False
-        )
-    return str | None, typer.Option(
-        None, f"--{s.name}", help=help_text, show_default=False, metavar=_metavar(s)
-    )
+        return bool | None, typer.Option(None, f"--{s.name}/--no-{s.name}", **common)
+    return str | None, typer.Option(None, f"--{s.name}", metavar=_metavar(s), **common)
 
 
 def _metavar(s: Setting) -> str:
-    if s.kind == "choice":
-        return "[" + "|".join(s.choices) + "]"
-    return {"int": "INT", "float": "NUM", "list": "LIST", "str": "TEXT"}.get(s.kind, "TEXT")
+    return {"int": "INT", "float": "NUM", "list": "LIST", "str": "TEXT", "choice": "CHOICE"}.get(
+        s.kind, "TEXT"
+    )
 
 
 def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Any]:
@@ -96,6 +143,7 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
                     ),
                     exists=False,
                     dir_okay=False,
+                    rich_help_panel="Output",
                 ),
                 annotation=Path | None,
             )

@@ -10,8 +10,8 @@ from typing import Any
 
 from govpass import config as config_mod
 from govpass.cli import app, err_console
-from govpass.cli.options import with_settings
-from govpass.cli.status import line, table
+from govpass.cli.options import HELP_ALL_HINT, with_settings
+from govpass.cli.status import ChangeLog, line, table
 from govpass.errors import BackendError, ConfigError
 from govpass.safetext import text
 
@@ -34,7 +34,7 @@ def require_privileges() -> None:
         )
 
 
-@app.command("run")
+@app.command("run", epilog=HELP_ALL_HINT)
 @with_settings()
 def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     """Capture outbound TLS flows and split their first ClientHello (NFQUEUE on Linux;
@@ -51,7 +51,8 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         )
     require_privileges()
     from govpass.backends import unavailable_reason
-    from govpass.daemon import Daemon, signals_raise
+    from govpass.daemon import Daemon
+    from govpass.stop_signals import signals_raise
 
     reason = unavailable_reason("nfqueue")
     if reason:
@@ -60,6 +61,9 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         raise ConfigError(
             "router mode needs --iface WAN (accepted: one or more interface names)", field="iface"
         )
+    from govpass.interfaces import check_listed
+
+    check_listed(config.iface)
     daemon = Daemon(config, _log)
     interactive = sys.stdout.isatty()
     try:
@@ -75,6 +79,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                 live: Any = Live(table(daemon.stats()), refresh_per_second=2)
             else:
                 live = nullcontext()
+            changes = ChangeLog()
             with live:
                 while True:
                     daemon.wait(config.stats_interval)
@@ -83,10 +88,10 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                     stats = daemon.stats()
                     if interactive:
                         live.update(table(stats))
-                    else:
-                        _log(line(stats))
+                    elif text := changes.due(stats):
+                        _log(text)
     except KeyboardInterrupt:
         _log("stopping")
     finally:
         daemon.stop()
-    err_console.print(line(daemon.stats()), markup=False)
+    err_console.print(line(daemon.final_stats), markup=False)

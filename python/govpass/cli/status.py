@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
@@ -82,9 +84,39 @@ def _fails(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def line(stats: dict[str, Any]) -> str:
+    """``key=value`` counters; ``fail_open=reason:n,...`` only once a flow failed open."""
     parts = [f"{key}={_int(stats[key])}" for key, _ in _shown(stats)]
-    fails = _fails(stats)
-    parts.append(
-        "fail_open=" + ",".join(f"{text(r, 60)}:{n}" for r, n in sorted(fails.items()) if n)
-    )
+    fails = ",".join(f"{text(r, 60)}:{n}" for r, n in sorted(_fails(stats).items()) if n)
+    if fails:
+        parts.append(f"fail_open={fails}")
     return " ".join(parts)
+
+
+IDLE_LOG_INTERVAL = 600.0  # seconds between two identical lines: the log shows it is alive
+
+
+class ChangeLog:
+    """Counter lines for a log (journal, file): one when a counter changed since the
+    last line, else one every :data:`IDLE_LOG_INTERVAL` seconds. Every stats
+    interval would be ~43 000 identical lines a day from an idle daemon."""
+
+    def __init__(
+        self,
+        render: Callable[[dict[str, Any]], str] = line,
+        idle_interval: float = IDLE_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.render = render
+        self.idle_interval = idle_interval
+        self.clock = clock
+        self._last: str | None = None
+        self._at = 0.0
+
+    def due(self, stats: dict[str, Any]) -> str | None:
+        """The line to log for ``stats`` now, or None."""
+        rendered = self.render(stats)
+        now = self.clock()
+        if rendered == self._last and now - self._at < self.idle_interval:
+            return None
+        self._last, self._at = rendered, now
+        return rendered

@@ -59,16 +59,20 @@ def available(kind: str) -> bool:
     return shutil.which(kind) is not None
 
 
+# A failed connection is one line on stderr, as curl's and openssl's are, not a traceback.
 _PY_CLIENT = r"""
 import socket, ssl, sys
 name, addr, port, cafile, timeout = sys.argv[1:6]
 ctx = ssl.create_default_context(cafile=cafile)
-with socket.create_connection((addr, int(port)), timeout=float(timeout)) as raw:
-    with ctx.wrap_socket(raw, server_hostname=name) as tls:
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
+try:
+    with socket.create_connection((addr, int(port)), timeout=float(timeout)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+except OSError as e:
+    sys.exit(f"python: {type(e).__name__}: {e}")
 sys.stdout.write(data.decode("latin-1"))
 """
 
@@ -156,8 +160,10 @@ def judge(kind: str, t: Target, rc: int, out: str, err: str) -> tuple[bool, str]
             return ok, f"page sni={m.group(1)}"
         if not t.expect_sni and "<html" in out.lower() and "ERR_" not in out:
             return True, "page loaded"
-        errs = re.findall(r"net::ERR_[A-Z_]+|ERR_[A-Z_]+", out + err)
-        return False, f"rc={rc} no page ({', '.join(sorted(set(errs))) or _tail(err)})"
+        errs = sorted(set(re.findall(r"net::ERR_[A-Z_]+|ERR_[A-Z_]+", out + err)))
+        if not errs:  # its stderr is a log of unrelated complaints (D-Bus, GPU, ...)
+            errs = ["page load timed out" if "Page load timed out" in err else "no page"]
+        return False, f"rc={rc} {', '.join(errs)}"
     status = re.search(r"HTTP/1\.[01] (\d{3})", out)
     if status is None or status.group(1) != "200":
         return False, f"rc={rc} {_tail(err) or _tail(out) or 'no response'}"

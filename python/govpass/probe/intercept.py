@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from govpass.config import Config
 from govpass.errors import BackendError, FirewallError
 from govpass.rules.runner import Runner
+from govpass.stop_signals import signals_raise
 from govpass.strategy import Strategy
 
 CHAIN_PREFIX = "GOVPASS_PROBE_"
@@ -209,8 +210,6 @@ class Interceptor:
 def intercepting(marks: Marks, port: int, runner: Runner | None = None) -> Iterator[Interceptor]:
     """An :class:`Interceptor` for the block; SIGTERM/SIGHUP end it like Ctrl-C, and
     its rules go on every exit path."""
-    from govpass.daemon import signals_raise
-
     icp = Interceptor(marks, port, runner)
     with signals_raise():
         try:

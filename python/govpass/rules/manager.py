@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from govpass.errors import FirewallError
 from govpass.rules import iptables as ipt
 from govpass.rules import nftables as nft
+from govpass.rules import tables
 from govpass.rules.detect import (
     BackendName,
     BackendStatus,
@@ -155,8 +156,15 @@ def _remove_item(item: Installed, runner: Runner) -> list[tuple[str, ...]]:
 
 
 def remove(runner: Runner | None = None) -> RemoveResult:
-    """Remove all govpass rules from every backend; succeed when there are none."""
+    """Remove all govpass rules from every backend; succeed when there are none.
+    Then the tables iptables-nft made for them go too (:mod:`govpass.rules.tables`)."""
     runner = runner or Runner()
+    result = _remove_rules(runner)
+    tables.release(runner)
+    return result
+
+
+def _remove_rules(runner: Runner) -> RemoveResult:
     removed: list[str] = []
     commands: list[tuple[str, ...]] = []
     for item in inventory(runner):
@@ -238,7 +246,7 @@ def _install_with_bpf(
             status = probe_iptables(bpf_spec, "nft", runner)
             if not status.usable:
                 return f"iptables-nft refused the bpf match ({status.reason})"
-            remove(runner)
+            _remove_rules(runner)
             return _install_iptables(bpf_spec, status, runner)
     except BpfError as e:
         return f"cannot load the eBPF program: {e}"
@@ -251,6 +259,14 @@ def install(
 ) -> InstallResult:
     """Install the rules for `spec`; installing again replaces, never duplicates."""
     runner = runner or Runner()
+    tables.claim(spec.families, runner)  # before the probes, which create tables too
+    try:
+        return _install(spec, runner, backend)
+    finally:
+        tables.release(runner)  # those the chosen backend did not fill (or a failure left)
+
+
+def _install(spec: RuleSpec, runner: Runner, backend: BackendName | None) -> InstallResult:
     spec = replace(spec, prefilter_pin="")
     detection = detect(spec, runner, prefer=backend)
     chosen = detection.chosen
@@ -278,7 +294,7 @@ def install(
             raise FirewallError(f"prefilter bpf: {why_not_bpf}")
         spec = replace(spec, prefilter="conntrack")
 
-    remove(runner)  # leftovers of an earlier or crashed run, in any backend
+    _remove_rules(runner)  # leftovers of an earlier or crashed run, in any backend
     if chosen.name == "nftables":
         commands, script = _install_nft(spec, runner)
         return InstallResult(
