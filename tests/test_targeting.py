@@ -337,7 +337,9 @@ def test_bad_ipset_and_missing_files(tmp_path: Path) -> None:
         Targeting.from_config(load(env={}, flags={"hostlist": str(missing)})).build()
     unreadable = tmp_path / "dir"
     unreadable.mkdir()
-    with pytest.raises(ConfigError, match=f"ipset {unreadable}: cannot read: Is a directory"):
+    with pytest.raises(
+        ConfigError, match=f"ipset {unreadable}: a directory \\(accepted: a regular file\\)"
+    ):
         Targeting.from_config(load(env={}, flags={"ipset": str(unreadable)})).build()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from govpass.config import BY_NAME, SETTINGS, Setting
+from govpass.quoting import escape_text
 from govpass.targeting import SHORTCUTS
 
 # The engine's settings: how a hello is cut (capture and rule settings excluded).
@@ -94,8 +96,11 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
                         "TOML config file: keys spelled as the flags "
                         "(split-chunk = 5), optionally under a [govpass] table"
                     ),
+                    # govpass reads and checks the file itself (regular files only,
+                    # one line for each failure); click's checks print three.
                     exists=False,
-                    dir_okay=False,
+                    dir_okay=True,
+                    readable=False,
                 ),
                 annotation=Path | None,
             )
@@ -121,3 +126,19 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
         return wrapper
 
     return deco
+
+
+# pydantic (typer's validation library) starts a message from a validator so.
+_VALIDATION_PREFIX = re.compile(r"\b(?:Value|Assertion) error, ")
+USAGE_LIMIT = 400
+"""Most characters of a usage error line (it may quote what was typed)."""
+
+
+def usage_line(message: str, command: str | None) -> str:
+    """A command-line usage error as one line: the library's wording without its
+    validation prefix, control characters escaped, length bounded, and where
+    the help is."""
+    text = " ".join(_VALIDATION_PREFIX.sub("", message).split())
+    text = escape_text(text, USAGE_LIMIT)
+    hint = f" (see '{escape_text(command, 80)} --help')" if command else ""
+    return f"govpass: {text}{hint}"
