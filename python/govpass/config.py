@@ -19,7 +19,7 @@ from typing import Any
 
 from govpass._core import EngineConfig
 from govpass.errors import ConfigError
-from govpass.quoting import kind_of, quote
+from govpass.quoting import escape_text, kind_of, quote
 from govpass.reading import read_bounded
 from govpass.reading import shown as _shown
 
@@ -549,11 +549,12 @@ class Config:
         return {s.name: getattr(self, s.attr) for s in SETTINGS}
 
 
-def _check_ports(values: tuple[str, ...]) -> None:
+def _check_ports(values: tuple[str, ...], label: str = "ports") -> None:
     for p in values:
-        if not p.isdigit() or not 1 <= int(p) <= 65535:
+        if not (p.isascii() and p.isdigit()) or not 1 <= int(p) <= 65535:
             raise ConfigError(
-                f"invalid ports: {p!r} (accepted: a comma-separated list of ports in 1..=65535)",
+                f"invalid {label}: {quote(p)} "
+                "(accepted: a comma-separated list of ports in 1..=65535)",
                 field="ports",
             )
 
@@ -573,7 +574,10 @@ def read_file(path: Path) -> dict[str, Any]:
         msg = f"config file {where} line {line} is not UTF-8 text (accepted: a UTF-8 TOML file)"
         raise ConfigError(msg, field="config") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {where} is not valid TOML: {e}", field="config") from None
+        raise ConfigError(
+            f"config file {where} is not valid TOML: {e} (accepted: TOML, toml.io)",
+            field="config",
+        ) from None
     except RecursionError:
         raise ConfigError(
             f"config file {where} is not valid TOML for govpass: arrays or tables nested "
@@ -581,7 +585,11 @@ def read_file(path: Path) -> dict[str, Any]:
             field="config",
         ) from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
-        raise ConfigError(f"config file {where} is not valid TOML: {e}", field="config") from None
+        raise ConfigError(
+            f"config file {where} is not valid TOML for govpass: {escape_text(str(e), 100)} "
+            "(accepted: TOML, toml.io)",
+            field="config",
+        ) from None
     return _settings_table(parsed, where)
 
 
@@ -589,7 +597,7 @@ def _settings_table(data: dict[str, Any], where: str) -> dict[str, Any]:
     table = data.get("govpass", data)
     if not isinstance(table, dict):
         raise ConfigError(
-            f"in {where}: 'govpass' must be a table of settings, not {kind_of(table)}",
+            f"in {where}: 'govpass' is {kind_of(table)} (accepted: a [govpass] table of settings)",
             field="govpass",
         )
     if table is not data:
@@ -614,11 +622,22 @@ def _settings_table(data: dict[str, Any], where: str) -> dict[str, Any]:
     if profiles is not None:
         if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
             raise ConfigError(
-                f"in {where}: '{PROFILE_KEY}' must be an array of tables ([[{PROFILE_KEY}]])",
+                f"in {where}: '{PROFILE_KEY}' is {kind_of(profiles)} "
+                f"(accepted: an array of tables, [[{PROFILE_KEY}]])",
                 field=PROFILE_KEY,
             )
         table[PROFILE_KEY] = profiles
     return table
+
+
+def _from_source(e: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """The engine's "invalid split-pos: ..." naming where the value came from."""
+    setting = BY_NAME.get(e.field or "")
+    head = f"invalid {e.field}:"
+    if setting is None or not str(e).startswith(head):
+        return e
+    label = _label(setting, sources.get(setting.name, ""))
+    return ConfigError(f"invalid {label}:{str(e)[len(head) :]}", field=e.field)
 
 
 def _label(setting: Setting, origin: str) -> str:
@@ -659,9 +678,12 @@ def load(
                 )
             values[setting.attr] = setting.parse(raw, _label(setting, origin))
             sources[setting.name] = origin
-    _check_ports(values.get("ports", ("443",)))
+    _check_ports(values.get("ports", ("443",)), _label(BY_NAME["ports"], sources.get("ports", "")))
     config = Config(**values, profiles=profiles, sources=sources)
-    config.engine_config()  # the engine's own validation, same messages
+    try:
+        config.engine_config()  # the engine's own validation, same messages
+    except ConfigError as e:
+        raise _from_source(e, sources) from None
     from govpass.targeting import Targeting
 
     Targeting.from_config(config)  # profiles and inline lists (files are read later)

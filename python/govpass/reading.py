@@ -18,9 +18,10 @@ import zlib
 from pathlib import Path
 
 from govpass.errors import ConfigError
-from govpass.quoting import quote
+from govpass.quoting import escape_text, quote
 
 GZIP_MAGIC = b"\x1f\x8b"
+_ACCEPTED = " (accepted: a readable regular file)"
 MIB = 1024 * 1024
 
 
@@ -74,25 +75,27 @@ def read_bounded(
     except FileNotFoundError:
         if missing_ok:
             return b""
-        raise ConfigError(f"{where}: cannot read: no such file", field=field) from None
+        raise ConfigError(f"{where}: cannot read: no such file{_ACCEPTED}", field=field) from None
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror}", field=field) from None
+        raise ConfigError(f"{where}: cannot read: {e.strerror}{_ACCEPTED}", field=field) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(
                 f"{where}: {_what(st.st_mode)} (accepted: a regular file)", field=field
             )
-        raise_it = f"raise {limit_name} to read it" if limit_name else "the most govpass reads"
-        setting = f"{limit_name} = " if limit_name else ""
-        over = ConfigError(f"{where}: more than {setting}{_size(limit)} ({raise_it})", field=field)
+        more = f"; raise {limit_name} to read more" if limit_name else ""
+        over = ConfigError(
+            f"{where}: larger than {_size(limit)} (accepted: at most {_size(limit)}{more})",
+            field=field,
+        )
         if st.st_size > limit:
             raise over
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror}", field=field) from None
+        raise ConfigError(f"{where}: cannot read: {e.strerror}{_ACCEPTED}", field=field) from None
     finally:
         os.close(fd)
     if len(data) > limit:
@@ -108,7 +111,11 @@ def _gunzip(data: bytes, where: str, field: str, limit: int, over: ConfigError) 
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
             out = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as e:
-        raise ConfigError(f"{where}: broken gzip data ({e})", field=field) from None
+        raise ConfigError(
+            f"{where}: broken gzip data ({escape_text(str(e), 100)}; accepted: plain text "
+            "or whole gzip data)",
+            field=field,
+        ) from None
     if len(out) > limit:
         raise ConfigError(f"{over} (after gzip decompression)", field=field)
     return out

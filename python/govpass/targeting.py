@@ -121,8 +121,7 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
         items = list(value)
     else:
         raise ConfigError(
-            f"{what}: expected a string or an array of strings, got {kind_of(value)} "
-            f"{quote(value)}",
+            f"{what}: {kind_of(value)} {quote(value)} (accepted: a string or an array of strings)",
             field=what.rsplit(": ", 1)[-1],
         )
     return tuple(s.strip() for s in items if s.strip())
@@ -342,7 +341,12 @@ def parse_list(kind: str, lines: list[str], where: str, unit: str = "line") -> A
     except ConfigError as e:
         m = _ENGINE_LINE.search(str(e))
         detail = f" {unit} {m[1]}: {_cut_entry(m[2])}" if m else f": {escape_text(str(e), 300)}"
-        raise ConfigError(f"{where}{detail}", field=kind) from None
+        accepted = _HOSTS_ACCEPTED if cls is HostList else _IPS_ACCEPTED
+        raise ConfigError(f"{where}{detail} (accepted: {accepted})", field=kind) from None
+
+
+_HOSTS_ACCEPTED = "host names, ^name for the name alone, # comments"
+_IPS_ACCEPTED = "IPv4 and IPv6 addresses and CIDR prefixes, # comments"
 
 
 def _cut_entry(detail: str) -> str:
