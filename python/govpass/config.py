@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -575,7 +576,8 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(msg, field="config") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(
-            f"config file {where} is not valid TOML: {e} (accepted: TOML, toml.io)",
+            f"config file {where} is not valid TOML: {e}{_line_of(e, data)} "
+            "(accepted: TOML, toml.io)",
             field="config",
         ) from None
     except RecursionError:
@@ -591,6 +593,17 @@ def read_file(path: Path) -> dict[str, Any]:
             field="config",
         ) from None
     return _settings_table(parsed, where)
+
+
+def _line_of(e: tomllib.TOMLDecodeError, data: bytes) -> str:
+    """The line a TOML error points at, quoted (it names the key: 'Cannot overwrite
+    a value' alone does not)."""
+    m = re.search(r"at line (\d+)", str(e))
+    if m is None:
+        return ""
+    lines = data.decode("utf-8", "replace").split("\n")
+    n = int(m[1])
+    return f": {quote(lines[n - 1].strip())}" if 0 < n <= len(lines) else ""
 
 
 def _settings_table(data: dict[str, Any], where: str) -> dict[str, Any]:

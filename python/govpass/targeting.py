@@ -228,7 +228,11 @@ def _spec_from_table(
     auto = None
     if "auto" in table:
         if not isinstance(table["auto"], str) or not table["auto"].strip():
-            raise ConfigError(f"{where}: auto must be the path of the auto host list", "auto")
+            raise ConfigError(
+                f"{where}: invalid auto {quote(table['auto'])} "
+                "(accepted: the path of the auto host list)",
+                "auto",
+            )
         if action != "split":
             raise ConfigError(f"{where}: auto needs action = split", field="auto")
         auto = _paths([table["auto"].strip()], base, f"{where}: auto")[0]
