@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -384,3 +385,63 @@ def test_config_and_engine_agree_on_engine_limits() -> None:
             if name == "split-chunk" and bound == 0:
                 flags["split-pos"] = "sni"
             load(env={}, flags=flags).engine_config()
+
+
+# ------------------------------------------------------------------ where a value came from
+
+
+def test_an_environment_error_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(env={"GOVPASS_SPLIT_CHUNK": "abc"})
+    assert str(e.value) == (
+        "invalid GOVPASS_SPLIT_CHUNK (split-chunk): 'abc' (accepted: an integer in 0..=16384)"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid GOVPASS_SPLIT_POS \(split-pos\): "):
+        load(env={"GOVPASS_SPLIT_POS": "sni--5"})  # the engine's check, same naming
+    with pytest.raises(ConfigError, match=r"^invalid GOVPASS_PORTS \(ports\): 'https'"):
+        load(env={"GOVPASS_PORTS": "https"})
+
+
+def test_a_file_error_names_the_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, "max-flows = -inf\n")
+    with pytest.raises(ConfigError) as e:
+        load(file=path, env={})
+    assert str(e.value).startswith(f"invalid max-flows in {path}: -inf (accepted: an integer")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "split-chunk = inf",
+        "split-chunk = nan",
+        "split-chunk = 5.0",
+        "split-chunk = true",
+        "split-chunk = [5]",
+        "ports = [true]",
+        "ports = [443.0]",
+        'mode = ["host"]',
+        "ipv6 = 0.5",
+        'pf-anchor = "a\\u001bb"',
+        "max-flows = 99999999999999999999999999",
+    ],
+)
+def test_wrong_toml_types_are_refused(tmp_path: Path, line: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(file=toml(tmp_path, line + "\n"), env={})
+    assert "accepted" in str(e.value) and "\x1b" not in str(e.value)
+
+
+def test_deep_nesting_and_fifo_config(tmp_path: Path) -> None:
+    deep = toml(tmp_path, "a = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load(file=deep, env={})
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="a FIFO"):
+        load(file=fifo, env={})
+
+
+def test_a_long_value_is_cut_in_the_message() -> None:
+    with pytest.raises(ConfigError) as e:
+        load(env={}, flags={"mode": "x" * 1_000_000})
+    assert len(str(e.value)) < 200 and "(1000000 characters)" in str(e.value)

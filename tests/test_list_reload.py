@@ -20,6 +20,8 @@ from govpass.targeting import ListWatcher, Targeting
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
+HOSTS = " (accepted: host names, ^name for the name alone, # comments)"
+READABLE = " (accepted: a readable regular file)"
 HELLO = (Path(__file__).parent / "fixtures" / "hellos" / "openssl_default.bin").read_bytes()
 
 
@@ -101,7 +103,8 @@ def test_broken_file_keeps_the_previous_list_and_says_so_once(tmp_path: Path) ->
     assert not s.tick()
     assert s.splits(), "the previous list is still in force"
     assert s.logs == [
-        f'hostlist {s.path} line 7: "bad host" is not a valid entry; keeping the previous list'
+        f'hostlist {s.path} line 7: "bad host" is not a valid entry{HOSTS}; '
+        "keeping the previous list"
     ]
     for _ in range(5):
         assert not s.tick()
@@ -112,11 +115,56 @@ def test_broken_file_keeps_the_previous_list_and_says_so_once(tmp_path: Path) ->
     assert s.watcher.failures == 1 and s.watcher.reloads == 1
 
 
+def test_one_broken_file_is_reported_once_while_another_keeps_changing(tmp_path: Path) -> None:
+    # The auto list is rewritten as names are learned; each write is a rebuild, and
+    # the broken host list beside it is still the same failure: said once.
+    broken = tmp_path / "hosts.txt"
+    broken.write_text("blocked.example\n")
+    auto = tmp_path / "auto.txt"
+    auto.write_text("")
+    flags = {"hostlist": str(broken), "hostlist-auto": str(auto)}
+    targeting = Targeting.from_config(load(env={}, flags=flags))
+    targeting.build()
+    clock = Clock()
+    logs: list[str] = []
+    watcher = ListWatcher(targeting, lambda p: None, logs.append, clock=clock)
+    edit(broken, "bad host\n")
+    for n in range(3):
+        edit(auto, f"learned{n}.example\n")
+        clock.now += 1
+        assert not watcher.poll()
+    assert len(logs) == 1 and "line 1" in logs[0], logs
+    assert watcher.failures == 3
+    watcher.request()  # SIGHUP: the answer is said again
+    assert not watcher.poll()
+    assert len(logs) == 2
+    edit(broken, "blocked.example\n")
+    clock.now += 1
+    assert watcher.poll()
+    edit(broken, "bad host\n")
+    clock.now += 1
+    assert not watcher.poll()
+    assert len(logs) == 4, "broken again after a good build: said again"
+
+
+def test_fifo_in_place_of_a_list_keeps_the_previous_list(tmp_path: Path) -> None:
+    s = Setup(tmp_path, "blocked.example\n")
+    s.path.unlink()
+    os.mkfifo(s.path)  # opened for reading, it would wait for a writer forever
+    assert not s.tick()
+    assert s.logs == [
+        f"hostlist {s.path}: a FIFO (accepted: a regular file); keeping the previous list"
+    ]
+    assert s.splits()
+
+
 def test_deleted_file_keeps_the_previous_list(tmp_path: Path) -> None:
     s = Setup(tmp_path, "blocked.example\n")
     s.path.unlink()
     assert not s.tick()
-    assert s.logs == [f"hostlist {s.path}: cannot read: no such file; keeping the previous list"]
+    assert s.logs == [
+        f"hostlist {s.path}: cannot read: no such file{READABLE}; keeping the previous list"
+    ]
     assert s.splits()
     s.path.write_text("other.example\n")
     assert s.tick()
@@ -223,7 +271,7 @@ def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
     engine = Engine(config.engine_config())
     _, watcher = worker_targeting(config, engine, 1, logs.append, daemon.profiles)
     assert logs[-1] == (
-        f'worker 1: hostlist {path} line 2: "bad host" is not a valid entry; '
+        f'worker 1: hostlist {path} line 2: "bad host" is not a valid entry{HOSTS}; '
         "using the previous lists"
     )
     assert watcher is not None and watcher.log is None, "only worker 0 logs reloads"

@@ -4,6 +4,7 @@ comments, bad lines), precedence, and the profiles the engine gets from them."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,14 @@ import pytest
 from govpass import Engine, EngineConfig
 from govpass.config import load
 from govpass.errors import ConfigError
-from govpass.targeting import ProfileSpec, Targeting, read_lines, specs_from_config, uses_auto
+from govpass.targeting import (
+    ProfileSpec,
+    Targeting,
+    parse_list,
+    read_lines,
+    specs_from_config,
+    uses_auto,
+)
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
@@ -247,10 +255,10 @@ def test_ports_and_interfaces(tmp_path: Path) -> None:
         ('[[profile]]\nname = "a"\nfamily = "ipv5"\n', "invalid family 'ipv5'"),
         ('[[profile]]\nname = "a"\nports = [8443]\n', "port 8443 is not captured"),
         ('[[profile]]\nname = "a"\nports = ["x"]\n', "invalid port 'x'"),
-        ('[[profile]]\nname = "a"\nhosts = 5\n', "expected a string or an array of strings"),
+        ('[[profile]]\nname = "a"\nhosts = 5\n', "(accepted: a string or an array of strings)"),
         ('[[profile]]\nname = "a"\nhosts = ["bad host"]\n', "hosts of profile 'a' entry 1"),
         ('[[profile]]\nname = "a"\nips = "1.2.3.4/33"\n', "ips of profile 'a' entry 1"),
-        ("profile = 3\n", "'profile' must be an array of tables"),
+        ("profile = 3\n", "'profile' is an integer (accepted: an array of tables"),
     ],
 )
 def test_profile_errors_are_one_line(tmp_path: Path, body: str, message: str) -> None:
@@ -337,7 +345,9 @@ def test_bad_ipset_and_missing_files(tmp_path: Path) -> None:
         Targeting.from_config(load(env={}, flags={"hostlist": str(missing)})).build()
     unreadable = tmp_path / "dir"
     unreadable.mkdir()
-    with pytest.raises(ConfigError, match=f"ipset {unreadable}: cannot read: Is a directory"):
+    with pytest.raises(
+        ConfigError, match=f"ipset {unreadable}: a directory \\(accepted: a regular file\\)"
+    ):
         Targeting.from_config(load(env={}, flags={"ipset": str(unreadable)})).build()
 
 
@@ -353,3 +363,86 @@ def test_unchanged_files_are_not_parsed_again(tmp_path: Path) -> None:
     assert targeting.cache._items[("hostlist", b)][1] is not first[("hostlist", b)][1]
     targeting.build(force=True)  # SIGHUP: everything again
     assert targeting.cache._items[("hostlist", a)][1] is not first[("hostlist", a)][1]
+
+
+# ------------------------------------------------------------------ bounded reading
+
+
+def test_list_reading_is_bounded_by_max_list_bytes(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("a.example\n" * 200)  # 2000 bytes
+    config = load(env={}, flags={"hostlist": str(big), "max-list-bytes": "1024"})
+    with pytest.raises(ConfigError) as e:
+        Targeting.from_config(config).build()
+    assert str(e.value) == (
+        f"hostlist {big}: larger than 1024 bytes "
+        "(accepted: at most 1024 bytes; raise max-list-bytes to read more)"
+    )
+    ok = load(env={}, flags={"hostlist": str(big), "max-list-bytes": "2000"})
+    Targeting.from_config(ok).build()
+
+
+def test_gzip_output_is_bounded_too(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.gz"
+    member = gzip.compress(bytes(1024 * 1024), 9)
+    bomb.write_bytes(member * 80)  # 80 MiB of zeros in about 80 kB
+    with pytest.raises(ConfigError, match=r"larger than 64 MiB .*\(after gzip decompression\)"):
+        read_lines(bomb, "hostlist")
+    small = tmp_path / "small.gz"
+    small.write_bytes(gzip.compress(b"a.example\n") * 3)  # several members are one file
+    assert read_lines(small, "hostlist") == ["a.example", "a.example", "a.example", ""]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_only_regular_files_are_read(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "list"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(ConfigError, match=r"\(accepted: a regular file\)"):
+        read_lines(path, "ipset")
+
+
+def test_a_10_mb_bad_line_gives_a_short_error(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.txt"
+    path.write_text("ok.example\n" + "x" * 9_999_999 + "!\n")
+    with pytest.raises(ConfigError) as e:
+        parse_list("hostlist", read_lines(path, "hostlist"), f"hostlist {path}")
+    assert len(str(e.value)) < 300 + len(str(path))
+    assert "line 2: " in str(e.value) and "(10000000 characters)" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        ("~nosuchuser-govpass/list.txt", "no user named 'nosuchuser-govpass'"),
+        ("a\x00b", "control character"),
+        ("a\x1b[2Jb", "control character"),
+    ],
+)
+def test_unusable_paths_are_one_line(value: str, expect: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(env={}, flags={"hostlist": value})
+    assert expect in str(e.value) and e.value.field == "hostlist"
+    assert "\x1b" not in str(e.value) and "\x00" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "expect"),
+    [
+        ('family = ["ipv4"]', "invalid family ['ipv4']"),
+        ("family = { v = 4 }", "invalid family {'v': 4}"),
+        ('name = "video\\n"', "invalid name 'video\\x0a'"),
+        ('action = ["split"]', "invalid action ['split']"),
+    ],
+)
+def test_profile_values_of_the_wrong_type(tmp_path: Path, table: str, expect: str) -> None:
+    text = "[[profile]]\n" + ("" if table.startswith("name") else 'name = "a"\n') + table + "\n"
+    path = tmp_path / "govpass.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(file=path, env={})
+    assert expect in str(e.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from typing import Any
 
 from govpass._core import EngineConfig
 from govpass.errors import ConfigError
+from govpass.quoting import escape_text, kind_of, quote
+from govpass.reading import read_bounded
+from govpass.reading import shown as _shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,20 +77,30 @@ class Setting:
         what = "an integer" if self.kind == "int" else "a number"
         return f"{what} in {lo}..={hi}" if lo or hi else what
 
-    def parse(self, value: Any) -> Any:
-        """Turns a TOML value or a string from the environment/CLI into the typed value."""
+    def parse(self, value: Any, label: str | None = None) -> Any:
+        """Turns a TOML value or a string from the environment/CLI into the typed value.
+
+        `label` is how the value was given (``GOVPASS_SPLIT_CHUNK``, ``split-chunk
+        in FILE``); an error names it and what is accepted."""
+        what = label or self.name
         bad = ConfigError(
-            f"invalid {self.name}: {value!r} (accepted: {self.accepted()})", field=self.name
+            f"invalid {what}: {quote(value)} (accepted: {self.accepted()})", field=self.name
         )
         if self.kind == "list":
             if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list | tuple):
-                return tuple(str(v).strip() for v in value)
-            raise bad
+                items = value.split(",")
+            elif isinstance(value, list | tuple) and all(_list_item(v) for v in value):
+                items = [str(v) for v in value]
+            else:
+                raise bad
+            out = tuple(v.strip() for v in items if v.strip())
+            _check_text(out, what, self.name)
+            return out
         if self.kind == "bool":
             if isinstance(value, bool):
                 return value
+            if not isinstance(value, str | int):
+                raise bad
             text = str(value).strip().lower()
             if text in ("1", "true", "yes", "on"):
                 return True
@@ -94,6 +108,8 @@ class Setting:
                 return False
             raise bad
         if self.kind == "choice":
+            if not isinstance(value, str | bool):
+                raise bad
             text = str(value)
             text = dict(self.aliases).get(text.lower(), text)
             if text not in self.choices:
@@ -102,17 +118,22 @@ class Setting:
         if self.kind == "str":
             if not isinstance(value, str):
                 raise bad
+            _check_text((value,), what, self.name)
             return value
+        return self._number(value, bad)
+
+    def _number(self, value: Any, bad: ConfigError) -> float:
+        # A TOML float (inf and nan included) is no integer; bools are no numbers.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise bad
         try:
-            if isinstance(value, bool):
-                raise ValueError
             if self.kind == "int":
-                number: float = int(value, 0) if isinstance(value, str) else int(value)
-                if isinstance(value, float) and value != int(value):
+                if isinstance(value, float):
                     raise ValueError
+                number: float = int(value, 0) if isinstance(value, str) else value
             else:
                 number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
         if number != number:  # NaN compares false with everything
             raise bad
@@ -121,6 +142,22 @@ class Setting:
         ):
             raise bad
         return number
+
+
+def _list_item(v: Any) -> bool:
+    """An array element a list setting takes: a string, or an integer (ports = [443])."""
+    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _check_text(values: tuple[str, ...], what: str, field: str) -> None:
+    """Refuses control characters (a NUL, a newline, terminal escapes) in text settings:
+    they end up in paths, firewall rules and log lines."""
+    for v in values:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
+            raise ConfigError(
+                f"invalid {what}: {quote(v)} holds a control character (accepted: printable text)",
+                field=field,
+            )
 
 
 def _num(x: float) -> str:
@@ -403,6 +440,15 @@ SETTINGS: tuple[Setting, ...] = (
         "str",
     ),
     Setting(
+        "max-list-bytes",
+        64 * 1024 * 1024,
+        "Largest list file (host list, IP set, auto list) read, in bytes; a gzip file's "
+        "decompressed data too",
+        "int",
+        minimum=1024,
+        maximum=4 * 1024 * 1024 * 1024,
+    ),
+    Setting(
         "auto-fail-threshold",
         3,
         "Failures of a name (within auto-fail-time of each other) that add it to the auto list",
@@ -480,6 +526,7 @@ class Config:
     ipset_exclude: tuple[str, ...] = ()
     ips_exclude: tuple[str, ...] = ()
     hostlist_auto: str = ""
+    max_list_bytes: int = 64 * 1024 * 1024
     auto_fail_threshold: int = 3
     auto_fail_time: float = 60.0
     auto_retrans: int = 3
@@ -515,11 +562,12 @@ class Config:
         return {s.name: getattr(self, s.attr) for s in SETTINGS}
 
 
-def _check_ports(values: tuple[str, ...]) -> None:
+def _check_ports(values: tuple[str, ...], label: str = "ports") -> None:
     for p in values:
-        if not p.isdigit() or not 1 <= int(p) <= 65535:
+        if not (p.isascii() and p.isdigit()) or not 1 <= int(p) <= 65535:
             raise ConfigError(
-                f"invalid ports: {p!r} (accepted: a comma-separated list of ports in 1..=65535)",
+                f"invalid {label}: {quote(p)} "
+                "(accepted: a comma-separated list of ports in 1..=65535)",
                 field="ports",
             )
 
@@ -533,23 +581,67 @@ def _check_worker_timeout(value: float) -> None:
         )
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""Largest config file read (inline host lists belong in list files beyond that)."""
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """Reads a TOML config file; unknown keys are errors (they are usually typos)."""
+    data = read_bounded(path, "config file", "config", MAX_CONFIG_BYTES)
+    where = _shown(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}", field="config") from e
+        parsed = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        msg = f"config file {path} is not UTF-8 text: {e.reason}"
-        raise ConfigError(msg, field="config") from e
+        line = data.count(b"\n", 0, e.start) + 1
+        msg = f"config file {where} line {line} is not UTF-8 text (accepted: a UTF-8 TOML file)"
+        raise ConfigError(msg, field="config") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from e
+        raise ConfigError(
+            f"config file {where} is not valid TOML: {e}{_line_of(e, data)} "
+            "(accepted: TOML, toml.io)",
+            field="config",
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"config file {where} is not valid TOML for govpass: arrays or tables nested "
+            "too deeply (accepted: settings, [govpass] and [[profile]] tables)",
+            field="config",
+        ) from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(
+            f"config file {where} is not valid TOML for govpass: {escape_text(str(e), 100)} "
+            "(accepted: TOML, toml.io)",
+            field="config",
+        ) from None
+    return _settings_table(parsed, where)
+
+
+def _line_of(e: tomllib.TOMLDecodeError, data: bytes) -> str:
+    """The line a TOML error points at, quoted (it names the key: 'Cannot overwrite
+    a value' alone does not)."""
+    m = re.search(r"at line (\d+)", str(e))
+    if m is None:
+        return ""
+    lines = data.decode("utf-8", "replace").split("\n")
+    n = int(m[1])
+    return f": {quote(lines[n - 1].strip())}" if 0 < n <= len(lines) else ""
+
+
+def _settings_table(data: dict[str, Any], where: str) -> dict[str, Any]:
     table = data.get("govpass", data)
     if not isinstance(table, dict):
         raise ConfigError(
-            f"in {path}: 'govpass' must be a table of settings, not {type(table).__name__}",
+            f"in {where}: 'govpass' is {kind_of(table)} (accepted: a [govpass] table of settings)",
             field="govpass",
         )
+    if table is not data:
+        stray = sorted(set(data) - {"govpass", PROFILE_KEY})
+        if stray:
+            raise ConfigError(
+                f"unknown top-level key {quote(stray[0])} in {where} beside the [govpass] "
+                f"table (accepted: [govpass], [[{PROFILE_KEY}]])",
+                field=stray[0],
+            )
     table = dict(table)
     profiles = table.pop(PROFILE_KEY, None)
     if profiles is None and table is not data:
@@ -557,18 +649,38 @@ def read_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(table) - set(BY_NAME))
     if unknown:
         raise ConfigError(
-            f"unknown setting {unknown[0]!r} in {path} "
+            f"unknown setting {quote(unknown[0])} in {where} "
             f"(accepted: {', '.join(BY_NAME)}, [[{PROFILE_KEY}]])",
             field=unknown[0],
         )
     if profiles is not None:
         if not isinstance(profiles, list) or not all(isinstance(p, dict) for p in profiles):
             raise ConfigError(
-                f"in {path}: '{PROFILE_KEY}' must be an array of tables ([[{PROFILE_KEY}]])",
+                f"in {where}: '{PROFILE_KEY}' is {kind_of(profiles)} "
+                f"(accepted: an array of tables, [[{PROFILE_KEY}]])",
                 field=PROFILE_KEY,
             )
         table[PROFILE_KEY] = profiles
     return table
+
+
+def _from_source(e: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """The engine's "invalid split-pos: ..." naming where the value came from."""
+    setting = BY_NAME.get(e.field or "")
+    head = f"invalid {e.field}:"
+    if setting is None or not str(e).startswith(head):
+        return e
+    label = _label(setting, sources.get(setting.name, ""))
+    return ConfigError(f"invalid {label}:{str(e)[len(head) :]}", field=e.field)
+
+
+def _label(setting: Setting, origin: str) -> str:
+    """How a value was given, for its error message."""
+    if origin == "environment":
+        return f"{setting.env} ({setting.name})"
+    if origin.startswith("file "):
+        return f"{setting.name} in {_shown(origin[5:])}"
+    return setting.name
 
 
 def load(
@@ -594,13 +706,19 @@ def load(
         for name, raw in layer.items():
             setting = BY_NAME.get(name.replace("_", "-"))
             if setting is None:
-                raise ConfigError(f"unknown setting {name!r}", field=name)
-            values[setting.attr] = setting.parse(raw)
+                raise ConfigError(
+                    f"unknown setting {quote(name)} (accepted: {', '.join(BY_NAME)})",
+                    field=name,
+                )
+            values[setting.attr] = setting.parse(raw, _label(setting, origin))
             sources[setting.name] = origin
-    _check_ports(values.get("ports", ("443",)))
+    _check_ports(values.get("ports", ("443",)), _label(BY_NAME["ports"], sources.get("ports", "")))
     _check_worker_timeout(values.get("worker_timeout", 1.0))
     config = Config(**values, profiles=profiles, sources=sources)
-    config.engine_config()  # the engine's own validation, same messages
+    try:
+        config.engine_config()  # the engine's own validation, same messages
+    except ConfigError as e:
+        raise _from_source(e, sources) from None
     from govpass.targeting import Targeting
 
     Targeting.from_config(config)  # profiles and inline lists (files are read later)

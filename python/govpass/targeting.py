@@ -23,12 +23,10 @@ IPv4/IPv6 addresses and CIDR prefixes.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import socket
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from govpass._core import HostList, IpSet, Profile
 from govpass.errors import ConfigError
+from govpass.quoting import LIMIT, escape_text, kind_of, quote
+from govpass.reading import check_path, read_bounded, shown
 
 if TYPE_CHECKING:
     from govpass.config import Config
@@ -73,8 +73,8 @@ PROFILE_KEYS = (
 FILE_KEYS = ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude")
 HOST_KINDS = ("hostlist", "hostlist-exclude", "hosts", "hosts-exclude", "hostlist-auto")
 FAMILIES = {"any": None, "ipv4": "ipv4", "ipv6": "ipv6"}
-GZIP_MAGIC = b"\x1f\x8b"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole name: fullmatch
+MAX_LIST_BYTES = 64 * 1024 * 1024  # the max-list-bytes setting's default
 _ENGINE_LINE = re.compile(r"at line (\d+): (.*)$")
 
 FileSig = tuple[int, int, int] | None
@@ -121,15 +121,25 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
         items = list(value)
     else:
         raise ConfigError(
-            f"{what}: expected a string or an array of strings, got {value!r}", field=what
+            f"{what}: {kind_of(value)} {quote(value)} (accepted: a string or an array of strings)",
+            field=what.rsplit(": ", 1)[-1],
         )
     return tuple(s.strip() for s in items if s.strip())
 
 
-def _paths(values: Sequence[str], base: Path) -> tuple[Path, ...]:
+def _paths(values: Sequence[str], base: Path, what: str) -> tuple[Path, ...]:
     out = []
     for v in values:
-        p = Path(v).expanduser()
+        check_path(v, what, what.rsplit(" ", 1)[-1])
+        try:
+            p = Path(v).expanduser()
+        except RuntimeError:  # ~user for a user that does not exist
+            user = v[1:].split("/", 1)[0]
+            raise ConfigError(
+                f"{what} {shown(v)}: no user named {quote(user)} for '~{escape_text(user)}' "
+                "(accepted: a path; ~ or ~user for a home directory)",
+                field=what.rsplit(" ", 1)[-1],
+            ) from None
         out.append(p if p.is_absolute() else base / p)
     return tuple(out)
 
@@ -176,9 +186,9 @@ def _spec_from_table(
     from govpass.config import BY_NAME
 
     name = table.get("name", f"profile-{number}")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
-            f"[[profile]] #{number}: invalid name {name!r} "
+            f"[[profile]] #{number}: invalid name {quote(name)} "
             "(accepted: letters, digits, '.', '_', '-', at most 64)",
             field="name",
         )
@@ -186,12 +196,14 @@ def _spec_from_table(
     unknown = sorted(set(table) - set(PROFILE_KEYS))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (accepted: {', '.join(PROFILE_KEYS)})",
+            f"{where}: unknown key {quote(unknown[0])} (accepted: {', '.join(PROFILE_KEYS)})",
             field=unknown[0],
         )
     action = table.get("action", "split")
-    if action not in ("split", "pass"):
-        raise ConfigError(f"{where}: invalid action {action!r} (accepted: split, pass)", "action")
+    if not isinstance(action, str) or action not in ("split", "pass"):
+        raise ConfigError(
+            f"{where}: invalid action {quote(action)} (accepted: split, pass)", "action"
+        )
     if action == "pass" and ("split-chunk" in table or "split-pos" in table):
         raise ConfigError(f"{where}: split-chunk/split-pos need action = split", "action")
     try:
@@ -203,22 +215,27 @@ def _spec_from_table(
     lists: dict[str, Any] = {}
     for key in ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude"):
         if key in table:
-            lists[key.replace("-", "_")] = _paths(_strings(table[key], f"{where}: {key}"), base)
+            what = f"{where}: {key}"
+            lists[key.replace("-", "_")] = _paths(_strings(table[key], what), base, what)
     for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
         if key in table:
             lists[key.replace("-", "_")] = _strings(table[key], f"{where}: {key}")
     family = table.get("family", "any")
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(
-            f"{where}: invalid family {family!r} (accepted: any, ipv4, ipv6)", field="family"
+            f"{where}: invalid family {quote(family)} (accepted: any, ipv4, ipv6)", field="family"
         )
     auto = None
     if "auto" in table:
         if not isinstance(table["auto"], str) or not table["auto"].strip():
-            raise ConfigError(f"{where}: auto must be the path of the auto host list", "auto")
+            raise ConfigError(
+                f"{where}: invalid auto {quote(table['auto'])} "
+                "(accepted: the path of the auto host list)",
+                "auto",
+            )
         if action != "split":
             raise ConfigError(f"{where}: auto needs action = split", field="auto")
-        auto = _paths([table["auto"].strip()], base)[0]
+        auto = _paths([table["auto"].strip()], base, f"{where}: auto")[0]
     return ProfileSpec(
         name=name,
         action=action,
@@ -236,13 +253,15 @@ def _shortcut_specs(config: Config) -> tuple[ProfileSpec, ...]:
     lists: dict[str, Any] = {}
     for key in ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude"):
         attr = key.replace("-", "_")
-        lists[attr] = _paths(getattr(config, attr), _base_of(config, key))
+        lists[attr] = _paths(getattr(config, attr), _base_of(config, key), key)
     for key in ("hosts", "hosts-exclude", "ips", "ips-exclude"):
         attr = key.replace("-", "_")
         lists[attr] = tuple(getattr(config, attr))
     auto = None
     if config.hostlist_auto.strip():
-        auto = _paths([config.hostlist_auto.strip()], _base_of(config, "hostlist-auto"))[0]
+        auto = _paths(
+            [config.hostlist_auto.strip()], _base_of(config, "hostlist-auto"), "hostlist-auto"
+        )[0]
     listed = ProfileSpec(
         name="listed",
         action="split",
@@ -273,7 +292,10 @@ def specs_from_config(config: Config) -> tuple[ProfileSpec, ...]:
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
-                raise ConfigError(f"[[profile]] name {spec.name!r} is used twice", field="name")
+                raise ConfigError(
+                    f"[[profile]] name {spec.name!r} is used twice (accepted: one name each)",
+                    field="name",
+                )
             seen.add(spec.name)
         return specs
     if given:
@@ -297,26 +319,20 @@ def file_sig(path: Path) -> FileSig:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def read_lines(path: Path, kind: str, missing_ok: bool = False) -> list[str]:
-    """The lines of a list file (gzip recognised by its magic bytes)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        if missing_ok:
-            return []
-        raise ConfigError(f"{kind} {path}: cannot read: no such file", field=kind) from None
-    except OSError as e:
-        raise ConfigError(f"{kind} {path}: cannot read: {e.strerror}", field=kind) from None
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ConfigError(f"{kind} {path}: broken gzip data ({e})", field=kind) from None
+def read_lines(
+    path: Path, kind: str, missing_ok: bool = False, limit: int = MAX_LIST_BYTES
+) -> list[str]:
+    """The lines of a list file (gzip recognised by its magic bytes): a regular file
+    of at most `limit` bytes, also once decompressed (the max-list-bytes setting)."""
+    data = read_bounded(path, kind, kind, limit, "max-list-bytes", missing_ok, gunzip=True)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{kind} {path} line {line}: not UTF-8 text", field=kind) from None
+        raise ConfigError(
+            f"{kind} {shown(path)} line {line}: not UTF-8 text (accepted: UTF-8 text)",
+            field=kind,
+        ) from None
     # split("\n") rather than splitlines(): line numbers must be the editor's.
     return text.removeprefix("\ufeff").split("\n")
 
@@ -328,14 +344,30 @@ def parse_list(kind: str, lines: list[str], where: str, unit: str = "line") -> A
         return cls(lines)
     except ConfigError as e:
         m = _ENGINE_LINE.search(str(e))
-        detail = f" {unit} {m[1]}: {m[2]}" if m else f": {e}"
-        raise ConfigError(f"{where}{detail}", field=kind) from None
+        detail = f" {unit} {m[1]}: {_cut_entry(m[2])}" if m else f": {escape_text(str(e), 300)}"
+        accepted = _HOSTS_ACCEPTED if cls is HostList else _IPS_ACCEPTED
+        raise ConfigError(f"{where}{detail} (accepted: {accepted})", field=kind) from None
+
+
+_HOSTS_ACCEPTED = "host names, ^name for the name alone, # comments"
+_IPS_ACCEPTED = "IPv4 and IPv6 addresses and CIDR prefixes, # comments"
+
+
+def _cut_entry(detail: str) -> str:
+    """The engine's `"entry" is not a valid entry` with a long entry cut short (the
+    engine has escaped it already)."""
+    tail = " is not a valid entry"
+    entry = detail.removesuffix(tail)
+    if len(entry) <= LIMIT + 2:
+        return detail
+    return f'{entry[: LIMIT + 1]}"... ({len(entry) - 2} characters){tail}'
 
 
 class ListCache:
     """Parsed list files by (kind, path), re-read only when their signature changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_LIST_BYTES) -> None:
+        self.limit = limit
         self._items: dict[tuple[str, Path], tuple[FileSig, Any]] = {}
         self.notes: list[str] = []  # auto list lines skipped by loads since the last take
 
@@ -343,15 +375,15 @@ class ListCache:
         hit = self._items.get((kind, path))
         if hit is not None and sig is not None and hit[0] == sig:
             return hit[1]
-        lines = read_lines(path, kind, missing_ok)
+        lines = read_lines(path, kind, missing_ok, self.limit)
         if kind == "hostlist-auto":  # govpass's own file: a bad line is skipped, not fatal
             from govpass.autolearn import parse_auto_list
 
-            parsed, note = parse_auto_list(lines, f"{kind} {path}")
+            parsed, note = parse_auto_list(lines, f"{kind} {shown(path)}")
             if note:
                 self.notes.append(note)
         else:
-            parsed = parse_list(kind, lines, f"{kind} {path}")
+            parsed = parse_list(kind, lines, f"{kind} {shown(path)}")
         self._items[(kind, path)] = (sig, parsed)
         return parsed
 
@@ -369,10 +401,11 @@ class Targeting:
         self,
         specs: Sequence[ProfileSpec],
         ifindex: Callable[[str], int] = socket.if_nametoindex,
+        max_list_bytes: int = MAX_LIST_BYTES,
     ) -> None:
         self.specs = tuple(specs)
         self.ifindex = ifindex
-        self.cache = ListCache()
+        self.cache = ListCache(max_list_bytes)
         self.built_sigs: dict[Path, FileSig] = {}
         self.summary = ""
         # Inline lists never change: parsed (and checked) once.
@@ -386,6 +419,7 @@ class Targeting:
 
     @classmethod
     def from_config(cls, config: Config, **kw: Any) -> Targeting:
+        kw.setdefault("max_list_bytes", config.max_list_bytes)
         return cls(specs_from_config(config), **kw)
 
     @property
@@ -488,7 +522,8 @@ class ListWatcher:
     ``interval`` seconds it compares the files' (mtime, size, inode) with those
     of the last build; ``request()`` (safe from a signal handler) makes the next
     poll re-read everything. A failed build keeps the engine's current profiles
-    and logs one line; it is retried when the files change again.
+    and logs one line; it is retried when the files change again, and the same
+    failure is not logged again until a build succeeded or a reload was requested.
     """
 
     def __init__(
@@ -509,6 +544,7 @@ class ListWatcher:
         self.failures = 0
         self._next = clock() + interval
         self._requested = False
+        self._failure = ""  # the message of the failure last logged
 
     def request(self) -> None:
         self._requested = True
@@ -529,8 +565,11 @@ class ListWatcher:
             profiles = self.targeting.build(force=forced)
         except ConfigError as e:
             self.failures += 1
-            self._log(f"{e}; keeping the previous list")
+            if forced or str(e) != self._failure:
+                self._log(f"{e}; keeping the previous list")
+            self._failure = str(e)
             return False
+        self._failure = ""
         self.apply(profiles)
         self.seen = dict(self.targeting.built_sigs)
         self.reloads += 1

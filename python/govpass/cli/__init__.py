@@ -53,11 +53,14 @@ def _register() -> None:
 
 def _usage_error(e: Exception) -> int | None:
     """Exit code for a command-line usage error (click's, whichever copy of
-    click typer uses), after printing it; None for other exceptions."""
-    show = getattr(e, "show", None)
+    click typer uses), after printing it as one line; None for other exceptions."""
+    message = getattr(e, "format_message", None)
     code = getattr(e, "exit_code", None)
-    if callable(show) and isinstance(code, int):
-        show()
+    if callable(message) and isinstance(code, int):
+        from govpass.cli.options import usage_line
+
+        command = getattr(getattr(e, "ctx", None), "command_path", None)
+        err_console.print(usage_line(str(message()), command), style="red", markup=False)
         return code
     if type(e).__name__ == "Abort":
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from govpass.config import BY_NAME, SETTINGS, Setting
+from govpass.quoting import escape_text
 from govpass.targeting import SHORTCUTS
 
 # The engine's settings: how a hello is cut (capture and rule settings excluded).
@@ -43,8 +45,10 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Capture & rules": ("ports", "backend", "mode", "iface", "exclude-iface", "firewall",
                         "prefilter", "mark", "watch-mark", "ipv6", "block-quic", "queue-num",
                         "queue-len", "copy-range"),
-    "Workers & kernel": ("workers", "worker-sched", "packet-loop", "inject", "kernel-split"),
-    "Limits": ("collect-timeout", "max-buffer", "max-held-pkts", "flow-timeout", "max-flows"),
+    "Workers & kernel": ("workers", "worker-sched", "worker-timeout", "packet-loop", "inject",
+                         "kernel-split"),
+    "Limits": ("collect-timeout", "max-buffer", "max-held-pkts", "flow-timeout", "max-flows",
+               "max-list-bytes"),
     "Divert backend (Windows, Linux eBPF)": ("queue-time", "queue-size"),
     "FreeBSD": ("divert-port", "bsd-firewall", "ipfw-rule", "pf-anchor"),
     "Output": ("stats-interval",),
@@ -141,8 +145,11 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
                         "TOML config file: keys spelled as the flags "
                         "(split-chunk = 5), optionally under a [govpass] table"
                     ),
+                    # govpass reads and checks the file itself (regular files only,
+                    # one line for each failure); click's checks print three.
                     exists=False,
-                    dir_okay=False,
+                    dir_okay=True,
+                    readable=False,
                     rich_help_panel="Output",
                 ),
                 annotation=Path | None,
@@ -169,3 +176,19 @@ def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[...,
         return wrapper
 
     return deco
+
+
+# pydantic (typer's validation library) starts a message from a validator so.
+_VALIDATION_PREFIX = re.compile(r"\b(?:Value|Assertion) error, ")
+USAGE_LIMIT = 400
+"""Most characters of a usage error line (it may quote what was typed)."""
+
+
+def usage_line(message: str, command: str | None) -> str:
+    """A command-line usage error as one line: the library's wording without its
+    validation prefix, control characters escaped, length bounded, and where
+    the help is."""
+    text = " ".join(_VALIDATION_PREFIX.sub("", message).split())
+    text = escape_text(text, USAGE_LIMIT)
+    hint = f" (see '{escape_text(command, 80)} --help')" if command else ""
+    return f"govpass: {text}{hint}"

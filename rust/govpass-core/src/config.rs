@@ -81,7 +81,8 @@ impl FromStr for SplitPos {
     fn from_str(text: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::new("split-pos", format!("{text:?}"), SplitPos::ACCEPTED);
         let s = text.trim();
-        if let Ok(n) = s.parse::<u32>() {
+        let plain_number = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if let Some(n) = plain_number.then(|| s.parse::<u32>().ok()).flatten() {
             return if n >= 1 {
                 Ok(SplitPos::Abs(n))
             } else {
@@ -93,7 +94,13 @@ impl FromStr for SplitPos {
         let delta = if rest.is_empty() {
             0
         } else {
-            let magnitude: i32 = rest[1..].parse().map_err(|_| bad())?;
+            // Digits only after the one sign: `parse` alone would take "--5" as a
+            // second sign (sni+5) and "--2147483648" would overflow on negation.
+            let digits = &rest[1..];
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let magnitude: i32 = digits.parse().map_err(|_| bad())?;
             if rest.starts_with('-') {
                 -magnitude
             } else {
@@ -276,11 +283,33 @@ mod tests {
             ("sniend-3", SplitPos::SniEnd(-3)),
             ("midsld", SplitPos::MidSld(0)),
             ("midsld+1", SplitPos::MidSld(1)),
+            ("sni-2147483647", SplitPos::Sni(-2147483647)),
+            ("sniend+2147483647", SplitPos::SniEnd(2147483647)),
         ] {
             assert_eq!(text.parse::<SplitPos>().unwrap(), pos, "{text}");
             assert_eq!(pos.to_string(), text);
         }
-        for bad in ["0", "", "sni+", "foo", "sni+x", "-3", "midsld*2"] {
+        for bad in [
+            "0",
+            "",
+            "sni+",
+            "foo",
+            "sni+x",
+            "-3",
+            "midsld*2",
+            "sni--5",
+            "sni+-5",
+            "sni-+5",
+            "sni++5",
+            "sni--2147483648",
+            "sni-2147483648",
+            "sni+2147483648",
+            "sniend+99999999999",
+            "sni+ 5",
+            "sni-5x",
+            "+5",
+            "4294967296",
+        ] {
             let err = bad.parse::<SplitPos>().unwrap_err();
             assert_eq!(err.field, "split-pos", "{bad}");
         }
