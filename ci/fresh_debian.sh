@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 src="$PWD"
 cache="${GOVPASS_CI_CACHE:-/var/cache/govpass-ci}"
 base_tar="$cache/bookworm-minbase.tar.gz"
-run_secs="${GOVPASS_FRESH_RUN_SECONDS:-5}"
+run_secs="${GOVPASS_FRESH_RUN_SECONDS:-8}"
 say() { printf 'fresh-debian: %s\n' "$*"; }
 die() { printf 'fresh-debian: FAIL: %s\n' "$*" >&2; exit 1; }
 now() { date +%s; }
@@ -112,6 +112,15 @@ mkdir -p "$root/root/govpass"
 git ls-files -z --cached --others --exclude-standard \
     | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$root/root/govpass" -xf -
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# This network's own certificate authorities (a TLS-inspecting proxy, say), as any
+# machine on it has them: ca-certificates adds them to the system store when apt
+# installs it, and pip, which has its own store, is pointed at that one.
+pip_cert=()
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+    pip_cert=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
+fi
 # Packages that ship services must not try to start them in a chroot.
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
@@ -129,7 +138,7 @@ modprobe -a nfnetlink_queue xt_NFQUEUE nft_queue xt_u32 xt_connmark xt_mark xt_b
 # A fresh login environment: nothing of this machine's pyenv, rustup or pip settings.
 in_tree() {
     chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+        "${pip_cert[@]}" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 # In the private namespace: its own /sys, so the daemon sees only the veth pair and lo.
 in_netns() {

@@ -2,7 +2,7 @@
 # Install govpass from this checkout on Debian/Ubuntu (as root):
 #   apt packages to build it (a C compiler and Python headers for netfilterqueue, which
 #   ships only as source), a Rust toolchain when none new enough is on PATH (rustup,
-#   minimal profile, ~300 MB in /root/.rustup and /root/.cargo), a virtual environment
+#   minimal profile, ~700 MB in /root/.rustup and /root/.cargo), a virtual environment
 #   /opt/govpass (Debian's Python refuses system-wide pip installs, PEP 668), and the
 #   command /usr/local/bin/govpass (what scripts/govpass.service runs).
 #
@@ -52,8 +52,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Rust: the crates need rust-version from Cargo.toml (Debian 12's rustc is 1.63, too
-# old). Without cargo on PATH, maturin would fetch a toolchain into a temporary
-# directory on every build without saying so in pip's output: install one explicitly.
+# old). Without cargo on PATH, maturin would fetch rustup and a toolchain into
+# ~/.cache/puccinialin, said only under pip -v: install one explicitly, visibly.
 need_rust="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml)"
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH" MATURIN_NO_INSTALL_RUST=1
 rust_ok() {
