@@ -135,14 +135,21 @@ bind "$cache/cargo-registry" "$root/root/.cargo/registry"
 modprobe -a nfnetlink_queue xt_NFQUEUE nft_queue xt_u32 xt_connmark xt_mark xt_bpf \
     nf_conntrack 2>/dev/null || true
 
-# A fresh login environment: nothing of this machine's pyenv, rustup or pip settings.
+# A fresh login environment: nothing of this machine's pyenv, rustup or pip settings,
+# except the Rust release: the tree gets the one CI lints with here, so that clippy's
+# verdict does not change with each new stable release (a user gets the latest).
+rust_release="$(rustc --version 2>/dev/null | awk '{print $2}')" || true
 in_tree() {
     chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI="${CI:-}" \
-        "${pip_cert[@]}" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
+        GOVPASS_RUST_TOOLCHAIN="${rust_release:-stable}" "${pip_cert[@]}" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
-# In the private namespace: its own /sys, so the daemon sees only the veth pair and lo.
+# In the private namespace: its own /sys, so the daemon sees only the veth pair and lo;
+# and as from a terminal, SIGINT at its default disposition whatever this script's caller
+# left it at (a shell's background job inherits it ignored).
 in_netns() {
-    ip netns exec "$ns" sh -c 'mount -t sysfs sysfs "$0/sys" && exec chroot "$0" "$@"' \
+    python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp(sys.argv[1], sys.argv[1:])' ip netns exec "$ns" sh -c 'mount -t sysfs sysfs "$0/sys" && exec chroot "$0" "$@"' \
         "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
@@ -168,7 +175,7 @@ ip -n "$ns" addr add 198.51.100.2/24 dev gpfd1
 for dev in lo gpfd0 gpfd1; do ip -n "$ns" link set "$dev" up; done
 
 say "command 1, daemon part: $daemon_part (SIGINT after $run_secs s, private netns)"
-# timeout runs it in the foreground (SIGINT at its default) and passes on its exit status.
+# timeout delivers SIGINT and passes on govpass's exit status.
 set +e
 in_netns bash -c "cd /root/govpass && timeout --preserve-status -s INT -k 15 $run_secs \
     $daemon_part" >"$work/run.log" 2>&1

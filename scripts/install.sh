@@ -10,7 +10,8 @@
 #   bash scripts/install.sh --deps   # only the system packages and Rust (ci/test.sh)
 #
 # GOVPASS_PREFIX (default /opt/govpass) moves the environment; GOVPASS_BIN (default
-# /usr/local/bin) the command's link.
+# /usr/local/bin) the command's link; GOVPASS_RUST_TOOLCHAIN (default stable) is the
+# toolchain rustup installs when there is no Rust (e.g. 1.95.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 022 # the service's dynamic user must be able to read the environment
@@ -54,6 +55,7 @@ fi
 # Rust: the crates need rust-version from Cargo.toml (Debian 12's rustc is 1.63, too
 # old). Without cargo on PATH, maturin would fetch rustup and a toolchain into
 # ~/.cache/puccinialin, said only under pip -v: install one explicitly, visibly.
+toolchain="${GOVPASS_RUST_TOOLCHAIN:-stable}"
 need_rust="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml)"
 export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH" MATURIN_NO_INSTALL_RUST=1
 rust_ok() {
@@ -64,9 +66,9 @@ rust_ok() {
 }
 if ! rust_ok; then
     if command -v rustup >/dev/null 2>&1; then
-        say "rustup toolchain install stable (rustc >= $need_rust needed)"
-        rustup toolchain install stable --profile minimal
-        rustup default stable
+        say "rustup toolchain install $toolchain (rustc >= $need_rust needed)"
+        rustup toolchain install "$toolchain" --profile minimal
+        rustup default "$toolchain"
     else
         arch="$(uname -m)-unknown-linux-gnu"
         url="https://static.rust-lang.org/rustup/dist/$arch/rustup-init"
@@ -82,7 +84,8 @@ if ! rust_ok; then
             exit 1
         fi
         chmod +x "$tmp/rustup-init"
-        "$tmp/rustup-init" -y -q --profile minimal --default-toolchain stable --no-modify-path
+        "$tmp/rustup-init" -y -q --profile minimal --default-toolchain "$toolchain" \
+            --no-modify-path
     fi
     rust_ok || { echo "install.sh: no usable Rust >= $need_rust after installing" >&2; exit 1; }
 fi
