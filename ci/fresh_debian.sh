@@ -69,13 +69,17 @@ root="$work/root"
 ns="gpfd$$r$RANDOM"
 mounted=()
 cleanup() {
-    local rc=$? i
+    local rc=$? i m
     if ip netns list 2>/dev/null | grep -qw "$ns"; then
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
     fi
+    # Ours in reverse order, then any made inside the tree (ip netns mounts /run/netns).
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
         umount "${mounted[i]}" 2>/dev/null || umount -l "${mounted[i]}" 2>/dev/null || true
+    done
+    for m in $(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     if grep -q " $work/" /proc/mounts; then
         echo "fresh-debian: mounts left under $work, not removing it" >&2
@@ -106,6 +110,8 @@ if [ ! -s "$base_tar" ]; then
 fi
 mkdir "$root"
 tar -C "$root" -xzf "$base_tar"
+# A mount point, as / is on a real machine (ip netns exec re-mounts / as a slave).
+mount --bind "$root" "$root" && mounted+=("$root")
 say "fresh tree from $base_tar"
 
 mkdir -p "$root/root/govpass"

@@ -6,7 +6,8 @@
 # Debian 12 (ci/fresh_debian.sh). Run as root. Exits non-zero on any failure.
 #
 #   GOVPASS_TEST_TIERS=light ci/test.sh   # lints, Rust tests, Python tests outside
-#                                         # network namespaces; no fuzz, no fresh Debian
+#                                         # tests/e2e* and not marked netns; no fuzz,
+#                                         # no fresh Debian
 #   GOVPASS_FRESH_DEBIAN=0 ci/test.sh     # everything but the fresh Debian step
 #
 # Where the system Python is externally managed (PEP 668, Debian 12's python3) the
@@ -61,7 +62,8 @@ step "python: ruff, types, stubs"
 
 if [ "$tiers" = light ]; then
     step "python: pytest, light tiers (outside network namespaces)"
-    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not netns" tests
+    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not netns" \
+        --ignore=tests/e2e --ignore=tests/e2e_targeting tests
     step "light tiers passed in $(($(seconds) - started)) s"
     exit 0
 fi
