@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 apt_pkgs=(iproute2 iptables nftables conntrack tcpdump tshark ethtool openssl curl
-          libnetfilter-queue-dev build-essential util-linux)
+          libnetfilter-queue-dev build-essential python3-dev util-linux)
 # The lab benchmark (ci/bench_lab.py) also needs a fast TLS server and load generator.
 if [ "${LAB_BENCH:-0}" = "1" ]; then
     apt_pkgs+=(wrk nginx-light)
@@ -59,6 +59,11 @@ if [ "${LAB_CHROMIUM:-1}" = "1" ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 # netfilterqueue builds a C extension against libnetfilter-queue-dev.
+if "$PYTHON" "$(dirname "$0")/externally_managed.py"; then
+    echo "lab-deps: $PYTHON is externally managed (PEP 668) and pip may not install into" \
+        "it; set PYTHON to a virtual environment's python (ci/test.sh uses .venv)" >&2
+    exit 1
+fi
 py_missing=()
 "$PYTHON" -c "import netfilterqueue" 2>/dev/null || py_missing+=("netfilterqueue>=1.1")
 "$PYTHON" -c "import dpkt" 2>/dev/null || py_missing+=("dpkt>=1.9")

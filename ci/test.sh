@@ -2,15 +2,48 @@
 # Installs everything the tests need on a fresh Debian machine of this kind and
 # runs all of them: Rust (unit, property, fuzz-harness), lints, type and stub checks,
 # Python (unit, property, pcap, rules, lab and end-to-end in network
-# namespaces), and a bounded fuzz pass. Run as root. Exits non-zero on any failure.
+# namespaces), a bounded fuzz pass, and last the README's two commands on a fresh
+# Debian 12 (ci/fresh_debian.sh). Run as root. Exits non-zero on any failure.
+#
+#   GOVPASS_TEST_TIERS=light ci/test.sh   # lints, Rust tests, Python tests outside
+#                                         # tests/e2e* and not marked netns; no fuzz,
+#                                         # no fresh Debian
+#   GOVPASS_FRESH_DEBIAN=0 ci/test.sh     # everything but the fresh Debian step
+#
+# Where the system Python is externally managed (PEP 668, Debian 12's python3) the
+# tests run from a virtual environment .venv in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-PYTHON="${PYTHON:-python3}"
+tiers="${GOVPASS_TEST_TIERS:-full}"
+case "$tiers" in
+    full | light) ;;
+    *) echo "ci/test.sh: GOVPASS_TEST_TIERS must be full or light, not '$tiers'" >&2; exit 2 ;;
+esac
 
 step() { printf '\n== %s ==\n' "$*"; }
+seconds() { date +%s; }
+started="$(seconds)"
 
-step "system packages (apt) and lab tools"
+step "system packages (apt), Rust and lab tools"
+if [ "$tiers" = light ]; then
+    export LAB_CHROMIUM=0 # only the network-namespace tests drive a browser
+fi
+bash scripts/install.sh --deps
+export PATH="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH" MATURIN_NO_INSTALL_RUST=1
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        rustup component list --installed | grep -q "^$component" \
+            || rustup component add "$component"
+    done
+fi
+PYTHON="${PYTHON:-python3}"
+if "$PYTHON" ci/externally_managed.py; then
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    PYTHON="$PWD/.venv/bin/python"
+    echo "ci/test.sh: the system Python is externally managed; testing from .venv"
+fi
+export PYTHON
 bash ci/lab-deps.sh
 
 step "build and install govpass with test extras"
@@ -27,10 +60,23 @@ step "python: ruff, types, stubs"
 "$PYTHON" -m mypy
 "$PYTHON" -m mypy.stubtest govpass._core
 
+if [ "$tiers" = light ]; then
+    step "python: pytest, light tiers (outside network namespaces)"
+    "$PYTHON" -m pytest -q -p no:cacheprovider -m "not netns" \
+        --ignore=tests/e2e --ignore=tests/e2e_targeting tests
+    step "light tiers passed in $(($(seconds) - started)) s"
+    exit 0
+fi
+
 step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests
 
 step "fuzz: bounded pass"
 FUZZ_INSTALL=1 FUZZ_REQUIRED=1 bash ci/fuzz.sh "${FUZZ_SECONDS:-60}"
 
-step "all tests passed"
+if [ "${GOVPASS_FRESH_DEBIAN:-1}" = 1 ]; then
+    step "the README's commands on a fresh Debian 12 (debootstrap)"
+    bash ci/fresh_debian.sh
+fi
+
+step "all tests passed in $(($(seconds) - started)) s"

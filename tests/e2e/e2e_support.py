@@ -225,23 +225,30 @@ class Govpass:
         args: Sequence[str],
         name: str = "gp",
         launcher: Sequence[str] = ("-m", "govpass"),
+        *,
+        wrapper: Sequence[str] = (),
+        run_dir: Path | None = None,
     ) -> None:
         self.lab = lab
         self.launcher = list(launcher)  # python arguments before the subcommand
         self.role = role
         self.args = ["run", "--workers", "1", "--stats-interval", "0.5", *args]
-        self.run_dir = lab.workdir / f"run-{name}-{time.monotonic_ns()}"
+        # Runs the interpreter, e.g. setpriv as another user (its arguments end in "--").
+        self.wrapper = list(wrapper)
+        self.run_dir = run_dir or lab.workdir / f"run-{name}-{time.monotonic_ns()}"
         self.pid: int | None = None
         self.log_path: Path | None = None
         self.returncode: int | None = None
 
     def start(self, timeout: float = 20.0) -> Govpass:
-        self.pid = self.lab.spawn(
-            self.role,
-            [*self.launcher, *self.args],
-            python=True,
-            env={"GOVPASS_RUN_DIR": str(self.run_dir)},
-        )
+        env = {"GOVPASS_RUN_DIR": str(self.run_dir)}
+        if self.wrapper:
+            env["PYTHONPATH"] = str(PACKAGE_ROOT)
+            argv = [*self.wrapper, sys.executable, *self.launcher, *self.args]
+            self.pid = self.lab.spawn(self.role, argv, env=env)
+        else:
+            argv = [*self.launcher, *self.args]
+            self.pid = self.lab.spawn(self.role, argv, python=True, env=env)
         self.log_path = self.lab.log_of(self.pid)
         deadline = time.monotonic() + timeout
         while "running:" not in self.log():

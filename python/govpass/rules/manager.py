@@ -27,6 +27,7 @@ from govpass.rules import tables
 from govpass.rules.detect import (
     BackendName,
     BackendStatus,
+    default_iptables_variant,
     detect,
     is_permission_error,
     nft_error_summary,
@@ -72,6 +73,7 @@ class Installed:
 class RemoveResult:
     removed: tuple[str, ...]  # the `where` of each place that had govpass state
     commands: tuple[tuple[str, ...], ...]
+    not_inspected: str = ""  # places this user may not list, and why ("" when none)
 
     @property
     def nothing_installed(self) -> bool:
@@ -106,10 +108,37 @@ def _nft_inventory(runner: Runner) -> Installed | None:
     return Installed("nftables", "nft", tuple(listing.stdout.rstrip().splitlines()))
 
 
-def _iptables_inventory(label: str, binary: str, runner: Runner) -> Installed | None:
+# iptables-legacy binaries this process installed rules with: their mangle table exists
+# (govpass made it), so listing it by name creates nothing.
+_legacy_in_use: set[str] = set()
+
+# Why an unprivileged daemon does not see the legacy tables: listing them (without -t)
+# reads /proc/net/ip_tables_names, which is root's only (mode 0440), while the rules
+# themselves need just CAP_NET_ADMIN.
+_LEGACY_UNREADABLE = (
+    "not inspected for leftovers: listing the legacy tables needs root "
+    "(/proc/net/ip_tables_names), and neither these rules nor the plain iptables command "
+    "use iptables-legacy"
+)
+
+
+def _legacy_by_name(binary: str, runner: Runner) -> bool:
+    """Whether a legacy mangle table may be listed by name (which creates it when absent):
+    only where it is ours or iptables-legacy is the system's own firewall anyway."""
+    return binary in _legacy_in_use or default_iptables_variant(runner) == "legacy"
+
+
+def _iptables_inventory(
+    label: str, binary: str, runner: Runner, notes: list[str]
+) -> Installed | None:
     # Without -t, iptables-save lists only tables that already exist, so looking
     # does not create (and hook) an empty legacy mangle table.
     res = runner.run([f"{binary}-save"], check=False)
+    if not res.ok and is_permission_error(res) and "legacy" in label:
+        if not _legacy_by_name(binary, runner):
+            notes.append(label)
+            return None
+        res = runner.run([f"{binary}-save", "-t", "mangle"], check=False)
     _raise_if_denied(res)
     if not res.ok:
         return None  # this backend cannot run here, so nothing of ours can be in it
@@ -119,18 +148,21 @@ def _iptables_inventory(label: str, binary: str, runner: Runner) -> Installed | 
     return Installed(label, binary, tuple(ipt.describe(state)), state)
 
 
-def inventory(runner: Runner | None = None) -> list[Installed]:
-    """Everything govpass-named that is installed now, in any backend."""
-    runner = runner or Runner()
+def _inventory(runner: Runner, notes: list[str]) -> list[Installed]:
     found: list[Installed] = []
     nft_state = _nft_inventory(runner)
     if nft_state:
         found.append(nft_state)
     for label, _family, binary in _iptables_binaries(runner):
-        item = _iptables_inventory(label, binary, runner)
+        item = _iptables_inventory(label, binary, runner, notes)
         if item:
             found.append(item)
     return found
+
+
+def inventory(runner: Runner | None = None) -> list[Installed]:
+    """Everything govpass-named that is installed now, in any backend this user may list."""
+    return _inventory(runner or Runner(), [])
 
 
 def show(runner: Runner | None = None) -> str:
@@ -167,14 +199,16 @@ def remove(runner: Runner | None = None) -> RemoveResult:
 def _remove_rules(runner: Runner) -> RemoveResult:
     removed: list[str] = []
     commands: list[tuple[str, ...]] = []
-    for item in inventory(runner):
+    notes: list[str] = []
+    for item in _inventory(runner, notes):
         commands += _remove_item(item, runner)
         removed.append(item.where)
-    leftover = inventory(runner)
+    leftover = _inventory(runner, [])
     if leftover:
         where = ", ".join(item.where for item in leftover)
         raise FirewallError(f"govpass rules still present after remove in: {where}")
-    return RemoveResult(tuple(removed), tuple(commands))
+    unseen = f"{', '.join(notes)} {_LEGACY_UNREADABLE}" if notes else ""
+    return RemoveResult(tuple(removed), tuple(commands), unseen)
 
 
 def _install_nft(spec: RuleSpec, runner: Runner) -> tuple[list[tuple[str, ...]], str]:
@@ -294,7 +328,12 @@ def _install(spec: RuleSpec, runner: Runner, backend: BackendName | None) -> Ins
             raise FirewallError(f"prefilter bpf: {why_not_bpf}")
         spec = replace(spec, prefilter="conntrack")
 
-    _remove_rules(runner)  # leftovers of an earlier or crashed run, in any backend
+    if chosen.name == "iptables-legacy":
+        _legacy_in_use.update(b for b in (chosen.v4, chosen.v6) if b)
+    # Leftovers of an earlier or crashed run, in any backend this user may list.
+    unseen = _remove_rules(runner).not_inspected
+    if unseen:
+        reason += f"; {unseen}"
     if chosen.name == "nftables":
         commands, script = _install_nft(spec, runner)
         return InstallResult(
