@@ -2,7 +2,7 @@
 # Installs everything the tests need on a fresh Debian machine of this kind and
 # runs all of them: Rust (unit, property, fuzz-harness), lints, type and stub checks,
 # Python (unit, property, pcap, rules, lab and end-to-end in network
-# namespaces), and a bounded fuzz pass. Run as root. Exits non-zero on any failure.
+# namespaces), the Windows tier (ci/windows.sh), and a bounded fuzz pass. Run as root. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -29,6 +29,9 @@ step "python: ruff, types, stubs"
 
 step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests
+
+step "windows: cross-built wheel in Windows CPython under wine (ci/windows.sh)"
+bash ci/windows.sh
 
 step "fuzz: bounded pass"
 FUZZ_INSTALL=1 FUZZ_REQUIRED=1 bash ci/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from govpass._core import EngineConfig
+from govpass.backends import default_name
 from govpass.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,6 +28,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ENV_PREFIX = "GOVPASS_"
 PROFILE_KEY = "profile"  # [[profile]] tables: see govpass.targeting
+DEFAULT_BACKEND = default_name()  # NFQUEUE on Linux, divert elsewhere
 
 
 def _cpu_count() -> int:
@@ -196,7 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ports", ("443",), "Destination TCP ports whose flows are reshaped", "list"),
     # Capture and rules.
-    Setting("backend", "nfqueue", "Capture backend", "choice", choices=("nfqueue", "divert")),
+    Setting(
+        "backend",
+        DEFAULT_BACKEND,
+        "Capture backend (default: this platform's own)",
+        "choice",
+        choices=("nfqueue", "divert"),
+    ),
     Setting(
         "workers",
         0,
@@ -434,7 +442,7 @@ class Config:
     flow_timeout: float = 30.0
     max_flows: int = 131072
     ports: tuple[str, ...] = ("443",)
-    backend: str = "nfqueue"
+    backend: str = DEFAULT_BACKEND
     workers: int = 0
     worker_sched: str = "batch"
     packet_loop: str = "rust"

@@ -556,12 +556,21 @@ def test_unavailable_reasons_are_one_line_each(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------ run helpers
 
 
-def test_stop_on_signals_sets_a_flag_instead_of_raising() -> None:
+# Ctrl-C, SIGTERM, and Ctrl-Break (Windows' console stop, SIGBREAK).
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + (
+    [signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []
+)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_stop_on_signals_sets_a_flag_instead_of_raising(signum: int) -> None:
+    before = signal.getsignal(signum)
     with divert_run.stop_on_signals() as stopped:
         assert not stopped()
-        os.kill(os.getpid(), signal.SIGTERM)
+        # raise_signal, not os.kill: on Windows os.kill terminates the process.
+        signal.raise_signal(signum)
         assert stopped()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signum) is before
 
 
 def tc_entry(pref: int, handle: str, name: str, prog_id: int) -> dict[str, Any]:
@@ -654,6 +663,7 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
         divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
 def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
     reloads: list[int] = []
     with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:

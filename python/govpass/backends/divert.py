@@ -64,6 +64,14 @@ from typing import Any
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
+from govpass.privileges import is_admin
+
+# govpass depends on pydivert on Windows; on Linux it is optional (the eBPF port).
+PYDIVERT_HINT = (
+    "pip install pydivert; govpass depends on it on Windows"
+    if sys.platform == "win32"
+    else "pip install pydivert, for the eBPF divert backend"
+)
 
 # WinDivert 2.2 parameter limits (libebpfdivert enforces the same ones).
 QUEUE_LIMITS: dict[str, tuple[int, int]] = {
@@ -258,13 +266,6 @@ def _missing_linux_capabilities() -> list[str]:
     return missing + [n for n, bit in LINUX_CAPS if not caps >> bit & 1]
 
 
-def _windows_is_admin() -> bool:
-    try:
-        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return False
-
-
 def _libebpfdivert() -> Any:
     from pydivert.bpf import libebpfdivert
 
@@ -279,7 +280,7 @@ def unavailable_reason() -> str | None:
     files), the kernel's BTF (Linux), privileges.
     """
     if importlib.util.find_spec("pydivert") is None:
-        return "Python package pydivert is missing (pip install 'govpass[divert]')"
+        return f"Python package pydivert is missing ({PYDIVERT_HINT})"
     if sys.platform.startswith("linux"):
         if _libebpfdivert() is None:
             return (
@@ -302,7 +303,7 @@ def unavailable_reason() -> str | None:
         for name in ("WinDivert64.dll", "WinDivert64.sys"):
             if not os.path.exists(os.path.join(folder, name)):
                 return f"{name} is missing from {folder} (reinstall pydivert)"
-        if not _windows_is_admin():
+        if not is_admin():
             return "needs Administrator rights (the WinDivert driver loads only for admins)"
         return None
     return f"divert works only on Windows and Linux, not {sys.platform}"
@@ -361,7 +362,7 @@ def check_privileges() -> None:
                 "govpass run --backend divert needs root or CAP_BPF, CAP_PERFMON, "
                 f"CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
             )
-    elif sys.platform == "win32" and not _windows_is_admin():
+    elif sys.platform == "win32" and not is_admin():
         raise BackendError(
             "govpass run --backend divert needs Administrator rights "
             "(right-click > Run as administrator, or install the service)"
