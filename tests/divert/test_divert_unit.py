@@ -382,7 +382,13 @@ def test_open_failures_are_one_line(error: BaseException, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("winerror", "words"),
-    [(5, "Administrator"), (577, "signature"), (1275, "blocked"), (2, "WinDivert64.sys")],
+    [
+        (5, "Administrator"),
+        (577, "signature"),
+        (1275, "blocked"),
+        (2, "WinDivert64.sys"),
+        (1114, "driver could not be loaded"),
+    ],
 )
 def test_windows_driver_failures_are_one_line(winerror: int, words: str) -> None:
     e = OSError(22, "WinError")

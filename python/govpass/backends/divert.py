@@ -102,6 +102,9 @@ WINDOWS_OPEN_ERRORS = {
     654: "an incompatible WinDivert driver version is already loaded; stop the other "
     "WinDivert program (sc stop WinDivert) or reboot",
     1060: "the WinDivert driver service is not installed",
+    # WinDivert.dll's start-up opens the driver; seen where no driver can load (wine).
+    1114: "WinDivert.dll failed to initialise: the WinDivert driver could not be loaded "
+    "(a real Windows with its Base Filtering Engine is needed)",
     1275: "the WinDivert driver was blocked (antivirus, HVCI or a virtual machine policy)",
     1753: "the Base Filtering Engine service is not running (WinDivert needs it)",
 }
@@ -386,10 +389,11 @@ def open_error(e: BaseException) -> BackendError:
         )
     if code == errno.EINVAL and "filter" in str(e):
         return BackendError(f"the divert filter was rejected: {e}")
+    if isinstance(e, OSError) and sys.platform == "win32":
+        return BackendError(f"WinDivert could not start: {e}")
     if isinstance(e, OSError):
-        where = "WinDivert" if sys.platform == "win32" else "libebpfdivert"
         return BackendError(
-            f"{where} could not start: {e} "
+            f"libebpfdivert could not start: {e} "
             "(Linux: kernel 5.10+ with BTF, clsact and cls_bpf are needed)"
         )
     return BackendError(f"cannot open the divert handle: {type(e).__name__}: {e}")
