@@ -37,7 +37,7 @@ fi
 rustup target list --installed | grep -qx "$TARGET" ||
     rustup target add "$TARGET" </dev/null ||
     die "rust target $TARGET is missing and could not be added"
-"$PYTHON" -m maturin --version >/dev/null 2>&1 || "$PYTHON" -m pip install -q 'maturin>=1.5,<2'
+command -v maturin >/dev/null || "$PYTHON" -m pip install -q 'maturin>=1.5,<2'
 mkdir -p "$CACHE"
 # One run at a time per cache: runs share the wine prefix, its wineserver and the
 # cached dependencies.
@@ -55,7 +55,7 @@ trap cleanup EXIT
 step "cross-build the wheel"
 # generate-import-lib: pyo3 writes python3.dll's import library, so linking needs
 # no Windows Python. Only this build enables it.
-CARGO_TARGET_DIR="$CACHE/target" "$PYTHON" -m maturin build --release --target "$TARGET" \
+CARGO_TARGET_DIR="$CACHE/target" maturin build --release --target "$TARGET" \
     --features generate-import-lib --out "$work/dist" </dev/null
 wheel=$(ls "$work"/dist/govpass-*-abi3-win_amd64.whl) || die "no win_amd64 abi3 wheel built"
 if unzip -l "$wheel" | grep -qi 'bcryptprimitives'; then
