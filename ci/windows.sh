@@ -6,7 +6,9 @@
 # the WinDivert driver). Everything above the WinDivert kernel driver runs; the
 # driver itself cannot load under wine.
 #
-#   CACHE=/var/cache/govpass-ci/windows   downloads and the cross build's target dir
+#   CACHE=/var/cache/govpass-ci/windows   downloads, the cross build's target dir, the
+#                                         wine prefix and the Windows dependencies
+#                                         (an empty directory gives a cold run)
 #   PYTHON=python3                        the Linux interpreter (pip, maturin, Linux pcap)
 #   KEEP=1                                keep the work directory (printed at the end)
 #
