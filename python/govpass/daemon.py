@@ -14,7 +14,6 @@ pipe to the parent's :class:`~govpass.autolearn.AutoLearner`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -33,7 +32,12 @@ from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.watchdog import Heartbeats, check_interval
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
-DEFAULT_RUN_DIR = "/run/govpass"
+# Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
+DEFAULT_RUN_DIR = (
+    os.path.join(os.environ.get("PROGRAMDATA", r"C:\ProgramData"), "govpass", "run")
+    if os.name == "nt"
+    else "/run/govpass"
+)
 
 
 def run_dir() -> Path:
@@ -460,7 +464,7 @@ class Daemon:
         self.learner = learner_for(self.config, self.log)
         if self.learner is not None:
             r, w = os.pipe()
-            fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+            os.set_blocking(w, False)
             self._events = (r, w)
             self._reader = EventReader()
 
