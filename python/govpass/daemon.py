@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from typing import Any
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.watchdog import Heartbeats, check_interval
+
+if sys.platform != "win32":  # the run lock is an flock; Windows runs the divert backend only
+    import fcntl
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 # Windows has no /run: the service's folder (scripts/windows/govpass_service.py).

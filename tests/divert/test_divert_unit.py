@@ -9,6 +9,7 @@ import ctypes
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
