@@ -489,6 +489,11 @@ class Daemon:
         os.register_at_fork(after_in_child=lambda: _close_quietly(lock))
         self._instance = instance.claim()
         self.owns_run_dir = True
+        if self.config.firewall != "none":  # a firewall that cannot work: one line, first
+            from govpass import rules
+
+            backend = None if self.config.firewall == "auto" else self.config.firewall
+            rules.preflight(rule_spec(self.config), backend=backend)  # type: ignore[arg-type]
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
         (self.directory / "learner.json").unlink(missing_ok=True)

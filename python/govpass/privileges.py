@@ -24,21 +24,23 @@ def is_admin() -> bool:
     return os.geteuid() == 0
 
 
-def effective_capabilities() -> int:
-    """The CapEff bit set of this process (0 when unknown)."""
+def effective_capabilities() -> int | None:
+    """The CapEff bit set of this process (None when unknown: not Linux)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)
-    except OSError:
+    except (OSError, ValueError):
         pass
-    return 0
+    return None
 
 
 def missing_capabilities() -> list[str]:
-    """Names of the needed Linux capabilities this process lacks (empty for root)."""
-    if is_admin():
-        return []
-    caps = effective_capabilities()
+    """Names of the needed Linux capabilities this process lacks. Root counts by its
+    capabilities, not its uid: root with an emptied bounding set (a container, or
+    ``setpriv --bounding-set=-all``) can neither bind a queue nor open a raw socket."""
+    caps = effective_capabilities() if sys.platform.startswith("linux") else None
+    if caps is None:
+        return [] if is_admin() else [name for name, _ in NEEDED]
     return [name for name, bit in NEEDED if not caps >> bit & 1]

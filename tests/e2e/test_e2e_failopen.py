@@ -391,8 +391,9 @@ def test_without_privileges_is_one_line(lab: Lab) -> None:
 
 @pytest.mark.parametrize("command", [["rules", "install"], ["run", "--workers", "1"]])
 def test_without_iptables_and_nft_is_one_line(lab: Lab, command: list[str]) -> None:
-    """No firewall tool in PATH: one error line that says what to install (``run``
-    logs that it bound its queue first), non-zero exit, no rules, the queue freed."""
+    """No firewall tool in PATH: one error line that says what to install, and
+    nothing before it (``run`` asks before it binds a queue), non-zero exit, no
+    rules, the queue freed."""
     argv = cli_argv(lab.workdir / "nofw", command)
     proc = lab.exec("client", [argv[0], "PATH=/nonexistent", *argv[1:]], check=False)
     assert proc.returncode != 0
@@ -401,6 +402,29 @@ def test_without_iptables_and_nft_is_one_line(lab: Lab, command: list[str]) -> N
     assert len(errors) == 1, proc.stderr
     assert "no usable firewall backend" in errors[0] and "nor iptables found in PATH" in errors[0]
     assert "apt-get install iptables" in errors[0]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == errors, proc.stderr
+    assert govpass_rule_lines(lab, "client") == []
+    assert 200 not in queue_table_of(lab)
+
+
+def test_a_firewall_that_cannot_work_here_is_the_only_line(lab: Lab) -> None:
+    """``--firewall nftables`` where nft has no ``queue`` (this kernel has no
+    nft_queue): the one line names the setting and the values it accepts; nothing
+    is printed, bound or installed before it."""
+    from govpass.rules.detect import probe_nftables
+    from govpass.rules.runner import Runner
+    from govpass.rules.spec import RuleSpec
+
+    status = probe_nftables(RuleSpec(), Runner(prefix=("ip", "netns", "exec", lab.ns("client"))))
+    if status.usable:
+        pytest.skip("nftables can queue in this kernel (nft_queue present): nothing to refuse")
+    argv = cli_argv(lab.workdir / "nonft", ["run", "--workers", "1", "--firewall", "nftables"])
+    proc = lab.exec("client", argv, check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("govpass: firewall nftables cannot carry the rules here"), lines
+    assert "accepted: auto" in lines[0] and "nft_queue" in lines[0], lines
     assert govpass_rule_lines(lab, "client") == []
     assert 200 not in queue_table_of(lab)
 

@@ -263,7 +263,7 @@ def _missing_linux_capabilities() -> list[str]:
     CAP_PERFMON added the handle opens. CAP_SYS_ADMIN stands in for both."""
     from govpass.privileges import effective_capabilities
 
-    caps = effective_capabilities()
+    caps = effective_capabilities() or 0
     admin = caps >> CAP_SYS_ADMIN & 1
     missing = [n for n, bit in BPF_CAPS if not (caps >> bit & 1 or admin)]
     return missing + [n for n, bit in LINUX_CAPS if not caps >> bit & 1]

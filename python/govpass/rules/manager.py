@@ -27,6 +27,7 @@ from govpass.rules import tables
 from govpass.rules.detect import (
     BackendName,
     BackendStatus,
+    Detection,
     default_iptables_variant,
     detect,
     is_permission_error,
@@ -300,15 +301,39 @@ def install(
         tables.release(runner)  # those the chosen backend did not fill (or a failure left)
 
 
+def preflight(
+    spec: RuleSpec, runner: Runner | None = None, backend: BackendName | None = None
+) -> None:
+    """Raises what :func:`install` would raise when no backend can carry `spec`,
+    without installing anything: the daemon asks before it binds its queues, so
+    that this is the first and only line it prints."""
+    runner = runner or Runner()
+    tables.claim(spec.families, runner)  # the probes create tables too
+    try:
+        _chosen(detect(spec, runner, prefer=backend), backend)
+    finally:
+        tables.release(runner)
+
+
+def _chosen(detection: Detection, backend: BackendName | None) -> BackendStatus:
+    """The backend that carries the rules, or one line saying why there is none."""
+    if detection.chosen is not None:
+        return detection.chosen
+    if backend is not None:  # the user named it: the fix is another value, not a package
+        raise FirewallError(
+            f"firewall {backend} cannot carry the rules here ({detection.summary()}); "
+            "accepted: auto (the first backend that works), nftables, iptables, none"
+        )
+    raise FirewallError(
+        f"no usable firewall backend ({detection.summary()}); install iptables "
+        "(apt-get install iptables) or nftables"
+    )
+
+
 def _install(spec: RuleSpec, runner: Runner, backend: BackendName | None) -> InstallResult:
     spec = replace(spec, prefilter_pin="")
     detection = detect(spec, runner, prefer=backend)
-    chosen = detection.chosen
-    if chosen is None:
-        raise FirewallError(
-            f"no usable firewall backend ({detection.summary()}); install iptables "
-            "(apt-get install iptables) or nftables"
-        )
+    chosen = _chosen(detection, backend)
     skipped = [s for s in detection.statuses if s is not chosen]
     reason = chosen.reason
     if skipped:
