@@ -71,6 +71,25 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
 
 
+def test_an_interrupt_just_after_the_rename_goes_on_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal's exception that arrives once the rename is done: the clean-up finds
+    no temporary file and must not replace the interrupt with FileNotFoundError."""
+    target = tmp_path / "stats.json"
+    real_replace = os.replace
+
+    def replace_then_interrupt(src: str, dst: Path) -> None:
+        real_replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
 def test_the_owner_of_a_replaced_file_is_kept(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a file away needs root")  # the CI runs as root

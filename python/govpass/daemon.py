@@ -691,13 +691,14 @@ class Daemon:
                 with suppress(ProcessLookupError):
                     os.kill(w.process.pid, signal.SIGHUP)
 
-    def wait(self, seconds: float) -> None:
-        """Sleeps `seconds`, meanwhile handing the workers' auto-learning verdicts
-        to the learner as they arrive and keeping its own copy of the lists current."""
+    def wait(self, seconds: float, stopped: Callable[[], bool] = lambda: False) -> None:
+        """Sleeps `seconds` (less once `stopped()` says so: it is asked at least every
+        0.25 s), meanwhile handing the workers' auto-learning verdicts to the learner
+        as they arrive and keeping its own copy of the lists current."""
         deadline = time.monotonic() + seconds
         every = check_interval(self.config.worker_timeout)
-        while (left := deadline - time.monotonic()) > 0:
-            step = min(left, 1.0) if self._lists is not None else left
+        while (left := deadline - time.monotonic()) > 0 and not stopped():
+            step = min(left, 0.25)
             step = max(0.0, min(step, self._checked + every - time.monotonic()))
             if self._events is None:
                 time.sleep(step)

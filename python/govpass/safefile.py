@@ -91,13 +91,17 @@ def write_atomic(
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        with suppress(OSError):
+            os.unlink(tmp)
         raise
     os.close(fd)
     try:
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        # Also reached when an exception (a signal's) arrives just after the rename:
+        # the temporary name is gone then, and the original exception must go on.
+        with suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

@@ -52,7 +52,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     require_privileges()
     from govpass.backends import unavailable_reason
     from govpass.daemon import Daemon
-    from govpass.stop_signals import signals_raise
+    from govpass.stop_signals import stop_on_signals
 
     reason = unavailable_reason("nfqueue")
     if reason:
@@ -67,7 +67,11 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     daemon = Daemon(config, _log)
     interactive = sys.stdout.isatty()
     try:
-        with signals_raise(daemon.reload):
+        # A stop signal sets a flag that the loop below polls (at least every 0.25 s),
+        # never an exception: one raised at a random point (in the middle of a state
+        # file's rename, a rule reinstall or a worker's restart) would leave that
+        # half done and the clean-up to trip over it.
+        with stop_on_signals(daemon.reload) as stopped:
             daemon.start()
             _log(
                 f"running: split-chunk={config.split_chunk} split-pos="
@@ -81,8 +85,10 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                 live = nullcontext()
             changes = ChangeLog()
             with live:
-                while True:
-                    daemon.wait(config.stats_interval)
+                while not stopped():
+                    daemon.wait(config.stats_interval, stopped)
+                    if stopped():
+                        break
                     daemon.check_workers()
                     daemon.refresh_interfaces()
                     stats = daemon.stats()
@@ -90,7 +96,8 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
                         live.update(table(stats))
                     elif text := changes.due(stats):
                         _log(text)
-    except KeyboardInterrupt:
+        _log("stopping")
+    except KeyboardInterrupt:  # only before the handlers are in place
         _log("stopping")
     finally:
         daemon.stop()
