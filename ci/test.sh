@@ -2,12 +2,13 @@
 # Installs everything the tests need on a fresh Debian machine of this kind and
 # runs all of them: Rust (unit, property, fuzz-harness), lints, type and stub checks,
 # Python (unit, property, pcap, rules, lab and end-to-end in network
-# namespaces), a bounded fuzz pass, and last the README's two commands on a fresh
-# Debian 12 (ci/fresh_debian.sh). Run as root. Exits non-zero on any failure.
+# namespaces), the Windows tier (ci/windows.sh), a bounded fuzz pass, and last the
+# README's two commands on a fresh Debian 12 (ci/fresh_debian.sh). Run as root. Exits
+# non-zero on any failure.
 #
 #   GOVPASS_TEST_TIERS=light ci/test.sh   # lints, Rust tests, Python tests outside
 #                                         # tests/e2e* and not marked netns; no fuzz,
-#                                         # no fresh Debian
+#                                         # no Windows tier, no fresh Debian
 #   GOVPASS_FRESH_DEBIAN=0 ci/test.sh     # everything but the fresh Debian step
 #
 # Where the system Python is externally managed (PEP 668, Debian 12's python3) the
@@ -70,6 +71,9 @@ fi
 
 step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests
+
+step "windows: cross-built wheel in Windows CPython under wine (ci/windows.sh)"
+bash ci/windows.sh
 
 step "fuzz: bounded pass"
 FUZZ_INSTALL=1 FUZZ_REQUIRED=1 bash ci/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -54,6 +54,7 @@ def fake_tree(tmp_path: Path) -> tuple[Path, Path]:
     return sys_net, proc
 
 
+@pytest.mark.linux_only  # classifies /sys/class/net; Windows reads its adapters
 def test_classification(tmp_path: Path) -> None:
     sys_net, proc = fake_tree(tmp_path)
     det = ifs.detect(sys_net, proc)
@@ -73,6 +74,7 @@ def test_classification(tmp_path: Path) -> None:
     assert [i.name for i in det.default_route] == ["eth0", "wlan0"]
 
 
+@pytest.mark.linux_only  # the fake tree is Linux's /sys and /proc
 def test_tunnels_excluded_unless_explicitly_included(tmp_path: Path) -> None:
     det = ifs.detect(*fake_tree(tmp_path))
     assert ifs.exclusions(det, include=(), exclude=()) == ("ppp0", "tun0", "wg0")

@@ -431,6 +431,7 @@ def test_a_capture_cut_mid_record_is_read_up_to_the_cut(
     assert len(read_output(dst)[1]) == 3
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX fifo, sh and /dev/null")
 def test_input_from_a_pipe_and_output_to_a_device(tmp_path: Path) -> None:
     src = write_capture(tmp_path / "in.pcapng", framed("ethernet", openssl_flow()), fmt="pcapng")
     fifo = tmp_path / "fifo"

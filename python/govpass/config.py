@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from govpass._core import EngineConfig
+from govpass.backends import default_name
 from govpass.errors import ConfigError
 from govpass.quoting import escape_text, kind_of, quote
 from govpass.reading import read_bounded
@@ -32,6 +33,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 ENV_PREFIX = "GOVPASS_"
 MIN_WORKER_TIMEOUT = 0.5  # an idle worker's loop comes round every 0.25 s
 PROFILE_KEY = "profile"  # [[profile]] tables: see govpass.targeting
+DEFAULT_BACKEND = default_name()  # NFQUEUE on Linux, divert elsewhere
 
 
 def _cpu_count() -> int:
@@ -234,7 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ports", ("443",), "Destination TCP ports whose flows are reshaped", "list"),
     # Capture and rules.
-    Setting("backend", "nfqueue", "Capture backend", "choice", choices=("nfqueue", "divert")),
+    Setting(
+        "backend",
+        DEFAULT_BACKEND,
+        "Capture backend (default: this platform's own)",
+        "choice",
+        choices=("nfqueue", "divert"),
+    ),
     Setting(
         "workers",
         0,
@@ -491,7 +499,7 @@ class Config:
     flow_timeout: float = 30.0
     max_flows: int = 131072
     ports: tuple[str, ...] = ("443",)
-    backend: str = "nfqueue"
+    backend: str = DEFAULT_BACKEND
     workers: int = 0
     worker_sched: str = "batch"
     worker_timeout: float = 1.0

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,8 +33,16 @@ from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.run_lock import claim_run_lock
 from govpass.watchdog import Heartbeats, check_interval
 
+if sys.platform != "win32":  # the run lock is an flock; Windows runs the divert backend only
+    import fcntl
+
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
-DEFAULT_RUN_DIR = "/run/govpass"
+# Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
+DEFAULT_RUN_DIR = (
+    os.path.join(os.environ.get("PROGRAMDATA", r"C:\ProgramData"), "govpass", "run")
+    if os.name == "nt"
+    else "/run/govpass"
+)
 
 
 def run_dir() -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from govpass.config import Config
-from govpass.privileges import missing_capabilities
+from govpass.privileges import is_admin, missing_capabilities
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -32,7 +32,17 @@ class Check:
 
 
 def check_privileges() -> Check:
-    if os.geteuid() == 0:
+    if sys.platform == "win32":
+        if is_admin():
+            return Check("privileges", "ok", "running as Administrator (elevated)")
+        return Check(
+            "privileges",
+            "fail",
+            "not elevated: the WinDivert driver loads only for Administrators",
+            "run from an elevated prompt (Run as administrator), or install the service "
+            "(scripts/windows/install-service.ps1)",
+        )
+    if is_admin():
         return Check("privileges", "ok", "running as root")
     missing = missing_capabilities()
     if not missing:
@@ -93,8 +103,8 @@ FIREWALL_FIXES = {
 BACKEND_FIXES = {
     "nfqueue": "on Linux: apt install libnetfilter-queue-dev; pip install netfilterqueue; "
     "run as root or with scripts/govpass.service",
-    "divert": "pip install 'govpass[divert]' (WinDivert on Windows, eBPF on Linux); on "
-    "FreeBSD run as root with ipdivert loaded at boot, as the reason says",
+    "divert": "as the reason says: on Windows pip install pydivert (WinDivert); on Linux "
+    "pip install pydivert (eBPF); on FreeBSD run as root with ipdivert loaded at boot",
 }
 
 
@@ -356,17 +366,18 @@ def check_interfaces(config: Config) -> list[Check]:
                 "default route",
                 "warn",
                 "no interface holds a default route",
-                "check `ip route`; govpass acts on outbound traffic only",
+                ("check `route print`" if sys.platform == "win32" else "check `ip route`")
+                + "; govpass acts on outbound traffic only",
             )
         )
     return out
 
 
 def check_backends(config: Config) -> list[Check]:
-    from govpass.backends import NAMES, unavailable_reason
+    from govpass.backends import platform_names, unavailable_reason
 
     out = []
-    for name in NAMES:
+    for name in platform_names():
         reason = unavailable_reason(name)
         if reason is None:
             out.append(Check(f"backend {name}", "ok", "usable"))
@@ -393,19 +404,25 @@ def check_backends(config: Config) -> list[Check]:
 
 
 def run_checks(config: Config) -> list[Check]:
-    checks: list[Callable[[], list[Check]]] = [
-        lambda: [check_privileges()],
-        lambda: [check_nfqueue()],
-        lambda: [check_queues(config)],
-        lambda: [check_packet_loop(config)],
-        lambda: check_firewall(config),
-        lambda: check_interfaces(config),
-        lambda: (
-            [check_offload(i) for i in default_interfaces()]
-            or [Check("default route", "warn", "no default route found")]
-        ),
-        lambda: check_backends(config),
-    ]
+    checks: list[Callable[[], list[Check]]] = [lambda: [check_privileges()]]
+    linux = sys.platform.startswith("linux")
+    if linux:  # NFQUEUE, the Rust packet loop and the firewall exist only there
+        checks += [
+            lambda: [check_nfqueue()],
+            lambda: [check_queues(config)],
+            lambda: [check_packet_loop(config)],
+            lambda: check_firewall(config),
+        ]
+    if linux or sys.platform == "win32":  # FreeBSD's divert(4) path reads no interface kinds
+        checks.append(lambda: check_interfaces(config))
+    if linux:
+        checks.append(
+            lambda: (
+                [check_offload(i) for i in default_interfaces()]
+                or [Check("default route", "warn", "no default route found")]
+            )
+        )
+    checks.append(lambda: check_backends(config))
     results: list[Check] = []
     for check in checks:
         try:

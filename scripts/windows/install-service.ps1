@@ -20,7 +20,7 @@
     Register the service but do not start it.
 
 .EXAMPLE
-    py -3 -m pip install "govpass[divert]" pywin32
+    py -3 -m pip install govpass pywin32
     .\install-service.ps1 -ConfigFile .\govpass.toml
 #>
 [CmdletBinding()]
@@ -56,7 +56,7 @@ Write-Host "Python: $py"
 if ($LASTEXITCODE -ne 0) { throw "$py is not a 64-bit Python; WinDivert needs one" }
 & $py -c "import govpass, pydivert, win32serviceutil, servicemanager"
 if ($LASTEXITCODE -ne 0) {
-    throw "missing packages; run: `"$py`" -m pip install `"govpass[divert]`" pywin32"
+    throw "missing packages; run: `"$py`" -m pip install govpass pywin32"
 }
 & $py -c "from govpass.backends.divert import unavailable_reason as r; import sys; m = r(); print(m or 'divert backend usable'); sys.exit(1 if m else 0)"
 if ($LASTEXITCODE -ne 0) { throw "the divert backend cannot run here (see the line above)" }

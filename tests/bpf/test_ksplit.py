@@ -266,7 +266,7 @@ def _split_shapes() -> dict[str, Case]:
         )
         # The engine's flags: PSH only on the last segment, also when the original had none.
         cases[f"{family}-without-psh"] = split_case(family, 305, 5, flags="A")
-        cases[f"{family}-with-urg-and-ece"] = split_case(family, 305, 5, flags="PAUE")
+        cases[f"{family}-with-ece"] = split_case(family, 305, 5, flags="PAE")
         cases[f"{family}-gso-segs-1"] = replace(split_case(family, 305, 5), gso_segs=1)
         cases[f"{family}-max-payload-exactly"] = split_case(
             family, 1000, 5, knobs=Knobs(max_payload=1000)
@@ -316,6 +316,8 @@ def _untouched() -> dict[str, Case]:
         add("syn-ack-with-data", frame(family, hello(305), flags="SA"))
         add("pure-ack", frame(family, flags="A"))
         add("fin-with-data", frame(family, hello(305), flags="FPA"))  # the engine's too
+        add("urg-with-data", frame(family, hello(305), flags="UPA"))  # the engine's too
+        add("rst-with-data", frame(family, hello(305), flags="RPA"))  # the engine's too
         add("govpass-mark", frame(family, hello(305)), mark=MARK)
         add("govpass-mark-among-others", frame(family, hello(305)), mark=MARK | 0x7)
         add("gso", frame(family, hello(305)), gso_segs=2)

@@ -9,6 +9,7 @@ import ctypes
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -363,7 +364,11 @@ def test_bpf_net_admin_net_raw_without_perfmon_are_refused() -> None:
     [
         (PermissionError(errno.EPERM, "ebpfdivert_open: Operation not permitted"), "needs root"),
         (OSError(errno.EINVAL, "Invalid filter at position 3: x"), "filter was rejected"),
-        (OSError(errno.ENOENT, "ebpfdivert_open: No such file"), "kernel 5.10\\+ with BTF"),
+        pytest.param(  # libebpfdivert's failure; Windows names WinDivert instead
+            OSError(errno.ENOENT, "ebpfdivert_open: No such file"),
+            "kernel 5.10\\+ with BTF",
+            marks=pytest.mark.linux_only,
+        ),
         (ImportError("libebpfdivert not found"), "cannot load libebpfdivert"),
         (NotImplementedError("Unsupported platform: darwin"), "not supported here"),
     ],
@@ -381,7 +386,13 @@ def test_open_failures_are_one_line(error: BaseException, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("winerror", "words"),
-    [(5, "Administrator"), (577, "signature"), (1275, "blocked"), (2, "WinDivert64.sys")],
+    [
+        (5, "Administrator"),
+        (577, "signature"),
+        (1275, "blocked"),
+        (2, "WinDivert64.sys"),
+        (1114, "driver could not be loaded"),
+    ],
 )
 def test_windows_driver_failures_are_one_line(winerror: int, words: str) -> None:
     e = OSError(22, "WinError")
@@ -555,6 +566,23 @@ def test_unavailable_reasons_are_one_line_each(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------ run helpers
 
 
+# Ctrl-C, SIGTERM, and Ctrl-Break (Windows' console stop, SIGBREAK).
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + (
+    [signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []
+)
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS)
+def test_stop_on_signals_sets_a_flag_instead_of_raising(signum: int) -> None:
+    before = signal.getsignal(signum)
+    with divert_run.stop_on_signals() as stopped:
+        assert not stopped()
+        # raise_signal, not os.kill: on Windows os.kill terminates the process.
+        signal.raise_signal(signum)
+        assert stopped()
+    assert signal.getsignal(signum) is before
+
+
 def tc_entry(pref: int, handle: str, name: str, prog_id: int) -> dict[str, Any]:
     return {
         "protocol": "all",
@@ -643,3 +671,14 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
     cfg = config_mod.load(env={}, flags={"hostlist": str(tmp_path / "missing.txt")})
     with pytest.raises(ConfigError):
         divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
+    reloads: list[int] = []
+    with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloads == [1] and not stopped()
+    with divert_run.stop_on_signals() as stopped:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stopped()

@@ -1,5 +1,7 @@
 """Capture backends. Each can say why it is not usable on this machine, so
-``govpass doctor`` can list them; the platform switch lives here and only here."""
+``govpass doctor`` can list them; the platform switch lives here and only here:
+which backends a platform has, which one runs by default, and which
+platform-only module answers for a backend."""
 
 from __future__ import annotations
 
@@ -7,6 +9,20 @@ import importlib.util
 import sys
 
 NAMES = ("nfqueue", "divert")
+
+
+def platform_names(platform: str = sys.platform) -> tuple[str, ...]:
+    """The backends that exist on `platform`, its own default first: NFQUEUE
+    (and pydivert's eBPF divert) on Linux; divert alone elsewhere (WinDivert on
+    Windows, divert(4) on FreeBSD)."""
+    if platform.startswith("linux"):
+        return NAMES
+    return ("divert",)
+
+
+def default_name(platform: str = sys.platform) -> str:
+    """The backend `govpass run` uses when none is set: the platform's own."""
+    return platform_names(platform)[0]
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -30,8 +46,6 @@ def unavailable_reason(name: str) -> str | None:
             from govpass.backends import freebsd
 
             return freebsd.unavailable_reason()
-        if importlib.util.find_spec("pydivert") is None:
-            return "Python package pydivert is missing (pip install 'govpass[divert]')"
         from govpass.backends import divert
 
         return divert.unavailable_reason()

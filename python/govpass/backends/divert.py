@@ -64,6 +64,14 @@ from typing import Any
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
+from govpass.privileges import is_admin
+
+# govpass depends on pydivert on Windows; on Linux it is optional (the eBPF port).
+PYDIVERT_HINT = (
+    "pip install pydivert; govpass depends on it on Windows"
+    if sys.platform == "win32"
+    else "pip install pydivert, for the eBPF divert backend"
+)
 
 # WinDivert 2.2 parameter limits (libebpfdivert enforces the same ones).
 QUEUE_LIMITS: dict[str, tuple[int, int]] = {
@@ -94,6 +102,9 @@ WINDOWS_OPEN_ERRORS = {
     654: "an incompatible WinDivert driver version is already loaded; stop the other "
     "WinDivert program (sc stop WinDivert) or reboot",
     1060: "the WinDivert driver service is not installed",
+    # WinDivert.dll's start-up opens the driver; seen where no driver can load (wine).
+    1114: "WinDivert.dll failed to initialise: the WinDivert driver could not be loaded "
+    "(a real Windows with its Base Filtering Engine is needed)",
     1275: "the WinDivert driver was blocked (antivirus, HVCI or a virtual machine policy)",
     1753: "the Base Filtering Engine service is not running (WinDivert needs it)",
 }
@@ -258,13 +269,6 @@ def _missing_linux_capabilities() -> list[str]:
     return missing + [n for n, bit in LINUX_CAPS if not caps >> bit & 1]
 
 
-def _windows_is_admin() -> bool:
-    try:
-        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return False
-
-
 def _libebpfdivert() -> Any:
     from pydivert.bpf import libebpfdivert
 
@@ -279,7 +283,7 @@ def unavailable_reason() -> str | None:
     files), the kernel's BTF (Linux), privileges.
     """
     if importlib.util.find_spec("pydivert") is None:
-        return "Python package pydivert is missing (pip install 'govpass[divert]')"
+        return f"Python package pydivert is missing ({PYDIVERT_HINT})"
     if sys.platform.startswith("linux"):
         if _libebpfdivert() is None:
             return (
@@ -302,7 +306,7 @@ def unavailable_reason() -> str | None:
         for name in ("WinDivert64.dll", "WinDivert64.sys"):
             if not os.path.exists(os.path.join(folder, name)):
                 return f"{name} is missing from {folder} (reinstall pydivert)"
-        if not _windows_is_admin():
+        if not is_admin():
             return "needs Administrator rights (the WinDivert driver loads only for admins)"
         return None
     return f"divert works only on Windows and Linux, not {sys.platform}"
@@ -361,7 +365,7 @@ def check_privileges() -> None:
                 "govpass run --backend divert needs root or CAP_BPF, CAP_PERFMON, "
                 f"CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
             )
-    elif sys.platform == "win32" and not _windows_is_admin():
+    elif sys.platform == "win32" and not is_admin():
         raise BackendError(
             "govpass run --backend divert needs Administrator rights "
             "(right-click > Run as administrator, or install the service)"
@@ -385,10 +389,11 @@ def open_error(e: BaseException) -> BackendError:
         )
     if code == errno.EINVAL and "filter" in str(e):
         return BackendError(f"the divert filter was rejected: {e}")
+    if isinstance(e, OSError) and sys.platform == "win32":
+        return BackendError(f"WinDivert could not start: {e}")
     if isinstance(e, OSError):
-        where = "WinDivert" if sys.platform == "win32" else "libebpfdivert"
         return BackendError(
-            f"{where} could not start: {e} "
+            f"libebpfdivert could not start: {e} "
             "(Linux: kernel 5.10+ with BTF, clsact and cls_bpf are needed)"
         )
     return BackendError(f"cannot open the divert handle: {type(e).__name__}: {e}")

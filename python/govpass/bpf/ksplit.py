@@ -18,7 +18,8 @@ A packet is split when all of these hold (anything else goes on untouched):
 * it has a socket (host mode: this machine's traffic) or none (router mode:
   forwarded traffic), as the rules' hook (OUTPUT or FORWARD) would see it;
 * IPv4 without fragmentation, or IPv6 whose next header is TCP;
-* TCP to one of the ports, no SYN or FIN flag (the engine leaves those whole too);
+* TCP to one of the ports, no SYN, FIN, RST or URG flag (the engine leaves those
+  whole too);
 * the payload is exactly one ClientHello record (``16 03 .. LL LL 01``,
   record length + 5 = payload length), longer than ``chunk`` and at most
   ``max_payload`` bytes.
@@ -71,7 +72,7 @@ SPLIT, UNSPLIT, FIRST_ONLY, DROPPED = range(len(COUNTERS))
 
 TCX_NEXT = -1  # go on: the next program on the interface, then the qdisc
 TCX_DROP = 2
-_FIN, _SYN, _PSH = 0x01, 0x02, 0x08  # TCP flags
+_FIN, _SYN, _RST, _PSH, _URG = 0x01, 0x02, 0x04, 0x08, 0x20  # TCP flags
 F_PSEUDO_HDR = 0x10  # bpf_l4_csum_replace: the field is part of the pseudo-header
 
 # struct __sk_buff
@@ -242,7 +243,7 @@ def build(params: Params, scratch_fd: int, counters_fd: int) -> bytes:
         p.jmp("next")
         p.label(f + "port")
         p.ldx(1, R1, FP, _TCP + 13)
-        p.alu(R1, "&", _SYN | _FIN)  # a TCP Fast Open SYN carries data
+        p.alu(R1, "&", _SYN | _FIN | _RST | _URG)  # a TCP Fast Open SYN carries data
         p.jif(R1, "!=", 0, "next")
         p.ldx(1, R1, FP, _TCP + 12)
         p.alu(R1, ">>", 4)
