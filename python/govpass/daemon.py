@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,9 +31,6 @@ from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.run_lock import claim_run_lock
 from govpass.watchdog import Heartbeats, check_interval
-
-if sys.platform != "win32":  # the run lock is an flock; Windows runs the divert backend only
-    import fcntl
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 # Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
