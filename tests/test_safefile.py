@@ -71,6 +71,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
 
 
+@pytest.mark.root
 def test_the_owner_of_a_replaced_file_is_kept(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a file away needs root")  # the CI runs as root
@@ -91,6 +92,7 @@ def test_directories_others_can_write_are_refused(tmp_path: Path, mode: int, why
         check_directory(d, "run directory")
 
 
+@pytest.mark.root
 def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a directory away needs root")
