@@ -409,7 +409,11 @@ def test_the_table_is_large_and_its_ids_unique() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    # List files are read by a starting daemon, run as root in a namespace of its own.
+    [pytest.param(c, id=c.id, marks=[pytest.mark.netns] if c.lists else []) for c in CASES],
+)
 def test_bad_input_is_one_line_and_exit_2(case: Case, outcomes: dict[str, Outcome]) -> None:
     if case.lists and not ROOT:
         pytest.skip("list files are read by a starting daemon: needs root (in a namespace)")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from govpass.config import load
-from govpass.daemon import LOCK_NAME, Daemon, hold_run_lock, running_daemon, write_json_atomic
+from govpass.daemon import Daemon, write_json_atomic
 from govpass.errors import GovpassError
+from govpass.run_lock import LOCK_NAME, hold_run_lock, running_daemon
 
 HOLD = """
 import fcntl, os, sys, time

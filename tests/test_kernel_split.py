@@ -92,6 +92,7 @@ def test_ifb_devices_are_left_alone_and_named() -> None:
     assert kernel_split.left_alone(RuleSpec(exclude_interfaces=("ifb+",)), [ifb]) == []
 
 
+@pytest.mark.root
 def test_the_log_says_why_an_ifb_is_left_alone(world: list[Link]) -> None:
     log: list[str] = []
     world.append(Link(7, "ifb0", 1, "ifb"))
@@ -152,6 +153,7 @@ def gate_value(ks: kernel_split.KernelSplit) -> int:
     return int(struct.unpack("=I", raw)[0])
 
 
+@pytest.mark.root
 def test_gate_opens_once_every_covered_interface_is_attached(world: list[Link]) -> None:
     log: list[str] = []
     ks = kernel_split.KernelSplit(Config(), log.append)
@@ -182,6 +184,7 @@ def test_gate_opens_once_every_covered_interface_is_attached(world: list[Link]) 
     assert ks.counters() == {"split": 4, "unsplit": 0, "first_only": 0, "dropped": 2}
 
 
+@pytest.mark.root
 def test_a_refused_attach_keeps_the_gate_shut(world: list[Link]) -> None:
     log: list[str] = []
     FakeProgram.refuse = {ETH0.index}
@@ -198,6 +201,7 @@ def test_a_refused_attach_keeps_the_gate_shut(world: list[Link]) -> None:
         ks.close()
 
 
+@pytest.mark.root
 def test_no_covered_interface_leaves_nothing_to_wait_for(world: list[Link]) -> None:
     ks = kernel_split.KernelSplit(Config(), lambda _: None)
     ks.open()
@@ -208,6 +212,7 @@ def test_no_covered_interface_leaves_nothing_to_wait_for(world: list[Link]) -> N
         ks.close()
 
 
+@pytest.mark.root
 def test_a_forked_child_keeps_no_link() -> None:
     """A worker forked while the daemon holds links (one of them not in its table
     yet, as when another thread is attaching) closes them all, so no program

@@ -90,6 +90,7 @@ def test_an_interrupt_just_after_the_rename_goes_on_as_it_is(
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
 
 
+@pytest.mark.root
 def test_the_owner_of_a_replaced_file_is_kept(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a file away needs root")  # the CI runs as root
@@ -110,6 +111,7 @@ def test_directories_others_can_write_are_refused(tmp_path: Path, mode: int, why
         check_directory(d, "run directory")
 
 
+@pytest.mark.root
 def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a directory away needs root")

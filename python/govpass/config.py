@@ -246,7 +246,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "workers",
         0,
-        "Worker processes, one queue each (0: one per CPU core)",
+        "Worker processes, one queue each (0: one per CPU core); the kernel spreads "
+        "packets over the queues by their address pair (source and destination "
+        "address, not ports), so all connections between two hosts go to one worker",
         "int",
         minimum=0,
         maximum=256,

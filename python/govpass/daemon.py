@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,10 +29,8 @@ from typing import Any
 
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
+from govpass.run_lock import claim_run_lock
 from govpass.watchdog import Heartbeats, check_interval
-
-if sys.platform != "win32":  # the run lock is an flock; Windows runs the divert backend only
-    import fcntl
 
 RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 # Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
@@ -48,9 +45,6 @@ def run_dir() -> Path:
     return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
 
 
-LOCK_NAME = "daemon.lock"
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """A state file of the run directory, replaced in one step (see govpass.safefile).
     No fsync: counters and the description of a live process are worthless after
@@ -60,65 +54,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data), sync=False)
 
 
-def hold_run_lock(directory: Path) -> int | None:
-    """Takes the run directory's lock (an flock held for the whole run) and
-    writes this pid into it; the descriptor, or None when a live daemon holds it.
-    The lock goes with the process, also on SIGKILL: no stale file can block a start."""
-    fd = os.open(
-        directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-    )
-    for attempt in range(10):  # `govpass stats` holds a shared lock for a moment
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt == 9:
-                os.close(fd)
-                return None
-            time.sleep(0.02)
-    os.fchmod(fd, 0o640)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def _close_quietly(fd: int) -> None:
     with suppress(OSError):
         os.close(fd)
-
-
-def running_daemon(directory: Path) -> int | None:
-    """Pid of the live govpass daemon of `directory`, if any: the process holding
-    its lock. Backends that take no lock (divert) are found by daemon.json's pid."""
-    try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return _unlocked_daemon(directory)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held: a daemon runs
-            try:
-                return int(os.pread(fd, 32, 0).decode("ascii").strip() or "-1")
-            except (OSError, ValueError):
-                return -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def _unlocked_daemon(directory: Path) -> int | None:
-    try:
-        pid = int(json.loads((directory / "daemon.json").read_text(encoding="utf-8"))["pid"])
-        os.kill(pid, 0)
-    except PermissionError:
-        return pid
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
-        return None
-    return pid
 
 
 def _rules_now() -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -474,16 +412,8 @@ class Daemon:
 
     def start(self) -> None:
         from govpass import instance
-        from govpass.safefile import make_directory
 
-        make_directory(self.directory, "run directory")  # 0750, refused when others can write
-        lock = hold_run_lock(self.directory)
-        if lock is None:
-            other = running_daemon(self.directory)
-            raise BackendError(
-                f"another govpass daemon (pid {other}) is already running with run directory "
-                f"{self.directory}; stop it first"
-            )
+        lock = claim_run_lock(self.directory)  # makes it 0750, refused when others can write
         self._run_lock = lock
         # Forked workers must not keep the lock alive after this process is gone.
         os.register_at_fork(after_in_child=lambda: _close_quietly(lock))

@@ -285,8 +285,9 @@ def check_packet_loop(config: Config) -> Check:
 
 
 def _daemon_running() -> bool:
-    from govpass.daemon import run_dir, running_daemon
+    from govpass.daemon import run_dir
     from govpass.instance import find
+    from govpass.run_lock import running_daemon
 
     return find() is not None or running_daemon(run_dir()) is not None
 

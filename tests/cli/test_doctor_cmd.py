@@ -30,6 +30,7 @@ main(["doctor"])
 """
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become uid 65534")
 def test_as_non_root_it_says_root_is_needed_one_check_per_line() -> None:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}

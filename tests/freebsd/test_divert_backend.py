@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 from divert_fakes import (
@@ -293,3 +294,36 @@ def test_command_line_rejects_bad_settings_in_one_line(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("govpass: invalid split-chunk") and err.count("\n") == 1
+
+
+def test_run_holds_the_run_lock_and_refuses_a_second_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from govpass.run_lock import claim_run_lock, release_run_lock, running_daemon
+
+    monkeypatch.setenv("GOVPASS_RUN_DIR", str(tmp_path))
+    seen: list[int | None] = []
+    sock = FakeDivertSocket([(v4(b"hello"), OUT_ADDR)])
+
+    def stop() -> bool:
+        seen.append(running_daemon(tmp_path))
+        return not sock.script
+
+    freebsd.run_freebsd(
+        load(env={}), FreeBSDOptions(), lambda _m: None, sock=sock, runner=FakeFirewall(),
+        should_stop=stop,
+    )  # fmt: skip
+    assert seen and set(seen) == {os.getpid()}
+    assert running_daemon(tmp_path) is None, "the lock went with the run"
+
+    fd = claim_run_lock(tmp_path)
+    try:
+        second = FakeDivertSocket([])
+        firewall = FakeFirewall()
+        with pytest.raises(BackendError, match="already running with run directory"):
+            freebsd.run_freebsd(
+                load(env={}), FreeBSDOptions(), lambda _m: None, sock=second, runner=firewall
+            )
+        assert firewall.calls == [] and not second.closed
+    finally:
+        release_run_lock(fd)

@@ -283,3 +283,23 @@ def test_v4_matches_exactly_the_three_bytes(
 )  # fmt: skip
 def test_v6_matches_any_hello_like_head(head: tuple[int, ...], tail: bytes, doff: int) -> None:
     assert u32_match(V6, ipv6(tcp(bytes(head) + tail, doff)))
+
+
+def test_router_queues_are_balanced_by_address_pair_and_the_docs_say_so() -> None:
+    from pathlib import Path
+
+    from govpass.config import SETTINGS
+    from govpass.rules import nftables as nft
+
+    spec = RuleSpec(mode="router", interfaces=("wan0",), queue_num=10, queue_count=4)
+    targets = {tuple(r[r.index("-j") :]) for r in ipt.chain_rules(spec, "ipv4") if "NFQUEUE" in r}
+    # The kernel's hash of --queue-balance (and of nft's range without `fanout`)
+    # covers addresses and protocol only; per-CPU fanout would split flows.
+    assert targets == {("-j", "NFQUEUE", "--queue-balance", "10:13", "--queue-bypass")}
+    assert "fanout" not in nft.queue_statement(spec)
+    workers = next(s for s in SETTINGS if s.name == "workers")
+    assert "address pair" in workers.help and "not ports" in workers.help
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `workers` |"))
+    assert "address pair" in row and "not the ports" in row
+    assert "flow hash" not in readme

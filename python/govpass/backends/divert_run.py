@@ -163,8 +163,8 @@ def run_divert(
 ) -> None:
     """The divert daemon: runs until SIGINT/SIGTERM or `should_stop()` (a Windows
     service's stop request), then releases every held packet and closes."""
-    from govpass.cli.status import table
-    from govpass.daemon import _jsonable, run_dir, write_json_atomic
+    from govpass.daemon import run_dir
+    from govpass.run_lock import claim_run_lock, release_run_lock
 
     if config.block_quic == "listed":
         raise ConfigError(
@@ -192,12 +192,29 @@ def run_divert(
     profiles = worker.watch_lists(log)
     if profiles is not None:
         log(f"profiles: {profiles}")
+    directory = run_dir()
+    lock = claim_run_lock(directory)  # before the handle: a second run opens nothing
+    try:
+        _run_locked(config, log, worker, profiles is not None, directory, should_stop)
+    finally:
+        release_run_lock(lock)
+
+
+def _run_locked(
+    config: Config,
+    log: Callable[[str], None],
+    worker: divert.DivertWorker,
+    watching: bool,
+    directory: Path,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    from govpass.cli.status import table
+    from govpass.daemon import _jsonable, write_json_atomic
+
     _clean_leftovers(log)
     worker.open()
-    directory = run_dir()
     interactive = sys.stdout.isatty()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         for old in directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
         write_json_atomic(
@@ -242,7 +259,7 @@ def run_divert(
             elif text := changes.due(stats):
                 log(text)
 
-        reload = worker.request_reload if profiles is not None else None
+        reload = worker.request_reload if watching else None
         with stop_on_signals(reload) as signalled, live:
             _write_stats(directory, worker)
             worker.run(lambda: signalled() or bool(should_stop and should_stop()), on_tick)

@@ -357,17 +357,39 @@ def run_freebsd(
 ) -> dict[str, Any]:
     """`govpass run` on FreeBSD: bind, install rules, run, clean up; returns the
     final counters. `sock` and `runner` are for tests."""
-    from govpass.daemon import run_dir, write_json_atomic
-    from govpass.rules import bsd
+    from govpass.daemon import run_dir
+    from govpass.run_lock import claim_run_lock, release_run_lock
 
     spec = rule_spec(config, options)  # invalid settings fail before anything is opened
+    directory = run_dir()
+    lock = claim_run_lock(
+        directory
+    )  # before the socket and the rules: a second run changes nothing
+    try:
+        return _run_locked(config, options, spec, directory, log, sock, runner, should_stop)
+    finally:
+        release_run_lock(lock)
+
+
+def _run_locked(
+    config: Any,
+    options: FreeBSDOptions,
+    spec: BsdRuleSpec,
+    directory: Path,
+    log: Callable[[str], None],
+    sock: DivertSocket | None,
+    runner: Any,
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    from govpass.daemon import write_json_atomic
+    from govpass.rules import bsd
+
     if sock is None:
         reason = unavailable_reason()
         if reason:
             raise BackendError(f"divert backend unusable: {reason}")
         sock = open_divert_socket(options.divert_port)
     worker = DivertWorker(sock, config.engine_config())
-    directory = run_dir()
     installed = False
     last_write = 0.0
 
@@ -382,7 +404,6 @@ def run_freebsd(
     try:
         with stop_on_signals() as signalled:
             with suppress(OSError):
-                directory.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(
                     directory / "daemon.json",
                     {"pid": os.getpid(), "started": time.time(), "backend": "divert"},

@@ -79,6 +79,9 @@ def remove(force: bool = typer.Option(False, "--force", help=FORCE_HELP)) -> Non
         typer.echo("nothing installed")
     else:
         typer.echo("removed: " + ", ".join(result.removed))
+    if result.not_inspected:
+        # Leftovers there may remain; say so rather than claim a clean slate.
+        typer.echo(f"note: {' '.join(result.not_inspected.split())}")
 
 
 @rules_app.command("show")

@@ -16,7 +16,8 @@ from govpass.safetext import markup
 @app.command("stats")
 def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the counters of the running daemon."""
-    from govpass.daemon import aggregate, run_dir, running_daemon
+    from govpass.daemon import aggregate, run_dir
+    from govpass.run_lock import running_daemon
 
     directory = run_dir()
     pid = running_daemon(directory)

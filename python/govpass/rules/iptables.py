@@ -134,6 +134,9 @@ def _queue_target(spec: RuleSpec) -> Argv:
     if spec.queue_count == 1:
         target = ["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]
     else:
+        # The kernel's balance hash covers the address pair and protocol, not the
+        # ports: per flow stable, but all flows between two hosts share a queue.
+        # --queue-cpu-fanout (by CPU) would not keep a locally sent flow on one queue.
         target = ["-j", "NFQUEUE", "--queue-balance", f"{spec.queue_num}:{spec.queue_last}"]
     if spec.bypass:
         target.append("--queue-bypass")

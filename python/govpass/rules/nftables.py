@@ -52,9 +52,11 @@ def queue_statement(spec: RuleSpec) -> str:
         stmt = f"queue num {spec.queue_num}"
         flags = ["bypass"] if spec.bypass else []
     else:
-        # Without `fanout` nft spreads a range by a hash of the addresses (the
-        # same for both directions), like iptables' --queue-balance, so one
-        # flow always reaches one worker; `fanout` would spread by CPU.
+        # Without `fanout` nft spreads a range by a hash of the addresses and
+        # protocol, not the ports (the same for both directions), like iptables'
+        # --queue-balance: one flow always reaches one worker, and so does every
+        # flow between the same two hosts. `fanout` would spread by CPU, which
+        # does not keep a locally sent flow on one queue.
         stmt = f"queue num {spec.queue_num}-{spec.queue_last}"
         flags = ["bypass"] if spec.bypass else []
     return f"{stmt} {','.join(flags)}" if flags else stmt

@@ -2,21 +2,22 @@
 
 /// Adds `data` as big-endian 16-bit words to a 32-bit running sum.
 #[inline]
-pub fn sum_words(mut acc: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+pub fn sum_words(mut acc: u64, mut data: &[u8]) -> u64 {
+    // Slice patterns rather than `chunks_exact`: the same code at any supported
+    // Rust version (`as_chunks`, which newer clippy suggests, needs 1.88).
+    while let [a, b, c, d, e, f, g, h, rest @ ..] = data {
+        let v = u64::from_be_bytes([*a, *b, *c, *d, *e, *f, *g, *h]);
         // Split into two 32-bit halves so the 64-bit accumulator cannot overflow
         // for any packet size we handle.
         acc += v >> 32;
         acc += v & 0xffff_ffff;
+        data = rest;
     }
-    let rest = chunks.remainder();
-    let mut words = rest.chunks_exact(2);
-    for w in &mut words {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    while let [a, b, rest @ ..] = data {
+        acc += u64::from(u16::from_be_bytes([*a, *b]));
+        data = rest;
     }
-    if let [last] = words.remainder() {
+    if let [last] = data {
         acc += u64::from(*last) << 8;
     }
     acc
