@@ -130,3 +130,20 @@ def test_a_foreign_state_file_is_ignored_with_one_line(host_lab: Lab) -> None:
         assert gp.log().count("ignoring state file") == 1, gp.log()
         ok, detail = host_lab.client("curl", ALLOWED, 4, timeout=PASS_TIMEOUT)
         assert ok, detail
+
+
+def test_re_adapts_when_the_censor_changes_under_it(host_lab: Lab) -> None:
+    """tspu first (a 1-byte first segment wins), then a server that resets hellos
+    whose first segment is under 8 bytes: the host moves on to 8."""
+    state = fresh_state(host_lab, "change")
+    args = auto_args(state, ladder="1;2;8")
+    with running(host_lab, args, name="change") as gp:
+        with censoring(host_lab, "tspu"):
+            assert curl_until_ok(host_lab, BLOCKED, 6)[-1], gp.log()[-3000:]
+            assert state_of(state)[BLOCKED]["strategy"] == "1"
+        with censoring(host_lab, "splitreject"):
+            results = curl_until_ok(host_lab, BLOCKED, 6)
+            assert results[-1], f"no re-adaptation: {results}: {gp.log()[-3000:]}"
+            assert state_of(state)[BLOCKED]["strategy"] == "8"
+            ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
+            assert ok, detail
