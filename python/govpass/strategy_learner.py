@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from govpass import safetext
+from govpass.errors import ConfigError
 from govpass.safefile import STATE_MODE, UnsafePathError, write_atomic
 from govpass.strategy import Strategy
 
@@ -229,7 +231,7 @@ def _known_label(label: str) -> bool:
         return True
     try:
         return Strategy.from_text(label).label == label
-    except Exception:  # any refusal of the strategy parsers: not a strategy
+    except ConfigError:
         return False
 
 
@@ -242,8 +244,6 @@ def read_state(path: Path) -> Any:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        import stat
-
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
         raw = f.read(MAX_STATE_BYTES + 1)
@@ -352,7 +352,7 @@ class StrategyFeed:
             data = read_state(self.path)
             hosts = {} if data is None else parse_state(data)
             profiles = build_profiles(hosts, self.start_strategy)
-        except Exception:  # a bad file keeps the profiles in force
+        except Exception:  # whatever the file holds, the thread lives on: the profiles stay
             self.failures += 1
             return
         with self._lock:
