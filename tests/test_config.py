@@ -131,6 +131,7 @@ def _good_value(s: Setting) -> tuple[str, Any]:
             "split-pos": ("sni", "midsld+1"),
             "ips": ("203.0.113.0/24", "2001:db8::1"),
             "ips-exclude": ("203.0.113.0/24", "2001:db8::1"),
+            "strategy-ladder": ("1", "2,midsld"),
         }.get(s.name, ("eth0", "wlan0"))
         return ", ".join(value), value
     if s.kind == "str":

@@ -119,6 +119,7 @@ class Profile:
         family: str | None = None,
         ifaces: list[int] = ...,
         auto: bool = False,
+        watch: bool = False,
     ) -> Profile: ...
     @property
     def name(self) -> str: ...
@@ -126,6 +127,9 @@ class Profile:
     def action(self) -> str: ...
     @property
     def auto(self) -> bool: ...
+    @property
+    def watch(self) -> bool:
+        """Flows it splits or passes (with a host name) report a verdict too."""
 
 @final
 class Engine:

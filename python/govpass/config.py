@@ -56,6 +56,8 @@ class Setting:
     maximum: float | None = None
     # "choice": (spelling, choice) pairs also taken, e.g. a former bool's true/false
     aliases: tuple[tuple[str, str], ...] = ()
+    # "list": what separates the items of a string value (a regular expression)
+    separator: str = ","
 
     @property
     def attr(self) -> str:
@@ -90,7 +92,10 @@ class Setting:
         )
         if self.kind == "list":
             if isinstance(value, str):
-                items = value.split(",")
+                # A custom separator leaves commas to the items ("1, 2,midsld": "1", "2,midsld").
+                items = re.split(self.separator, value)
+                if self.separator != ",":
+                    items = [i.strip(",") for i in items]
             elif isinstance(value, list | tuple) and all(_list_item(v) for v in value):
                 items = [str(v) for v in value]
             else:
@@ -166,6 +171,24 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+# The ladder of `govpass probe` and `--strategy auto` (govpass.strategy).
+# Cheapest to heaviest: two segments with a small first one, then two segments cut
+# at the name, then three segments (a small first one and a cut at the name).
+DEFAULT_LADDER_TEXT: tuple[str, ...] = (
+    "1",
+    "2",
+    "5",
+    "8",
+    "sni",
+    "midsld",
+    "sniend",
+    "1,sni+1",
+    "2,midsld",
+    "1,midsld",
+    "8,midsld",
+)
+
+
 SETTINGS: tuple[Setting, ...] = (
     # Engine (checked again, authoritatively, by the engine itself).
     Setting(
@@ -190,6 +213,34 @@ SETTINGS: tuple[Setting, ...] = (
         "Further cut positions: N, sni, sniend, midsld, each with "
         "an optional +N/-N (e.g. 'sni+1,midsld')",
         "list",
+    ),
+    Setting(
+        "strategy",
+        "fixed",
+        "fixed: split-chunk/split-pos for all; auto: learn a strategy per host name",
+        "choice",
+        choices=("fixed", "auto"),
+    ),
+    Setting(
+        "strategy-ladder",
+        DEFAULT_LADDER_TEXT,
+        "auto: strategies tried after the configured split and no split ('1;2;2,midsld')",
+        "list",
+        separator=r"[\s;]+",
+    ),
+    Setting(
+        "strategy-state",
+        "/var/lib/govpass/strategies.json",
+        "auto: the file keeping learned strategies",
+        "str",
+    ),
+    Setting(
+        "strategy-unfixable-time",
+        3600.0,
+        "auto: seconds a host failing every strategy is left alone",
+        "float",
+        minimum=1,
+        maximum=30 * 86400,
     ),
     Setting(
         "collect-timeout",
@@ -540,6 +591,10 @@ class Config:
     auto_fail_threshold: int = 3
     auto_fail_time: float = 60.0
     auto_retrans: int = 3
+    strategy: str = "fixed"
+    strategy_ladder: tuple[str, ...] = DEFAULT_LADDER_TEXT
+    strategy_state: str = "/var/lib/govpass/strategies.json"
+    strategy_unfixable_time: float = 3600.0
     # [[profile]] tables of the config file, as read (checked by govpass.targeting).
     profiles: tuple[Mapping[str, Any], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -731,8 +786,33 @@ def load(
         raise _from_source(e, sources) from None
     from govpass.targeting import Targeting
 
-    Targeting.from_config(config)  # profiles and inline lists (files are read later)
+    targeting = Targeting.from_config(config)  # profiles and inline lists (files are read later)
+    _check_strategy(config, targeting.active)
     return config
+
+
+def _check_strategy(config: Config, lists: bool) -> None:
+    """The ladder's strategies parse; auto does not yet combine with lists and profiles."""
+    from govpass.strategy import ladder
+
+    try:
+        ladder(config.strategy_ladder)
+    except ConfigError as e:
+        raise ConfigError(
+            f"invalid strategy-ladder: {e} (accepted: strategies such as '1;2;2,midsld')",
+            field="strategy-ladder",
+        ) from None
+    if config.strategy == "auto" and lists:
+        raise ConfigError(
+            "strategy auto: cannot be combined with host lists, IP sets or [[profile]] "
+            "tables yet (accepted: strategy fixed with them, or auto without them)",
+            field="strategy",
+        )
+    if config.strategy == "auto" and not config.strategy_state.strip():
+        raise ConfigError(
+            "invalid strategy-state '' (accepted: the path of a state file)",
+            field="strategy-state",
+        )
 
 
 def with_overrides(config: Config, **changes: Any) -> Config:

@@ -88,7 +88,8 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
         exclude_interfaces=excluded,
         ipv4=True,
         ipv6=config.ipv6,
-        inbound=uses_auto(config),  # auto-learning reads the first replies
+        # auto-learning and --strategy auto read the first replies
+        inbound=uses_auto(config) or config.strategy == "auto",
         block_quic=config.block_quic,  # type: ignore[arg-type]
         prefilter=config.prefilter,  # type: ignore[arg-type]
         # Later packets of a record are queued for twice the collect timeout at most.
@@ -200,12 +201,22 @@ def worker_main(
     except Exception as e:  # unexpected: still one line for the parent
         ready.send(("error", f"worker {index}: {type(e).__name__}: {e}"))
         return
+    feed = None
+    if config.strategy == "auto":
+        from govpass.strategy_learner import StrategyFeed
+
+        feed = StrategyFeed(
+            Path(config.strategy_state), config_start(config), worker.engine.set_profiles
+        )
+        feed.poll()  # the strategies known now, before the first packet
+        feed.take()
+        feed.start()
     ready.send(("ready", queue))
     # Reloads are read and parsed on a thread; the timer below only swaps them in.
     lists = ListThread(watcher).start() if watcher is not None else None
     stats_path = Path(directory) / f"worker-{index}.json"
     last_write = 0.0
-    learning = events_fd >= 0 and targeting.auto
+    learning = events_fd >= 0 and (targeting.auto or feed is not None)
     dropped = 0
 
     def pass_events() -> None:
@@ -222,6 +233,9 @@ def worker_main(
                 hup = False
                 lists.request()
             lists.take()
+        if feed is not None:
+            feed.take()
+        if lists is not None or feed is not None:
             pass_events()
         if now - last_write >= config.stats_interval / 2:
             last_write = now
@@ -232,6 +246,8 @@ def worker_main(
         s = worker.stats()
         if lists is not None:
             s.update(list_reloads=lists.reloads, list_errors=lists.failures)
+        if feed is not None:
+            s.update(strategy_reloads=feed.reloads, strategy_reload_errors=feed.failures)
         if learning:
             s["auto_events_dropped"] = dropped
         return s
@@ -243,6 +259,8 @@ def worker_main(
     try:
         worker.run(lambda: stop or os.getppid() != parent, on_tick, beat)
     finally:
+        if feed is not None:
+            feed.close()
         worker.close()
         with suppress(OSError):
             pass_events()
@@ -258,6 +276,16 @@ class WorkerHandle:
     index: int
     process: Any
     restarts: int = 0
+
+
+STRATEGY_STATS = "strategy-learner.json"
+
+
+def config_start(config: Config) -> Any:
+    """The configured split: where --strategy auto starts every host."""
+    from govpass.strategy import Strategy
+
+    return Strategy(config.split_chunk, tuple(config.split_pos))
 
 
 # The counters of workers that were replaced, and the parent's restart counts.
@@ -290,6 +318,12 @@ def aggregate(directory: Path) -> dict[str, Any]:
     with suppress(OSError, ValueError):  # the parent's auto-learning counters
         learner = json.loads((directory / "learner.json").read_text(encoding="utf-8"))
         total.update({k: v for k, v in learner.items() if isinstance(v, int)})
+    with suppress(OSError, ValueError):  # the parent's --strategy auto counters
+        learned = json.loads((directory / STRATEGY_STATS).read_text(encoding="utf-8"))
+        total.update({k: v for k, v in learned.items() if isinstance(v, int)})
+        counts = learned.get("counts")
+        if isinstance(counts, dict):
+            total["strategy_counts"] = {str(k): v for k, v in counts.items() if isinstance(v, int)}
     with suppress(OSError, ValueError):  # the parent's kernel split counters
         kernel = json.loads((directory / "kernel-split.json").read_text(encoding="utf-8"))
         total.update({f"kernel_{k}": v for k, v in kernel.items() if isinstance(v, int)})
@@ -329,6 +363,11 @@ class Daemon:
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
+        # govpass.strategy_learner.StrategyLearner with --strategy auto
+        self.strategies: Any = None
+        self._strategy_sig: tuple[int, int, int] | None = None
+        self._strategy_error = False
+        self._strategy_checked = 0.0
         # The lists as last loaded here, for workers started again (worker_targeting).
         self.profiles: list[Any] | None = None
         self._lists: Any = None  # a quiet ListWatcher keeping self.profiles current
@@ -410,6 +449,65 @@ class Daemon:
             self._events = (r, w)
             self._reader = EventReader()
 
+    def _start_strategies(self) -> None:
+        """--strategy auto: the learner, what the state file knew, and the verdict pipe."""
+        from govpass.autolearn import EventReader
+        from govpass.safefile import make_directory
+        from govpass.strategy import ladder
+        from govpass.strategy_learner import StrategyLearner, load_learner, steps_of
+
+        if self.config.strategy != "auto":
+            return
+        path = Path(self.config.strategy_state)
+        make_directory(path.parent, "strategy-state directory")
+        steps = steps_of(config_start(self.config), ladder(self.config.strategy_ladder))
+        self.strategies = StrategyLearner(steps, self.config.strategy_unfixable_time, self.log)
+        load_learner(path, self.strategies, self.log)
+        self.strategies.expire()
+        self._save_strategies()
+        self.log("strategy auto: steps " + ", ".join(self.strategies.labels) + f"; state in {path}")
+        if self._events is None:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            self._events = (r, w)
+            self._reader = EventReader()
+
+    def _save_strategies(self) -> None:
+        """Writes the state file (the workers reload it); a failure is logged once."""
+        from govpass.safefile import UnsafePathError
+
+        path = Path(self.config.strategy_state)
+        try:
+            self.strategies.save(path)
+            st = os.stat(path)
+            self._strategy_sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+            self._strategy_error = False
+        except (OSError, UnsafePathError) as e:
+            if not self._strategy_error:
+                self.log(f"strategy auto: cannot write {path}: {e}")
+            self._strategy_error = True
+
+    def _strategy_tick(self) -> None:
+        """Ends unfixable periods, and takes in a state file changed from outside
+        (`govpass strategy clear` removes it: everything is learned afresh)."""
+        from govpass.strategy_learner import load_learner
+
+        if self.strategies is None:
+            return
+        path = Path(self.config.strategy_state)
+        try:
+            st = os.stat(path)
+            sig: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            sig = None
+        changed = self.strategies.expire()
+        if sig != self._strategy_sig:
+            self.strategies.hosts.clear()
+            load_learner(path, self.strategies, self.log)
+            changed = True
+        if changed:
+            self._save_strategies()
+
     def start(self) -> None:
         from govpass import instance
 
@@ -428,7 +526,9 @@ class Daemon:
             old.unlink(missing_ok=True)
         (self.directory / "learner.json").unlink(missing_ok=True)
         (self.directory / "kernel-split.json").unlink(missing_ok=True)
+        (self.directory / STRATEGY_STATS).unlink(missing_ok=True)
         self._start_targeting()
+        self._start_strategies()
         write_json_atomic(
             self.directory / "daemon.json",
             {
@@ -636,12 +736,21 @@ class Daemon:
                 self.take_events(os.read(self._events[0], 65536))
             if self._list_thread is not None:
                 self._list_thread.take()
+            if self.strategies is not None and time.monotonic() >= self._strategy_checked + 1:
+                self._strategy_checked = time.monotonic()
+                self._strategy_tick()
             if time.monotonic() >= self._checked + every:
                 self.check_workers()
 
     def take_events(self, data: bytes) -> None:
+        changed = False
         for profile, host, failed in self._reader.feed(data):
-            self.learner.observe(profile, host, failed)
+            if self.strategies is not None:
+                changed |= self.strategies.observe(profile, host, failed)
+            elif self.learner is not None:
+                self.learner.observe(profile, host, failed)
+        if changed:
+            self._save_strategies()
 
     def stats(self) -> dict[str, Any]:
         if not self.owns_run_dir:  # refused at the start: the directory is another's, or unsafe
@@ -649,6 +758,10 @@ class Daemon:
         if self.learner is not None:
             with suppress(OSError):
                 write_json_atomic(self.directory / "learner.json", self.learner.stats())
+        if self.strategies is not None:
+            with suppress(OSError):
+                data = {**self.strategies.stats(), "counts": self.strategies.counts()}
+                write_json_atomic(self.directory / STRATEGY_STATS, data)
         with suppress(OSError):
             write_json_atomic(self.directory / "kernel-split.json", self.kernel_split_state())
         data = aggregate(self.directory)
@@ -691,6 +804,7 @@ class Daemon:
             self.final_stats = self.stats()
         if self.owns_run_dir:  # a clean stop leaves no state behind: the log has the counters
             state = ["daemon.json", "kernel-split.json", "learner.json", "stats.json"]
+            state.append(STRATEGY_STATS)
             for path in [
                 *self.directory.glob("worker-*.json"),
                 *(self.directory / n for n in state),

@@ -41,6 +41,8 @@ def config_reason(config: Config) -> str | None:
 
     if config.kernel_split == "off":
         return "kernel-split is off"
+    if config.strategy == "auto":
+        return "strategy auto (the engine chooses a strategy per host name)"
     if config.backend != "nfqueue":
         return f"backend {config.backend} (the kernel split works with nfqueue)"
     if config.firewall == "none":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govpass._core import Profile
-from govpass.config import BY_NAME
+from govpass.config import BY_NAME, DEFAULT_LADDER_TEXT
 from govpass.errors import ConfigError
 
 
@@ -77,23 +77,6 @@ class Strategy:
         if self.positions:
             keys["split-pos"] = list(self.positions)
         return keys
-
-
-# Cheapest to heaviest: two segments with a small first one, then two segments cut
-# at the name, then three segments (a small first one and a cut at the name).
-DEFAULT_LADDER_TEXT: tuple[str, ...] = (
-    "1",
-    "2",
-    "5",
-    "8",
-    "sni",
-    "midsld",
-    "sniend",
-    "1,sni+1",
-    "2,midsld",
-    "1,midsld",
-    "8,midsld",
-)
 
 
 def ladder(texts: Sequence[str] = DEFAULT_LADDER_TEXT) -> tuple[Strategy, ...]:

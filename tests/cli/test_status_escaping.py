@@ -26,3 +26,13 @@ def test_the_table_shows_hostile_strings_escaped() -> None:
     text = line(stats)
     assert "\n" not in text and "\x1b" not in text
     assert "splits=0" in text
+
+
+def test_the_table_shows_hosts_per_strategy_escaped() -> None:
+    stats = {"flows": 1, "strategy_hosts": 3, "strategy_counts": {"1": 2, HOSTILE: "x"}}
+    console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
+    console.print(table(stats))
+    raw = console.export_text(styles=False)
+    assert "strategy auto: hosts known" in raw
+    assert "strategy auto: hosts at 1" in raw
+    assert "\x07" not in raw and "[red]x[/red]" in raw

@@ -48,7 +48,15 @@ def _root(
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
     import govpass.cli.probe_cmd  # noqa: F401
-    from govpass.cli import doctor_cmd, lab_cmd, pcap_cmd, rules_cmd, run_cmd, stats_cmd  # noqa: F401
+    from govpass.cli import (  # noqa: F401
+        doctor_cmd,
+        lab_cmd,
+        pcap_cmd,
+        rules_cmd,
+        run_cmd,
+        stats_cmd,
+        strategy_cmd,
+    )
 
 
 def _usage_error(e: Exception) -> int | None:

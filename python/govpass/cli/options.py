@@ -39,7 +39,8 @@ TARGETING_SETTINGS = tuple(name for name in SHORTCUTS if name != "hostlist-auto"
 
 # Help panels of `govpass run --help` (and of the other commands' settings).
 PANELS: dict[str, tuple[str, ...]] = {
-    "Splitting": ("split-mode", "split-chunk", "split-pos", "max-seg-payload"),
+    "Splitting": ("split-mode", "split-chunk", "split-pos", "max-seg-payload", "strategy",
+                  "strategy-ladder", "strategy-state", "strategy-unfixable-time"),
     "Targeting": (*TARGETING_SETTINGS, "hostlist-auto", "auto-fail-threshold",
                   "auto-fail-time", "auto-retrans"),
     "Capture & rules": ("ports", "backend", "mode", "iface", "exclude-iface", "firewall",

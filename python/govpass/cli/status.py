@@ -35,6 +35,10 @@ TARGETING_KEYS = (
     ("auto_learned", "auto: names learned"),
     ("auto_rejected", "auto: names refused (not host names)"),
     ("list_errors", "list reload errors"),
+    ("strategy_hosts", "strategy auto: hosts known"),
+    ("strategy_changes", "strategy auto: changes"),
+    ("strategy_unfixable", "strategy auto: unfixable now"),
+    ("strategy_rejected", "strategy auto: names refused"),
     ("quic_dropped", "QUIC Initials dropped (listed)"),
     ("verdict_sent", "segments sent in verdicts"),
     ("verdict_errors", "verdicts refused or lost"),
@@ -57,6 +61,10 @@ def table(stats: dict[str, Any], title: str = "govpass") -> Table:
     t.add_column("value", justify="right")
     for key, label in _shown(stats):
         t.add_row(label, f"{_int(stats[key]):,}")
+    counts = stats.get("strategy_counts")
+    if isinstance(counts, dict):
+        for label, n in sorted(counts.items()):
+            t.add_row(f"strategy auto: hosts at {markup(str(label), 40)}", f"{_int(n):,}")
     fails = _fails(stats)
     for reason, n in sorted(fails.items()):
         if n:

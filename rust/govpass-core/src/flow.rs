@@ -77,10 +77,12 @@ pub struct SplitMemo {
     pub window: u32,
     pub cuts: Box<[u32]>,
     pub seg_limit: u32,
+    /// Set when the flow's profile watches: its verdict is still to come.
+    pub watch: Option<Box<WatchMemo>>,
 }
 
-/// A flow passed untouched on behalf of an auto-learning profile, watched
-/// for signs that it was blocked.
+/// A flow passed untouched on behalf of an auto-learning profile, or split
+/// by a watching profile, watched for signs that it was blocked.
 #[derive(Debug)]
 pub struct WatchMemo {
     pub profile: usize,

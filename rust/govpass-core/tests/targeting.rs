@@ -185,3 +185,52 @@ fn invalid_profile_strategy_is_rejected() {
         .unwrap_err();
     assert_eq!(err.field, "split-chunk");
 }
+
+fn watching(action: ProfileAction) -> Vec<Profile> {
+    let mut p = Profile::catch_all("strategy:1", action);
+    p.watch = true;
+    vec![p]
+}
+
+#[test]
+fn watching_profile_reports_verdicts_for_flows_it_splits() {
+    let mut d = driver(watching(split(1, vec![])));
+    let hello = fixture("openssl_default.bin");
+    let blocked = V4::port(7000);
+    let out = d.take(&blocked.packet(ISN, PSH, &hello), 1);
+    assert_eq!(shape(&out), "S S D0");
+    assert_eq!(d.engine.stats().watched, 1);
+    // Retransmissions are split again and counted.
+    for t in 2..=4 {
+        let (_, out) = d.feed(&blocked.packet(ISN, PSH, &hello), t);
+        assert!(!sends(&out).is_empty());
+    }
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].profile.as_str(), events[0].host.as_str()),
+        ("strategy:1", "blocked.example")
+    );
+    assert!(events[0].failed);
+    let ok = V4::port(7001);
+    d.take(&ok.packet(ISN, PSH, &hello), 5);
+    d.pass(&reply(&ok).packet(900, PSH, &[0x16, 3, 3, 0, 1, 2]), 6);
+    d.pass(&reply(&ok).packet(906, PSH, &[0x16, 3, 3, 0, 1, 2]), 7);
+    let events = d.engine.take_events();
+    assert_eq!(
+        events.iter().map(|e| e.failed).collect::<Vec<_>>(),
+        vec![false]
+    );
+}
+
+#[test]
+fn watching_pass_profile_watches_unsplit_flows() {
+    let mut d = driver(watching(ProfileAction::Pass));
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(7100);
+    assert_eq!(shape(&d.take(&flow.packet(ISN, PSH, &hello), 1)), "R0");
+    d.pass(&reply(&flow).packet(900, RST, b""), 2);
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].failed);
+}

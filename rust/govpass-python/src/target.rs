@@ -108,6 +108,7 @@ impl PyProfile {
         family = None,
         ifaces = Vec::new(),
         auto = false,
+        watch = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -124,6 +125,7 @@ impl PyProfile {
         family: Option<String>,
         ifaces: Vec<u32>,
         auto: bool,
+        watch: bool,
     ) -> PyResult<Self> {
         let action = match action.as_str() {
             "pass" => ProfileAction::Pass,
@@ -170,6 +172,7 @@ impl PyProfile {
                 family,
                 ifaces,
                 auto,
+                watch,
             },
         })
     }
@@ -190,6 +193,11 @@ impl PyProfile {
     #[getter]
     fn auto(&self) -> bool {
         self.inner.auto
+    }
+
+    #[getter]
+    fn watch(&self) -> bool {
+        self.inner.watch
     }
 
     fn __repr__(&self) -> String {

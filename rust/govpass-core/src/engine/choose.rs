@@ -14,10 +14,14 @@ use crate::target::{select, Choice, FlowFacts, ProfileAction};
 
 /// What to do with a flow whose first record is complete.
 pub(super) enum Outcome {
-    Split(SplitPlan),
+    /// With the profile and host name to watch for, when the profile watches.
+    Split(SplitPlan, Option<(usize, Box<[u8]>)>),
     NoCut,
     Pass,
-    Watch { profile: usize, host: Box<[u8]> },
+    Watch {
+        profile: usize,
+        host: Box<[u8]>,
+    },
 }
 
 /// An auto-learning verdict about one flow's host name.
@@ -58,8 +62,18 @@ impl<T> Engine<T> {
                 release(held, out);
                 FlowState::PassThrough
             }
-            Ok(Outcome::Split(plan)) => {
-                FlowState::Injected(Box::new(self.emit_split(held, plan, out)))
+            Ok(Outcome::Split(plan, watch)) => {
+                let mut memo = self.emit_split(held, plan, out);
+                if let Some((profile, host)) = watch {
+                    self.stats.watched += 1;
+                    memo.watch = Some(Box::new(WatchMemo {
+                        profile,
+                        host,
+                        base,
+                        retrans: 0,
+                    }));
+                }
+                FlowState::Injected(Box::new(memo))
             }
             Ok(Outcome::NoCut) => {
                 self.stats.fail(FailReason::NoCut);
@@ -114,8 +128,12 @@ impl<T> Engine<T> {
                 };
                 let cuts =
                     plan::cut_points(strategy.chunk, &strategy.positions, span, window as u32);
+                let watch = match host {
+                    Some(h) if self.profiles[i].watch => Some((i, h.into())),
+                    _ => None,
+                };
                 match self.plan_split(facts.key, held, stream, window, max_payload, cuts) {
-                    Some(plan) => Outcome::Split(plan),
+                    Some(plan) => Outcome::Split(plan, watch),
                     None => Outcome::NoCut,
                 }
             }
@@ -141,8 +159,10 @@ impl<T> Engine<T> {
         let Some(flow) = self.flows.get(&key) else {
             return;
         };
-        if !matches!(flow.state, FlowState::Watching(_)) {
-            return;
+        match &flow.state {
+            FlowState::Watching(_) => {}
+            FlowState::Injected(m) if m.watch.is_some() => {}
+            _ => return,
         }
         if p.has(flags::RST) {
             self.verdict(key, true);
@@ -156,9 +176,18 @@ impl<T> Engine<T> {
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
-        let FlowState::Watching(w) = std::mem::replace(&mut flow.state, FlowState::PassThrough)
-        else {
-            return;
+        let w = match &mut flow.state {
+            FlowState::Injected(memo) => match memo.watch.take() {
+                Some(w) => w,
+                None => return,
+            },
+            FlowState::Watching(_) => {
+                match std::mem::replace(&mut flow.state, FlowState::PassThrough) {
+                    FlowState::Watching(w) => w,
+                    _ => return,
+                }
+            }
+            _ => return,
         };
         if failed {
             self.stats.auto_failures += 1;

@@ -126,9 +126,11 @@ impl<T> Engine<T> {
             }
         }
         self.needs_host = profiles.iter().any(|p| {
-            p.has_host_filter() || matches!(&p.action, ProfileAction::Split(s) if s.needs_sni())
+            p.has_host_filter()
+                || p.watch
+                || matches!(&p.action, ProfileAction::Split(s) if s.needs_sni())
         });
-        self.auto = profiles.iter().any(|p| p.auto);
+        self.auto = profiles.iter().any(|p| p.auto || p.watch);
         self.profiles = profiles;
         Ok(())
     }
@@ -336,6 +338,20 @@ impl<T> Engine<T> {
                 Disposition::Pass
             }
             FlowState::Injected(memo) => {
+                if let Some(w) = memo.watch.as_mut() {
+                    if p.payload_len() > 0 && p.seq == w.base {
+                        w.retrans += 1;
+                        if w.retrans >= self.cfg.auto_retrans {
+                            self.verdict(p.key, true);
+                        }
+                    }
+                }
+                let Some(flow) = self.flows.get_mut(&p.key) else {
+                    return Disposition::Pass;
+                };
+                let FlowState::Injected(memo) = &mut flow.state else {
+                    return Disposition::Pass;
+                };
                 let msp = self.cfg.max_seg_payload;
                 let d = resplit(memo, msp, &p, slot, &mut self.stats, out);
                 if p.has(flags::FIN | flags::RST) {

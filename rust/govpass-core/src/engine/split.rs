@@ -120,6 +120,7 @@ impl<T> Engine<T> {
             window: w,
             cuts: cuts.into_boxed_slice(),
             seg_limit,
+            watch: None,
         };
         Some(SplitPlan { sends, fates, memo })
     }

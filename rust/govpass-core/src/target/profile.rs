@@ -57,6 +57,9 @@ pub struct Profile {
     /// Auto-learning: names on no list of this profile go out untouched and
     /// are watched for failure (the learned names join `hosts` by reload).
     pub auto: bool,
+    /// Flows this profile splits or passes (with a host name) are watched
+    /// too, so that a learner can tell whether its strategy works.
+    pub watch: bool,
 }
 
 impl Profile {
@@ -73,6 +76,7 @@ impl Profile {
             family: None,
             ifaces: Vec::new(),
             auto: false,
+            watch: false,
         }
     }
 
@@ -151,8 +155,9 @@ pub fn preselect(profiles: &[Profile], facts: &FlowFacts) -> Pre {
         if !p.flow_matches(facts) {
             continue;
         }
-        if p.has_host_filter() {
-            // Might match once the host is known (auto profiles may watch).
+        if p.has_host_filter() || p.watch {
+            // Might match once the host is known (auto and watching profiles
+            // may watch).
             return Pre::Collect;
         }
         return match p.action {
@@ -191,6 +196,7 @@ pub fn select(profiles: &[Profile], facts: &FlowFacts, host: Option<&[u8]>) -> C
         };
         return decided.unwrap_or(match p.action {
             ProfileAction::Split(_) => Choice::Split(i),
+            ProfileAction::Pass if p.watch && host.is_some() => Choice::Watch(i),
             ProfileAction::Pass => Choice::Pass,
         });
     }

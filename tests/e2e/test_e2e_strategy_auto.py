@@ -1,0 +1,149 @@
+"""`govpass run --strategy auto` against the lab's censors: it learns a strategy per
+host name from the engine's verdicts, keeps it, gives up on what no split fixes, and
+leaves unblocked hosts working from the first connection."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import (
+    ALLOWED,
+    BLOCKED,
+    BLOCKED_TIMEOUT,
+    PASS_TIMEOUT,
+    censoring,
+    govpass_cli,
+    running,
+)
+from govpass.lab import Lab
+
+pytestmark = pytest.mark.netns
+
+
+def auto_args(state: Path, ladder: str = "1;2") -> list[str]:
+    return ["--strategy", "auto", "--strategy-state", str(state), "--strategy-ladder", ladder]
+
+
+def state_of(state: Path) -> dict[str, Any]:
+    hosts: dict[str, Any] = json.loads(state.read_text())["hosts"]
+    return hosts
+
+
+def curl_until_ok(lab: Lab, name: str, attempts: int) -> list[bool]:
+    """curl `name` until one gets through (at most `attempts`); the results in order."""
+    results: list[bool] = []
+    for _ in range(attempts):
+        ok, _detail = lab.client("curl", name, 4, timeout=BLOCKED_TIMEOUT)
+        results.append(ok)
+        if ok:
+            break
+        time.sleep(0.5)  # the verdict travels worker -> parent -> state file -> worker
+    return results
+
+
+def wait_for(pred: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def fresh_state(lab: Lab, tag: str) -> Path:
+    return lab.workdir / f"strategies-{tag}-{time.monotonic_ns()}.json"
+
+
+def test_converges_against_tspu_then_every_connection_passes(host_lab: Lab) -> None:
+    """Only a first segment of 1 or 2 bytes passes: 5 (the default) fails, no split
+    fails, 1 works; from then on every connection gets through, and the state says 1."""
+    state = fresh_state(host_lab, "tspu")
+    with censoring(host_lab, "tspu"), running(host_lab, auto_args(state), name="auto") as gp:
+        results = curl_until_ok(host_lab, BLOCKED, 6)
+        assert results[-1], f"no convergence in {len(results)} connections: {gp.log()[-3000:]}"
+        assert len(results) <= 4, results
+        for i in range(5):
+            ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
+            assert ok, f"connection {i} after convergence: {detail}"
+        assert state_of(state)[BLOCKED]["strategy"] in ("1", "2")
+        stats = gp.wait_stats(lambda s: s.get("strategy_counts"))
+        assert stats["strategy_counts"] in ({"1": 1}, {"2": 1}), stats
+        assert "kernel split: off (strategy auto" in gp.log()
+    # A restart starts where the last run ended: the first connection passes.
+    with censoring(host_lab, "tspu"), running(host_lab, auto_args(state), name="again") as gp:
+        assert "1 host(s) from" in gp.log(), gp.log()
+        ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
+        assert ok, f"after a restart: {detail}"
+
+
+def test_unblocked_host_works_from_the_first_try_and_is_not_moved(host_lab: Lab) -> None:
+    state = fresh_state(host_lab, "allowed")
+    with censoring(host_lab, "tspu"), running(host_lab, auto_args(state), name="allowed") as gp:
+        for i in range(3):
+            ok, detail = host_lab.client("curl", ALLOWED, 4, timeout=PASS_TIMEOUT)
+            assert ok, f"connection {i} to the unblocked host: {detail}"
+        stats = gp.wait_stats(lambda s: s.get("auto_successes", 0) >= 3)
+        assert stats.get("auto_successes", 0) >= 3, stats
+        assert stats.get("strategy_changes", 0) == 0, stats
+    assert ALLOWED not in state_of(state)
+
+
+def test_reassembling_censor_makes_the_host_unfixable_without_thrashing(host_lab: Lab) -> None:
+    state = fresh_state(host_lab, "reassemble")
+    with (
+        censoring(host_lab, "reassemble"),
+        running(host_lab, auto_args(state), name="reassemble") as gp,
+    ):
+        steps = 4  # 5 (the default), none, 1, 2
+        for _ in range(steps + 2):
+            ok, _ = host_lab.client("curl", BLOCKED, 4, timeout=BLOCKED_TIMEOUT)
+            assert not ok
+            time.sleep(0.5)
+        wait_for(lambda: "unfixable_until" in state_of(state).get(BLOCKED, {}))
+        assert "unfixable_until" in state_of(state)[BLOCKED], gp.log()[-3000:]
+        changes = gp.wait_stats(lambda s: s.get("strategy_unfixable") == 1)["strategy_changes"]
+        assert changes == steps, gp.log()[-3000:]
+        for _ in range(3):
+            host_lab.client("curl", BLOCKED, 4, timeout=BLOCKED_TIMEOUT)
+        assert gp.stats()["strategy_changes"] == changes  # no thrashing
+        assert gp.log().count("fails with every strategy") == 1
+        shown = govpass_cli(
+            host_lab, "client", ["strategy", "show", "--strategy-state", str(state)], None
+        )
+        assert f"{BLOCKED} unfixable" in shown.stdout, shown
+        # Cleared while it runs: the daemon forgets and learns afresh.
+        cleared = govpass_cli(
+            host_lab, "client", ["strategy", "clear", "--strategy-state", str(state)], None
+        )
+        assert cleared.returncode == 0, cleared.stderr
+        wait_for(lambda: state.exists() and BLOCKED not in state_of(state))
+        assert BLOCKED not in state_of(state)
+
+
+def test_a_foreign_state_file_is_ignored_with_one_line(host_lab: Lab) -> None:
+    state = fresh_state(host_lab, "foreign")
+    state.write_text('{"something": "else"}')
+    args: Sequence[str] = auto_args(state)
+    with running(host_lab, args, name="foreign") as gp:
+        assert gp.log().count("ignoring state file") == 1, gp.log()
+        ok, detail = host_lab.client("curl", ALLOWED, 4, timeout=PASS_TIMEOUT)
+        assert ok, detail
+
+
+def test_re_adapts_when_the_censor_changes_under_it(host_lab: Lab) -> None:
+    """tspu first (a 1-byte first segment wins), then a server that resets hellos
+    whose first segment is under 8 bytes: the host moves on to 8."""
+    state = fresh_state(host_lab, "change")
+    args = auto_args(state, ladder="1;2;8")
+    with running(host_lab, args, name="change") as gp:
+        with censoring(host_lab, "tspu"):
+            assert curl_until_ok(host_lab, BLOCKED, 6)[-1], gp.log()[-3000:]
+            assert state_of(state)[BLOCKED]["strategy"] == "1"
+        with censoring(host_lab, "splitreject"):
+            results = curl_until_ok(host_lab, BLOCKED, 6)
+            assert results[-1], f"no re-adaptation: {results}: {gp.log()[-3000:]}"
+            assert state_of(state)[BLOCKED]["strategy"] == "8"
+            ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
+            assert ok, detail

@@ -1,0 +1,221 @@
+"""The --strategy auto learner: steps per host, unfixable hosts, the state file,
+and the profiles workers build from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from govpass.strategy import Strategy, ladder
+from govpass.strategy_learner import (
+    NEW,
+    UNFIXABLE,
+    StrategyFeed,
+    StrategyLearner,
+    build_profiles,
+    load_learner,
+    parse_state,
+    steps_of,
+)
+
+START = Strategy(5)
+STEPS = steps_of(START, ladder(("1", "2", "5")))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def learner(**kw: object) -> tuple[StrategyLearner, list[str], Clock]:
+    logs: list[str] = []
+    clock = Clock()
+    return StrategyLearner(STEPS, 600.0, logs.append, clock, **kw), logs, clock  # type: ignore[arg-type]
+
+
+def fail(lr: StrategyLearner, host: str) -> bool:
+    return lr.observe(lr.profile_of(host), host, True)
+
+
+def ok(lr: StrategyLearner, host: str) -> bool:
+    return lr.observe(lr.profile_of(host), host, False)
+
+
+def test_steps_start_with_the_configured_split_then_no_split_without_duplicates() -> None:
+    assert [s.label if s else None for s in STEPS] == ["5", None, "1", "2"]
+
+
+def test_a_failing_host_climbs_the_ladder_and_a_success_keeps_its_step() -> None:
+    lr, _, _ = learner()
+    assert lr.profile_of("a.example") == NEW
+    assert ok(lr, "a.example") is False
+    assert lr.hosts == {}  # working with the configured split: nothing to keep
+    assert fail(lr, "a.example")
+    assert lr.profile_of("a.example") == "strategy:none"
+    assert fail(lr, "a.example")
+    assert lr.profile_of("a.example") == "strategy:1"
+    assert ok(lr, "a.example") is False
+    assert lr.profile_of("a.example") == "strategy:1"
+    assert lr.counts() == {"1": 1}
+
+
+def test_a_verdict_about_an_earlier_step_is_ignored() -> None:
+    lr, _, _ = learner()
+    fail(lr, "a.example")
+    assert lr.observe(NEW, "a.example", True) is False  # a flow started before the change
+    assert lr.profile_of("a.example") == "strategy:none"
+    assert lr.stats()["strategy_stale"] == 1
+
+
+def test_a_host_that_worked_unsplit_goes_back_to_no_split_when_a_split_fails() -> None:
+    lr, _, _ = learner()
+    fail(lr, "b.example")  # -> none
+    ok(lr, "b.example")  # works unsplit
+    lr.hosts["b.example"].step = 2  # later moved to a split (e.g. by a restart's state)
+    assert fail(lr, "b.example")
+    assert lr.profile_of("b.example") == "strategy:none"
+
+
+def test_a_host_failing_everywhere_is_unfixable_for_a_while_and_logged_once() -> None:
+    lr, logs, clock = learner()
+    for _ in range(len(STEPS)):
+        assert fail(lr, "c.example")
+    assert lr.profile_of("c.example") == UNFIXABLE
+    assert [m for m in logs if "c.example" in m and "unfixable" in m] != []
+    n = len(logs)
+    assert lr.observe(UNFIXABLE, "c.example", True) is False  # no thrashing
+    assert fail(lr, "c.example") is False
+    assert len(logs) == n
+    assert lr.stats()["strategy_unfixable"] == 1
+    clock.now += 599
+    assert lr.expire() is False
+    clock.now += 2
+    assert lr.expire() is True
+    assert lr.profile_of("c.example") == NEW
+
+
+@pytest.mark.parametrize("bad", ["", "bad name.example", "x\x1b[31m.example", "a" * 300])
+def test_invalid_host_names_are_never_kept(bad: str) -> None:
+    lr, logs, _ = learner()
+    assert lr.observe(NEW, bad, True) is False
+    assert lr.hosts == {}
+    assert lr.stats()["strategy_rejected"] == 1
+    assert all("\x1b" not in m for m in logs)
+
+
+def test_the_number_of_hosts_is_bounded() -> None:
+    lr, _, _ = learner(max_hosts=3)
+    for i in range(10):
+        fail(lr, f"h{i}.example")
+    assert len(lr.hosts) == 3
+
+
+def test_state_round_trips_through_the_file(tmp_path: Path) -> None:
+    lr, _, _ = learner()
+    fail(lr, "a.example")
+    fail(lr, "a.example")
+    for _ in range(len(STEPS)):
+        fail(lr, "c.example")
+    path = tmp_path / "strategies.json"
+    lr.save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    again, logs, _ = learner()
+    load_learner(path, again, logs.append)
+    assert again.profile_of("a.example") == "strategy:1"
+    assert again.profile_of("c.example") == UNFIXABLE
+    assert len(logs) == 1 and logs[0].startswith("strategy auto: 2 host(s) from")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"govpass": "strategies", "version": 99, "hosts": {}}',
+        '{"other": "tool"}',
+        "\xff\xfe",
+    ],
+)
+def test_a_bad_or_foreign_state_file_is_ignored_with_one_line(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "strategies.json"
+    path.write_bytes(b"\xff\xfe" if content == "\xff\xfe" else content.encode())
+    lr, logs, _ = learner()
+    load_learner(path, lr, logs.append)
+    assert lr.hosts == {}
+    assert len(logs) == 1 and logs[0].startswith("strategy auto: ignoring state file")
+
+
+def test_a_symlinked_state_file_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"govpass": "strategies", "version": 1, "hosts": {}}))
+    link = tmp_path / "strategies.json"
+    link.symlink_to(target)
+    lr, logs, _ = learner()
+    load_learner(link, lr, logs.append)
+    assert len(logs) == 1 and "ignoring" in logs[0]
+
+
+def test_invalid_entries_of_a_state_file_are_skipped() -> None:
+    data = {
+        "govpass": "strategies",
+        "version": 1,
+        "hosts": {
+            "good.example": {"strategy": "2,midsld", "plain_ok": True},
+            "bad name": {"strategy": "1"},
+            "UPPER.example": {"strategy": "1"},
+            "x.example": {"strategy": "rm -rf /"},
+            "y.example": {"strategy": "1", "unfixable_until": "soon"},
+            "z.example": "1",
+        },
+    }
+    assert parse_state(data) == {"good.example": ("2,midsld", True, None)}
+
+
+def test_a_strategy_no_longer_in_the_ladder_is_dropped_on_load() -> None:
+    lr, _, _ = learner()
+    data = {"govpass": "strategies", "version": 1, "hosts": {"a.example": {"strategy": "8"}}}
+    assert lr.load(data) == 0
+
+
+def test_profiles_list_each_host_at_its_strategy_and_watch_it() -> None:
+    hosts = {
+        "a.example": ("1", False, None),
+        "b.example": ("none", True, None),
+        "c.example": ("5", False, 2000.0),
+        "d.example": ("5", False, 10.0),  # its unfixable time is over
+    }
+    profiles = build_profiles(hosts, START, now=1000.0)
+    names = [p.name for p in profiles]
+    assert names == [UNFIXABLE, "strategy:1", "strategy:none", NEW]
+    by = {p.name: p for p in profiles}
+    assert by[UNFIXABLE].watch is False
+    assert by["strategy:1"].watch and by["strategy:1"].action == "split"
+    assert by["strategy:none"].action == "pass" and by["strategy:none"].watch
+    assert by[NEW].watch and by[NEW].action == "split"
+
+
+def test_feed_reloads_a_changed_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "strategies.json"
+    applied: list[list[str]] = []
+    feed = StrategyFeed(path, START, lambda ps: applied.append([p.name for p in ps]))
+    feed.poll()
+    feed.take()
+    assert applied == [[NEW]]
+    lr, _, _ = learner()
+    fail(lr, "a.example")
+    lr.save(path)
+    feed.poll()
+    feed.take()
+    assert applied[-1] == ["strategy:none", NEW]
+    feed.poll()
+    feed.take()  # unchanged: nothing new
+    assert len(applied) == 2
+    path.write_text("garbage")
+    feed.poll()
+    feed.take()
+    assert len(applied) == 2 and feed.failures == 1
