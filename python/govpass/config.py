@@ -252,6 +252,14 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("batch", "normal"),
     ),
     Setting(
+        "user",
+        "",
+        "User the NFQUEUE workers become once their sockets are open, when started as "
+        "root (empty: govpass if it exists, else nobody; root: keep uid 0 and every "
+        "capability)",
+        "str",
+    ),
+    Setting(
         "worker-timeout",
         1.0,
         "Seconds a worker's packet loop may go without running before the daemon kills "
@@ -494,6 +502,7 @@ class Config:
     backend: str = "nfqueue"
     workers: int = 0
     worker_sched: str = "batch"
+    user: str = ""
     worker_timeout: float = 1.0
     packet_loop: str = "rust"
     inject: str = "auto"

@@ -274,6 +274,26 @@ def check_packet_loop(config: Config) -> Check:
     return Check("packet loop", "ok", detail)
 
 
+def check_daemon_privileges() -> list[Check]:
+    """What a running daemon's processes hold (uid, capabilities, no_new_privs,
+    seccomp), read from /proc: the daemon of the run directory and its children."""
+    from govpass.daemon import run_dir, running_daemon
+    from govpass.privileges import describe
+
+    pid = running_daemon(run_dir())
+    if pid is None:
+        return []
+    checks = [Check(f"daemon pid {pid}", "ok", describe(pid))]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    for child in children:
+        checks.append(Check(f"worker pid {child}", "ok", describe(child)))
+    return checks
+
+
 def _daemon_running() -> bool:
     from govpass.daemon import run_dir, running_daemon
     from govpass.instance import find
@@ -394,6 +414,7 @@ def check_backends(config: Config) -> list[Check]:
 def run_checks(config: Config) -> list[Check]:
     checks: list[Callable[[], list[Check]]] = [
         lambda: [check_privileges()],
+        check_daemon_privileges,
         lambda: [check_nfqueue()],
         lambda: [check_queues(config)],
         lambda: [check_packet_loop(config)],
