@@ -354,8 +354,8 @@ def drop_parent() -> None:
     """The daemon's own process: keeps PARENT_CAPS, the bounding set likewise (so the
     iptables/nft it runs get no more)."""
     libc = _libc()
-    if libc is None:
-        return
+    if libc is None or os.geteuid() != 0:
+        return  # not root (the unit): the iptables/nft it runs need its ambient set
     drop_bounding(libc, PARENT_CAPS)
     set_capabilities(libc, PARENT_CAPS)
 
