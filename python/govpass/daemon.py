@@ -358,7 +358,9 @@ def make_worker_dir(directory: Path, account: Any) -> Path:
     uid = account.uid if account is not None else os.geteuid()
     gid = os.getegid()
     if (st.st_uid, st.st_gid) != (uid, gid):
-        os.chown(sub, uid, gid, follow_symlinks=False)
+        # Without CAP_CHOWN the workers cannot start either: their error says why.
+        with suppress(PermissionError):
+            os.chown(sub, uid, gid, follow_symlinks=False)
     os.chmod(sub, 0o750)  # lstat above: not a symlink
     return sub
 
