@@ -211,7 +211,7 @@ class Bench:
         (what `govpass stats` sums; ~1 s cheaper than starting the CLI between phases)."""
         time.sleep(0.6)
         total: dict[str, int] = {}
-        for path in self.run_dir.glob("worker-*.json"):
+        for path in self.run_dir.glob("workers/worker-*.json"):
             for key, value in json.loads(path.read_text(encoding="utf-8")).items():
                 if isinstance(value, int) and key != "queue":
                     total[key] = total.get(key, 0) + value

@@ -149,7 +149,7 @@ def write_list(path: Path, names: int, extra: str = "") -> None:
 
 def reloads(run: Run) -> int:
     try:
-        data = json.loads((run.run_dir / "worker-0.json").read_text())
+        data = json.loads((run.run_dir / "workers" / "worker-0.json").read_text())
     except (OSError, ValueError):
         return -1
     return int(data.get("list_reloads", 0))

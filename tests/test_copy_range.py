@@ -47,7 +47,7 @@ def test_truncated_copy_passes_untouched(tmp_path: Path) -> None:
             assert flow.sizes[0] == flow.record_len, flow.summary()  # one unsplit segment
             assert flow.checksums_ok
         time.sleep(0.5)
-        stats = json.loads((tmp_path / "worker-0.json").read_text())
+        stats = json.loads((tmp_path / "workers" / "worker-0.json").read_text())
         assert stats["packets"] >= 2  # the hellos were queued ...
         assert stats["splits"] == 0  # ... and passed as they were
         assert stats["fail_open"]["truncated"] == 0  # no flow existed to fail

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from govpass.config import load
-from govpass.daemon import RETIRED, Daemon, WorkerHandle, aggregate
+from govpass.daemon import RETIRED, WORKERS, Daemon, WorkerHandle, aggregate
 from govpass.errors import ConfigError
 from govpass.watchdog import Heartbeats, check_interval
 
@@ -93,7 +93,8 @@ def test_a_hung_worker_is_killed_restarted_logged_and_counted(
     r = Restarts(tmp_path, monkeypatch, "0.5")
     try:
         r.daemon.workers = [r.start(0)]
-        (tmp_path / "worker-0.json").write_text(
+        (tmp_path / WORKERS).mkdir(exist_ok=True)
+        (tmp_path / WORKERS / "worker-0.json").write_text(
             json.dumps({"queue": 200, "flows": 7, "splits": 5, "flows_now": 3,
                         "fail_open": {"timeout": 2}})
         )  # fmt: skip
@@ -113,8 +114,9 @@ def test_a_hung_worker_is_killed_restarted_logged_and_counted(
         retired = json.loads((tmp_path / RETIRED).read_text())
         assert retired == {"watchdog_restarts": 1, "worker_restarts": 1, "flows": 7,
                            "splits": 5, "fail_open": {"timeout": 2}}  # fmt: skip
-        assert not (tmp_path / "worker-0.json").exists()
-        (tmp_path / "worker-0.json").write_text(json.dumps({"queue": 200, "flows": 1}))
+        assert not (tmp_path / WORKERS / "worker-0.json").exists()
+        (tmp_path / WORKERS).mkdir(exist_ok=True)
+        (tmp_path / WORKERS / "worker-0.json").write_text(json.dumps({"queue": 200, "flows": 1}))
         total = aggregate(tmp_path)
         assert total["flows"] == 8 and total["splits"] == 5 and total["workers"] == 1
         assert total["watchdog_restarts"] == 1 and total["fail_open"] == {"timeout": 2}

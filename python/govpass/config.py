@@ -313,6 +313,14 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("batch", "normal"),
     ),
     Setting(
+        "user",
+        "",
+        "User the NFQUEUE workers become once their sockets are open, when started as "
+        "root (empty: govpass if it exists, else nobody; root: keep uid 0 and every "
+        "capability)",
+        "str",
+    ),
+    Setting(
         "worker-timeout",
         1.0,
         "Seconds a worker's packet loop may go without running before the daemon kills "
@@ -555,6 +563,7 @@ class Config:
     backend: str = DEFAULT_BACKEND
     workers: int = 0
     worker_sched: str = "batch"
+    user: str = ""
     worker_timeout: float = 1.0
     packet_loop: str = "rust"
     inject: str = "auto"

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import select
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from govpass import privileges
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
+from govpass.quoting import quote
 from govpass.run_lock import claim_run_lock
 from govpass.watchdog import Heartbeats, check_interval
 
@@ -52,6 +55,21 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     from govpass.safefile import write_atomic
 
     write_atomic(path, json.dumps(data), sync=False)
+
+
+def write_json_at(dirfd: int, name: str, data: dict[str, Any]) -> None:
+    """Like :func:`write_json_atomic`, in the directory open as `dirfd`: a worker opens
+    its stats directory before it changes user, so the directories above it need not
+    be searchable by that user."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o640, dir_fd=dirfd)
+    try:
+        os.fchmod(fd, 0o640)
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
 
 
 def _close_quietly(fd: int) -> None:
@@ -140,13 +158,15 @@ def worker_main(
     log: Callable[[str], None] | None = None,
     fallback: list[Any] | None = None,
     beats: Heartbeats | None = None,
+    account: Any = None,
 ) -> None:
     """Entry point of a worker process: bind queue `queue_num + index`, run.
 
     `events_fd`: write end of the parent's auto-learning pipe (-1: none);
     `log`: where worker 0 reports list reloads (the others stay quiet, they
     read the same files); `fallback`: see :func:`worker_targeting`; `beats`:
-    the slot this worker's packet loop stamps for the parent's watchdog."""
+    the slot this worker's packet loop stamps for the parent's watchdog; `account`:
+    the user it becomes once its sockets are open (None: it keeps its uid)."""
     from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
     from govpass.list_thread import ListThread
@@ -195,6 +215,15 @@ def worker_main(
         )
         targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
         worker.bind()
+        stats_dir = os.open(
+            Path(directory) / WORKERS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+        if config.user != "root":
+            _preload()  # modules imported later may lie where the new user cannot read
+            files = [str(p) for p in targeting.files()] if watcher is not None else []
+            if config.strategy == "auto":  # the worker re-reads the learned strategies too
+                files.append(config.strategy_state)
+            privileges.drop_worker(account, files)
     except GovpassError as e:
         ready.send(("error", str(e)))
         return
@@ -214,7 +243,7 @@ def worker_main(
     ready.send(("ready", queue))
     # Reloads are read and parsed on a thread; the timer below only swaps them in.
     lists = ListThread(watcher).start() if watcher is not None else None
-    stats_path = Path(directory) / f"worker-{index}.json"
+    stats_name = f"worker-{index}.json"
     last_write = 0.0
     learning = events_fd >= 0 and (targeting.auto or feed is not None)
     dropped = 0
@@ -240,7 +269,7 @@ def worker_main(
         if now - last_write >= config.stats_interval / 2:
             last_write = now
             with suppress(OSError):
-                write_json_atomic(stats_path, {"queue": queue, **_worker_stats()})
+                write_json_at(stats_dir, stats_name, {"queue": queue, **_worker_stats()})
 
     def _worker_stats() -> dict[str, Any]:
         s = worker.stats()
@@ -265,10 +294,41 @@ def worker_main(
         with suppress(OSError):
             pass_events()
         with suppress(OSError):
-            write_json_atomic(stats_path, {"queue": queue, **_worker_stats()})
+            write_json_at(stats_dir, stats_name, {"queue": queue, **_worker_stats()})
+
+
+def _preload() -> None:
+    """Imports what a worker may import lazily after it changed user."""
+    import gzip  # noqa: F401
+    import json  # noqa: F401
+    import zlib  # noqa: F401
+
+    import govpass.autolearn
+    import govpass.reading  # noqa: F401
 
 
 # ---------------------------------------------------------------- parent side
+
+# Subdirectory of the run directory where workers write their counters: owned by the
+# workers' user, so the run directory itself stays writable by its owner only.
+WORKERS = "workers"
+
+
+def make_worker_dir(directory: Path, account: Any) -> Path:
+    sub = directory / WORKERS
+    with suppress(FileExistsError):
+        os.mkdir(sub, 0o750)
+    st = os.lstat(sub)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BackendError(f"run directory {directory}: {WORKERS} is not a directory")
+    uid = account.uid if account is not None else os.geteuid()
+    gid = os.getegid()
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        # Without CAP_CHOWN the workers cannot start either: their error says why.
+        with suppress(PermissionError):
+            os.chown(sub, uid, gid, follow_symlinks=False)
+    os.chmod(sub, 0o750)  # lstat above: not a symlink
+    return sub
 
 
 @dataclass
@@ -329,7 +389,8 @@ def aggregate(directory: Path) -> dict[str, Any]:
         total.update({f"kernel_{k}": v for k, v in kernel.items() if isinstance(v, int)})
         if isinstance(kernel.get("state"), str):
             total["kernel_split_state"] = kernel["state"]
-    for path in sorted(directory.glob("worker-*.json")):
+    files = [*directory.glob("worker-*.json"), *(directory / WORKERS).glob("worker-*.json")]
+    for path in sorted(files):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -358,6 +419,7 @@ class Daemon:
         self.workers: list[WorkerHandle] = []
         self.rules_installed = False
         self.owns_run_dir = False
+        self.account = self._account()
         self.final_stats: dict[str, Any] = {}  # the counters as they were at stop()
         self.spec: Any = None
         self._spec_checked = 0.0
@@ -390,6 +452,17 @@ class Daemon:
         self._rules_seen: Any = None  # the rules as installed, to notice changes by hand
         self._rules_broken = False  # a reinstall after such a change failed (logged once)
 
+    def _account(self) -> Any:
+        """The user workers become (validated here, so a bad `user` stops the start)."""
+        try:
+            return privileges.resolve_user(self.config.user)
+        except KeyError:
+            raise ConfigError(
+                f"invalid user: {quote(self.config.user)} (accepted: an existing user name, "
+                "or root to keep uid 0)",
+                field="user",
+            ) from None
+
     def _start_worker(self, index: int) -> WorkerHandle:
         parent_end, child_end = self._ctx.Pipe(duplex=False)
         events_fd = self._events[1] if self._events else -1
@@ -404,6 +477,7 @@ class Daemon:
                 self.log,
                 self.profiles,
                 self.heartbeats,
+                self.account,
             ),
             name=f"govpass-worker-{index}",
             daemon=True,
@@ -524,6 +598,8 @@ class Daemon:
             rules.preflight(rule_spec(self.config), backend=backend)  # type: ignore[arg-type]
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
+        for old in (make_worker_dir(self.directory, self.account)).glob("worker-*.json"):
+            old.unlink(missing_ok=True)
         (self.directory / "learner.json").unlink(missing_ok=True)
         (self.directory / "kernel-split.json").unlink(missing_ok=True)
         (self.directory / STRATEGY_STATS).unlink(missing_ok=True)
@@ -555,6 +631,19 @@ class Daemon:
             self.log(f"pre-filter: {result.prefilter_summary}")
             self._start_kernel_split(result.prefilter)
             self._record_rules(result.backend, result.prefilter_summary)
+        self._drop_privileges()
+
+    def _drop_privileges(self) -> None:
+        """The parent keeps what rule re-installation, the kernel split and list reloads
+        need; then the log says what each kind of process holds."""
+        if self.config.user != "root":
+            try:
+                privileges.drop_parent()
+            except OSError as e:
+                self.log(f"privileges: could not narrow the daemon's capabilities: {e}")
+        self.log(f"privileges: daemon {privileges.describe()}")
+        if self.workers:
+            self.log(f"privileges: workers {privileges.describe(self.workers[0].process.pid)}")
 
     def _open_kernel_split(self) -> Any:
         """The kernel split's gate for the rules, or None (with the reason logged)."""
@@ -645,7 +734,7 @@ class Daemon:
         """Moves a replaced worker's last counters into the retired total, so that
         `govpass stats` keeps counting what it did."""
         self.retired["worker_restarts"] += 1
-        path = self.directory / f"worker-{index}.json"
+        path = self.directory / WORKERS / f"worker-{index}.json"
         with suppress(OSError, ValueError):
             data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, dict):
@@ -807,6 +896,7 @@ class Daemon:
             state.append(STRATEGY_STATS)
             for path in [
                 *self.directory.glob("worker-*.json"),
+                *(self.directory / WORKERS).glob("worker-*.json"),
                 *(self.directory / n for n in state),
             ]:
                 path.unlink(missing_ok=True)

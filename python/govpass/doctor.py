@@ -284,6 +284,27 @@ def check_packet_loop(config: Config) -> Check:
     return Check("packet loop", "ok", detail)
 
 
+def check_daemon_privileges() -> list[Check]:
+    """What a running daemon's processes hold (uid, capabilities, no_new_privs,
+    seccomp), read from /proc: the daemon of the run directory and its children."""
+    from govpass.daemon import run_dir
+    from govpass.privileges import describe
+    from govpass.run_lock import running_daemon
+
+    pid = running_daemon(run_dir())
+    if pid is None:
+        return []
+    checks = [Check(f"daemon pid {pid}", "ok", describe(pid))]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    for child in children:
+        checks.append(Check(f"worker pid {child}", "ok", describe(child)))
+    return checks
+
+
 def _daemon_running() -> bool:
     from govpass.daemon import run_dir
     from govpass.instance import find
@@ -408,6 +429,7 @@ def run_checks(config: Config) -> list[Check]:
     linux = sys.platform.startswith("linux")
     if linux:  # NFQUEUE, the Rust packet loop and the firewall exist only there
         checks += [
+            check_daemon_privileges,
             lambda: [check_nfqueue()],
             lambda: [check_queues(config)],
             lambda: [check_packet_loop(config)],

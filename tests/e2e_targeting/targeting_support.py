@@ -113,7 +113,7 @@ class Daemon:
         import json
 
         out = []
-        for path in sorted(self.run_dir.glob("worker-*.json")):
+        for path in sorted(self.run_dir.glob("workers/worker-*.json")):
             with contextlib.suppress(OSError, ValueError):
                 out.append(dict(json.loads(path.read_text())))
         return out

@@ -46,8 +46,8 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Capture & rules": ("ports", "backend", "mode", "iface", "exclude-iface", "firewall",
                         "prefilter", "mark", "watch-mark", "ipv6", "block-quic", "queue-num",
                         "queue-len", "copy-range"),
-    "Workers & kernel": ("workers", "worker-sched", "worker-timeout", "packet-loop", "inject",
-                         "kernel-split"),
+    "Workers & kernel": ("workers", "worker-sched", "worker-timeout", "user", "packet-loop",
+                         "inject", "kernel-split"),
     "Limits": ("collect-timeout", "max-buffer", "max-held-pkts", "flow-timeout", "max-flows",
                "max-list-bytes"),
     "Divert backend (Windows, Linux eBPF)": ("queue-time", "queue-size"),
@@ -58,7 +58,7 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
 # Settings that mean something only on some platforms; elsewhere their flags are
 # hidden from --help (still accepted, and shown by --help-all).
-NFQUEUE_ONLY = ("workers", "worker-sched", "packet-loop", "inject", "kernel-split",
+NFQUEUE_ONLY = ("workers", "worker-sched", "user", "packet-loop", "inject", "kernel-split",
                 "queue-num", "copy-range", "prefilter", "watch-mark", "firewall")  # fmt: skip
 PLATFORM_SETTINGS: dict[str, tuple[str, ...]] = {
     "linux": PANELS["FreeBSD"],
