@@ -120,6 +120,17 @@ def test_unsafe_run_directories_are_refused(lab: Lab, how: str) -> None:
     assert mangle_rules(lab, "client") == [], "nothing installed"
 
 
+def state_files(run_dir: Path) -> list[Path]:
+    """The run directory's files, and those of its `workers/` directory (the workers'
+    counters, written by the unprivileged worker user), which must itself be a real
+    directory only its owner and group can enter."""
+    workers = run_dir / "workers"
+    st = os.lstat(workers)
+    assert stat.S_ISDIR(st.st_mode), f"{workers} is not a directory"
+    assert stat.S_IMODE(st.st_mode) == 0o750, f"{workers}: {stat.S_IMODE(st.st_mode):o}"
+    return [p for p in [*run_dir.iterdir(), *workers.iterdir()] if p != workers]
+
+
 def test_planted_files_in_the_run_directory_are_harmless(lab: Lab) -> None:
     victim = lab.workdir / f"victim-{time.monotonic_ns()}"
     victim.write_text("root's file\n")
@@ -137,7 +148,7 @@ def test_planted_files_in_the_run_directory_are_harmless(lab: Lab) -> None:
             assert lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)[0]
             stats = gp.wait_stats(lambda s: all_splits(s) >= 1)
             assert stats["pid"] == gp.pid
-            for path in gp.run_dir.iterdir():
+            for path in state_files(gp.run_dir):
                 st = os.lstat(path)
                 assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file"
                 assert stat.S_IMODE(st.st_mode) == 0o640, f"{path}: {stat.S_IMODE(st.st_mode):o}"
@@ -154,5 +165,5 @@ def test_a_new_run_directory_is_0750(lab: Lab) -> None:
     with running(lab, WORKERS_ONLY, name="mode") as gp:
         assert stat.S_IMODE(gp.run_dir.stat().st_mode) == 0o750
         gp.wait_stats(lambda s: s.get("workers", 0) >= 1)
-        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path(gp.run_dir).iterdir()}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state_files(gp.run_dir)}
         assert modes and set(modes.values()) == {0o640}, modes
