@@ -102,7 +102,8 @@ def test_list_edit_is_picked_up_without_restart(lab: Lab) -> None:
         # A broken edit: one clear line, the previous list stays in force.
         with hostlist.open("a") as f:
             f.write("bad host\n")
-        gp.wait_log(f'hostlist {hostlist} line 4: "bad host" is not a valid entry; '
+        gp.wait_log(f'hostlist {hostlist} line 4: "bad host" is not a valid entry (accepted: '
+                    "host names, ^name for the name alone, # comments); "
                     "keeping the previous list")  # fmt: skip
         assert curl(lab, BLOCKED), gp.log()[-3000:]
         time.sleep(2.5)
