@@ -360,6 +360,9 @@ def drop_worker(account: Account | None, readable: list[str]) -> None:
     if libc is None:
         return
     keep = WORKER_CAPS
+    caps = effective_capabilities() or 0
+    if not (caps >> CAP_SETUID & 1 and caps >> CAP_SETGID & 1):
+        account = None  # root without CAP_SETUID/SETGID (a narrowed root) keeps its uid
     if account is not None:
         held = keep | {CAP_DAC_READ_SEARCH, CAP_SETPCAP}  # SETPCAP: the bounding drop
         change_user(libc, account, held)
