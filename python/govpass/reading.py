@@ -53,6 +53,19 @@ def check_path(path: Path | str, what: str, field: str) -> None:
         )
 
 
+# A FIFO or a terminal must not block or become the controlling one: O_NONBLOCK for
+# the open, cleared once fstat said "regular file". Windows has none of these flags
+# (and no FIFOs); there the file is opened in binary mode, never text mode.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | _NONBLOCK
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
+
 def read_bounded(
     path: Path,
     what: str,
@@ -71,7 +84,7 @@ def read_bounded(
     check_path(path, what, field)
     where = f"{what} {shown(path)}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         if missing_ok:
             return b""
@@ -91,7 +104,8 @@ def read_bounded(
         )
         if st.st_size > limit:
             raise over
-        os.set_blocking(fd, True)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     except OSError as e:

@@ -12,6 +12,7 @@ the kernel's queue flush and TCP sends them again.
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing.context
 import time
 from typing import Any
@@ -21,8 +22,12 @@ class Heartbeats:
     """One shared slot per worker: when its packet loop last ran (0: never)."""
 
     def __init__(self, count: int, ctx: multiprocessing.context.BaseContext) -> None:
-        # RawArray: no lock, one writer per slot; an aligned 8-byte store is atomic.
-        self._slots: Any = ctx.RawArray("d", count)
+        # An anonymous shared mapping, inherited by the forked workers: no file behind
+        # it, so it works where /dev/shm is not writable (a service's user, a chroot).
+        # No lock, one writer per slot; an aligned 8-byte store is atomic.
+        self._map = mmap.mmap(-1, max(1, count) * 8)
+        self._slots: Any = memoryview(self._map).cast("d")
+        del ctx  # the workers are forked (the mapping is shared, not pickled)
 
     def beat(self, index: int, now: float | None = None) -> None:
         self._slots[index] = time.monotonic() if now is None else now
