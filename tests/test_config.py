@@ -432,6 +432,7 @@ def test_wrong_toml_types_are_refused(tmp_path: Path, line: str) -> None:
     assert "accepted" in str(e.value) and "\x1b" not in str(e.value)
 
 
+@pytest.mark.linux_only  # os.mkfifo
 def test_deep_nesting_and_fifo_config(tmp_path: Path) -> None:
     deep = toml(tmp_path, "a = " + "[" * 100000 + "]" * 100000 + "\n")
     with pytest.raises(ConfigError, match="nested too deeply"):

@@ -134,6 +134,7 @@ def test_divert_filter_skips_detected_tunnels_unless_included(tmp_path: Path) ->
     assert divert.filter_spec(cfg, detection=ifs.Detection()).exclude_ifidx == ()
 
 
+@pytest.mark.linux_only  # ifb devices and tunnel kinds come from Linux's rtnetlink
 def test_an_ifb_is_named_as_such(tmp_path: Path) -> None:
     sys_net, proc = fake_tree(tmp_path)
     make_iface(sys_net, "ifb0", 1)  # sysfs shows no DEVTYPE for ifb; rtnetlink names it
@@ -153,6 +154,7 @@ def test_a_listed_interface_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
     assert e.value.field == "iface"
 
 
+@pytest.mark.linux_only
 def test_a_tunnel_matched_by_an_iface_pattern_is_not_excluded(tmp_path: Path) -> None:
     det = ifs.detect(*fake_tree(tmp_path))
     assert ifs.exclusions(det, include=("ppp+", "eth0"), exclude=()) == ("tun0", "wg0")
