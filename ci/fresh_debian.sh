@@ -215,6 +215,9 @@ start="$(setting ExecStart)"
 stop_post="$(setting ExecStopPost)"
 [ -n "$caps" ] && [ -n "$start" ] && [ -n "$stop_post" ] || die "the unit lacks a setting"
 run_dir="$(setting Environment | sed -n 's/^GOVPASS_RUN_DIR=//p')"
+# As systemd's RuntimeDirectory=: made afresh for the unit's user at start (the
+# first command's daemon, run as root above, left its own 0640 lock file there).
+rm -rf "${root:?}$run_dir"
 install -d -o 65534 -g 65534 -m 700 "$root$run_dir"
 as_unit=(setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs
          "--bounding-set=-all,$caps" "--inh-caps=-all,$caps" "--ambient-caps=-all,$caps" --)
