@@ -329,6 +329,7 @@ def running(
     lab: Lab, args: Sequence[str] = (), role: str = "client", name: str = "gp"
 ) -> Iterator[Govpass]:
     """A daemon for the ``with`` block; on exit it must stop cleanly and leave no rules."""
+    lab.close_connections(role)  # an earlier test's retransmitting hellos are not ours
     gp = Govpass(lab, role, args, name).start()
     try:
         yield gp

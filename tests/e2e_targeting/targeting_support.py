@@ -133,6 +133,7 @@ class Daemon:
 
 @contextlib.contextmanager
 def running(lab: Lab, args: Sequence[str], workers: int = 1) -> Iterator[Daemon]:
+    lab.close_connections()  # an earlier test's retransmitting hellos are not ours
     daemon = Daemon(lab, args, workers)
     try:
         yield daemon

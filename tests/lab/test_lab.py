@@ -272,6 +272,23 @@ def test_firstpacket_censor_with_rst_fails_fast(lab: Lab) -> None:
 
 
 @pytest.mark.netns
+def test_close_connections_ends_a_censored_clients_orphaned_socket(lab: Lab) -> None:
+    def towards_443() -> list[str]:
+        out = lab.exec("client", ["ss", "-H", "-t", "-a", "dport", "=", ":443"]).stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+    lab.start_censor("firstpacket", names=[BLOCKED])
+    try:
+        assert not lab.client("curl", BLOCKED, 4, timeout=1.0)[0]
+        # curl is gone; its socket still retransmits the dropped hello.
+        assert towards_443(), "no orphaned socket to close"
+        lab.close_connections("client")
+        assert towards_443() == []
+    finally:
+        lab.stop_censor()
+
+
+@pytest.mark.netns
 def test_wirecheck_reports_one_unsplit_clienthello(lab: Lab, kinds: list[str]) -> None:
     with lab.capture("client") as client_cap, lab.capture("server") as server_cap:
         for family in FAMILIES:

@@ -271,6 +271,14 @@ class Lab:
     def alive(self) -> list[int]:
         return self.procs.alive()
 
+    def close_connections(self, role: str = "client", port: int = 443) -> None:
+        """Destroy the TCP sockets of ``role`` towards ``port``, orphans included.
+
+        A client that gave up on a censored connection leaves its kernel socket
+        retransmitting the ClientHello for a minute or more; a daemon started next
+        would see those hellos as failing connections of its own."""
+        self.exec(role, ["ss", "-K", "-t", "-a", "dport", "=", f":{port}"], check=False)
+
     def _check_alive(self, pid: int, what: str) -> None:
         if pid not in self.procs.alive():
             log = self.procs.procs[pid].log if pid in self.procs.procs else None
