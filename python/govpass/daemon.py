@@ -828,7 +828,9 @@ class Daemon:
             if self.strategies is not None and time.monotonic() >= self._strategy_checked + 1:
                 self._strategy_checked = time.monotonic()
                 self._strategy_tick()
-            if time.monotonic() >= self._checked + every:
+            # Not once a stop was asked for: Ctrl-C and systemd's stop signal the workers
+            # too, and their exit is then no crash to restart them for.
+            if time.monotonic() >= self._checked + every and not stopped():
                 self.check_workers()
 
     def take_events(self, data: bytes) -> None:
