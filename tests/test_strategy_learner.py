@@ -12,9 +12,11 @@ from govpass.strategy import Strategy, ladder
 from govpass.strategy_learner import (
     NEW,
     UNFIXABLE,
+    ProfileMixer,
     StrategyFeed,
     StrategyLearner,
     build_profiles,
+    default_part,
     load_learner,
     parse_state,
     steps_of,
@@ -202,7 +204,8 @@ def test_profiles_list_each_host_at_its_strategy_and_watch_it() -> None:
 def test_feed_reloads_a_changed_state_file(tmp_path: Path) -> None:
     path = tmp_path / "strategies.json"
     applied: list[list[str]] = []
-    feed = StrategyFeed(path, START, lambda ps: applied.append([p.name for p in ps]))
+    mixer = ProfileMixer([default_part(START)], lambda ps: applied.append([p.name for p in ps]))
+    feed = StrategyFeed(path, mixer.learned)
     feed.poll()
     feed.take()
     assert applied == [[NEW]]
