@@ -310,8 +310,9 @@ class StrategyBook:
             "version": VERSION,
             "hosts": scopes.pop(DEFAULT_SCOPE, {}),
         }
-        if scopes:
-            data["profiles"] = dict(sorted(scopes.items()))
+        profiles = {k: v for k, v in sorted(scopes.items()) if v}
+        if profiles:
+            data["profiles"] = profiles
         return data
 
     def load(self, data: Any) -> int:

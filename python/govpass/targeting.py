@@ -276,13 +276,13 @@ def _profile_strategy(table: Mapping[str, Any], where: str, action: str, config:
 
     if "strategy" not in table:
         strategy = config.strategy if action == "split" else "fixed"
-        origin = "the strategy setting"
+        origin = "the global strategy setting"
     else:
         try:
             strategy = BY_NAME["strategy"].parse(table["strategy"], f"{where}: strategy")
         except ConfigError as e:
             raise ConfigError(str(e), field="strategy") from None
-        origin = "strategy"
+        origin = "its strategy key"
         if strategy == "auto" and action != "split":
             raise ConfigError(
                 f"{where}: strategy = auto needs action = split (accepted: strategy = "
