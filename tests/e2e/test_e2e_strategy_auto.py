@@ -192,3 +192,27 @@ def test_an_auto_profile_learns_for_its_list_and_a_fixed_profile_keeps_its_split
         assert line["status"] == "ok", line
         assert f"1 host(s) learned, readable state file {state}" in line["detail"], line
         assert f"{chunk}: {BLOCKED}" in line["detail"], line
+
+
+def test_strategy_auto_with_a_host_list_learns_only_for_the_listed_names(host_lab: Lab) -> None:
+    """`--strategy auto --hostlist FILE`: the listed name converges and is kept under the
+    state file's top-level hosts (as without a list); an unlisted name passes unsplit."""
+    state = fresh_state(host_lab, "hostlist")
+    hostlist = host_lab.workdir / f"auto-cli-list-{time.monotonic_ns()}.txt"
+    hostlist.write_text(f"{BLOCKED}\n")
+    args = [*auto_args(state), "--hostlist", str(hostlist)]
+    with censoring(host_lab, "tspu"), running(host_lab, args, name="cli-list") as gp:
+        results = curl_until_ok(host_lab, BLOCKED, 6)
+        assert results[-1], f"no convergence in {len(results)} connections: {gp.log()[-3000:]}"
+        assert state_of(state)[BLOCKED]["strategy"] in ("1", "2")
+        with host_lab.capture("client") as ccap:
+            for _ in range(2):
+                ok, detail = host_lab.client("curl", ALLOWED, 4, timeout=PASS_TIMEOUT)
+                assert ok, detail
+        flows = [f for f in ccap.flows() if f.syn_seen and f.complete and f.sni == ALLOWED]
+        assert len(flows) == 2 and all(len(f.segments) == 1 for f in flows), [
+            f.summary() for f in flows
+        ]
+        stats = gp.wait_stats(lambda s: s.get("strategy_counts"))
+        assert set(stats["strategy_counts"]) <= {"1", "2"}, stats
+    assert ALLOWED not in state_of(state)
