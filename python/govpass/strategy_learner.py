@@ -15,6 +15,11 @@ The learner writes what it knows to the state file (atomically, only valid
 host names and known strategies); the workers' :class:`StrategyFeed` reloads
 it off the packet loop and swaps the profiles in. Verdicts about a step the
 host has already left (flows started before the change) are ignored.
+
+Learning is done per scope: `--strategy auto` itself (every host, or the
+listed ones), or an auto ``[[profile]]``; a :class:`StrategyBook` holds one
+learner per scope, all in one state file, and a worker's :class:`ProfileMixer`
+expands each auto profile with what was learned for it.
 """
 
 from __future__ import annotations
