@@ -90,7 +90,7 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
     `gate` (a KernelSplitGate) leaves whole one-packet hellos to the kernel split."""
     from govpass import interfaces
     from govpass.rules import RuleSpec
-    from govpass.targeting import uses_auto
+    from govpass.targeting import learns_strategies, uses_auto
 
     if detection is None:
         detection = interfaces.detect()
@@ -107,7 +107,7 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
         ipv4=True,
         ipv6=config.ipv6,
         # auto-learning and --strategy auto read the first replies
-        inbound=uses_auto(config) or config.strategy == "auto",
+        inbound=uses_auto(config) or learns_strategies(config),
         block_quic=config.block_quic,  # type: ignore[arg-type]
         prefilter=config.prefilter,  # type: ignore[arg-type]
         # Later packets of a record are queued for twice the collect timeout at most.
@@ -125,28 +125,33 @@ def worker_targeting(
     index: int,
     log: Callable[[str], None] | None = None,
     fallback: list[Any] | None = None,
+    mixer: Any = None,
 ) -> tuple[Any, Any]:
     """(targeting, list watcher or None) of a worker, its engine's profiles set.
 
     A worker started again while a list file is broken gets `fallback`, the
     profiles the parent last loaded, instead of failing: the previous lists stay
-    in force, as in the workers that kept running."""
+    in force, as in the workers that kept running. With learned strategies the
+    lists go to `mixer` (a strategy_learner.ProfileMixer) as parts, and so does
+    `fallback`."""
     from govpass.targeting import ListWatcher, Targeting
 
     targeting = Targeting.from_config(config)
     if not targeting.active:
         return targeting, None
     try:
-        profiles = targeting.build()
+        profiles = targeting.build() if mixer is None else targeting.build_parts()
     except ConfigError as e:
         if fallback is None:
             raise
         if log is not None:
             log(f"worker {index}: {e}; using the previous lists")
         profiles = fallback
-    engine.set_profiles(profiles)
+    apply = engine.set_profiles if mixer is None else mixer.lists
+    apply(profiles)
     quiet = index != 0 or log is None
-    return targeting, ListWatcher(targeting, engine.set_profiles, None if quiet else log)
+    watcher = ListWatcher(targeting, apply, None if quiet else log, parts=mixer is not None)
+    return targeting, watcher
 
 
 def worker_main(
@@ -170,6 +175,8 @@ def worker_main(
     from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
     from govpass.list_thread import ListThread
+    from govpass.strategy_learner import ProfileMixer, StrategyFeed, default_part
+    from govpass.targeting import learns_strategies
 
     # A parent killed with SIGKILL cannot stop its workers; without this check they
     # would keep the queue bound, so the next `govpass run` could not start.
@@ -213,7 +220,11 @@ def worker_main(
             packet_loop=config.packet_loop,
             inject=config.inject,
         )
-        targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
+        learns = learns_strategies(config)
+        mixer = ProfileMixer([], worker.engine.set_profiles) if learns else None
+        targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback, mixer)
+        if mixer is not None and not targeting.active:  # --strategy auto for every host
+            mixer.lists([default_part(config_start(config))])
         worker.bind()
         stats_dir = os.open(
             Path(directory) / WORKERS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -221,7 +232,7 @@ def worker_main(
         if config.user != "root":
             _preload()  # modules imported later may lie where the new user cannot read
             files = [str(p) for p in targeting.files()] if watcher is not None else []
-            if config.strategy == "auto":  # the worker re-reads the learned strategies too
+            if learns:  # the worker re-reads the learned strategies too
                 files.append(config.strategy_state)
             privileges.drop_worker(account, files)
     except GovpassError as e:
@@ -231,12 +242,8 @@ def worker_main(
         ready.send(("error", f"worker {index}: {type(e).__name__}: {e}"))
         return
     feed = None
-    if config.strategy == "auto":
-        from govpass.strategy_learner import StrategyFeed
-
-        feed = StrategyFeed(
-            Path(config.strategy_state), config_start(config), worker.engine.set_profiles
-        )
+    if mixer is not None:
+        feed = StrategyFeed(Path(config.strategy_state), mixer.learned)
         feed.poll()  # the strategies known now, before the first packet
         feed.take()
         feed.start()
@@ -348,6 +355,19 @@ def config_start(config: Config) -> Any:
     return Strategy(config.split_chunk, tuple(config.split_pos))
 
 
+def strategy_starts(config: Config) -> dict[str, Any]:
+    """State-file scope -> the split its hosts start with, for every profile that
+    learns strategies (strategy_learner.DEFAULT_SCOPE: `--strategy auto` itself)."""
+    from govpass.strategy import Strategy
+    from govpass.strategy_learner import DEFAULT_SCOPE
+    from govpass.targeting import specs_from_config
+
+    specs = specs_from_config(config)
+    if not specs:
+        return {DEFAULT_SCOPE: config_start(config)} if config.strategy == "auto" else {}
+    return {s.state_key: Strategy(s.split_chunk, tuple(s.split_pos)) for s in specs if s.learns}
+
+
 # The counters of workers that were replaced, and the parent's restart counts.
 # Named like the workers' files so that a new run's start clears it with them.
 RETIRED = "worker-retired.json"
@@ -425,7 +445,7 @@ class Daemon:
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
-        # govpass.strategy_learner.StrategyLearner with --strategy auto
+        # govpass.strategy_learner.StrategyBook when some profile learns strategies
         self.strategies: Any = None
         self._strategy_sig: tuple[int, int, int] | None = None
         self._strategy_error = False
@@ -512,8 +532,10 @@ class Daemon:
         targeting = Targeting.from_config(self.config)
         if not targeting.active:
             return
-        self.profiles = targeting.build()
-        self._lists = ListWatcher(targeting, self._set_profiles)
+        # As the workers take them: parts when they merge them with learned strategies.
+        parts = targeting.learns
+        self.profiles = targeting.build_parts() if parts else targeting.build()
+        self._lists = ListWatcher(targeting, self._set_profiles, parts=parts)
         self._list_thread = ListThread(self._lists, self._fork_lock).start()
         self.log(f"profiles: {targeting.summary}")
         self.learner = learner_for(self.config, self.log)
@@ -528,18 +550,23 @@ class Daemon:
         from govpass.autolearn import EventReader
         from govpass.safefile import make_directory
         from govpass.strategy import ladder
-        from govpass.strategy_learner import StrategyLearner, load_learner, steps_of
+        from govpass.strategy_learner import StrategyBook, load_learner
 
-        if self.config.strategy != "auto":
+        starts = strategy_starts(self.config)
+        if not starts:
             return
         path = Path(self.config.strategy_state)
         make_directory(path.parent, "strategy-state directory")
-        steps = steps_of(config_start(self.config), ladder(self.config.strategy_ladder))
-        self.strategies = StrategyLearner(steps, self.config.strategy_unfixable_time, self.log)
+        self.strategies = StrategyBook(
+            starts,
+            ladder(self.config.strategy_ladder),
+            self.config.strategy_unfixable_time,
+            self.log,
+        )
         load_learner(path, self.strategies, self.log)
         self.strategies.expire()
         self._save_strategies()
-        self.log("strategy auto: steps " + ", ".join(self.strategies.labels) + f"; state in {path}")
+        self.log(f"strategy auto: steps {self.strategies.describe()}; state in {path}")
         if self._events is None:
             r, w = os.pipe()
             os.set_blocking(w, False)
@@ -576,7 +603,7 @@ class Daemon:
             sig = None
         changed = self.strategies.expire()
         if sig != self._strategy_sig:
-            self.strategies.hosts.clear()
+            self.strategies.clear()
             load_learner(path, self.strategies, self.log)
             changed = True
         if changed:
@@ -836,7 +863,7 @@ class Daemon:
     def take_events(self, data: bytes) -> None:
         changed = False
         for profile, host, failed in self._reader.feed(data):
-            if self.strategies is not None:
+            if self.strategies is not None and self.strategies.owns(profile):
                 changed |= self.strategies.observe(profile, host, failed)
             elif self.learner is not None:
                 self.learner.observe(profile, host, failed)
