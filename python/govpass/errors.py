@@ -25,6 +25,10 @@ class FirewallError(GovpassError):
     """A firewall command (iptables, ip6tables, nft) failed or a rule spec is invalid."""
 
 
+class RulesStillPresent(FirewallError):
+    """govpass rules found again right after they were removed."""
+
+
 class BackendError(GovpassError):
     """A capture backend cannot be opened or used (no permission, queue taken, no driver)."""
 

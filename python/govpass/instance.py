@@ -96,12 +96,12 @@ def drain(sock: socket.socket) -> None:
         conn.close()
 
 
-def refuse_if_running(action: str, force: bool) -> None:
+def refuse_if_running(action: str, force: bool) -> Holder | None:
     """For `govpass rules`: BackendError (one line) when a daemon in this network
-    namespace owns the rules and `force` is not set."""
+    namespace owns the rules and `force` is not set; else the daemon there, if any."""
     holder = find()
     if holder is None or force:
-        return
+        return holder
     who = f"pid {holder.pid}" if holder.pid > 0 else "pid unknown"
     raise BackendError(
         f"a govpass daemon ({who}) is running in this network namespace and owns the rules; "

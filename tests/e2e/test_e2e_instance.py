@@ -81,8 +81,11 @@ def test_rules_changed_by_hand_are_refused_then_put_back(lab: Lab) -> None:
             assert mangle_rules(lab, "client") == rules
 
         proc = govpass_cli(lab, "client", ["rules", "remove", "--force"])
-        assert proc.returncode == 0 and proc.stdout.startswith("removed:"), proc
-        assert mangle_rules(lab, "client") == []
+        assert proc.returncode == 0 and proc.stdout.startswith("removed"), proc
+        # The daemon checks its rules every few seconds: it may have put them back
+        # before the command looked again (and then the command says so).
+        if "put its rules back" not in proc.stdout:
+            assert proc.stdout.startswith("removed:"), proc
         wait_for(lambda: mangle_rules(lab, "client") == rules, 12.0, "the rules put back")
         wait_for(lambda: "rules removed from outside govpass: reinstalled" in gp.log(), 5.0,
                  "the log line")  # fmt: skip

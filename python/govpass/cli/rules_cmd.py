@@ -70,11 +70,23 @@ def install(
 def remove(force: bool = typer.Option(False, "--force", help=FORCE_HELP)) -> None:
     """Remove every rule govpass installed, including leftovers of a crashed run."""
     from govpass import rules
+    from govpass.errors import RulesStillPresent
     from govpass.instance import refuse_if_running
 
     _need_root()
-    refuse_if_running("remove", force)
-    result = rules.remove()
+    holder = refuse_if_running("remove", force)
+    try:
+        result = rules.remove()
+    except RulesStillPresent:
+        if holder is None:
+            raise
+        # Forced past a running daemon, which restores its rules when they go missing:
+        # it did so between the removal and the check. Not a failure to remove.
+        typer.echo(
+            f"removed; the running govpass daemon (pid {holder.pid}) put its rules back "
+            "at once: it restores them while it runs, stop it to remove them for good"
+        )
+        return
     if result.nothing_installed:
         typer.echo("nothing installed")
     else:

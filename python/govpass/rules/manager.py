@@ -20,7 +20,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, replace
 
-from govpass.errors import FirewallError
+from govpass.errors import FirewallError, RulesStillPresent
 from govpass.rules import iptables as ipt
 from govpass.rules import nftables as nft
 from govpass.rules import tables
@@ -207,7 +207,7 @@ def _remove_rules(runner: Runner) -> RemoveResult:
     leftover = _inventory(runner, [])
     if leftover:
         where = ", ".join(item.where for item in leftover)
-        raise FirewallError(f"govpass rules still present after remove in: {where}")
+        raise RulesStillPresent(f"govpass rules still present after remove in: {where}")
     unseen = f"{', '.join(notes)} {_LEGACY_UNREADABLE}" if notes else ""
     return RemoveResult(tuple(removed), tuple(commands), unseen)
 
