@@ -536,10 +536,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auto-retrans",
         3,
-        "Retransmissions of a watched ClientHello that count as one failure",
+        "Retransmissions of a watched ClientHello (or of a part of it) that count as one failure",
         "int",
         minimum=1,
         maximum=100,
+    ),
+    Setting(
+        "auto-silence",
+        4.0,
+        "Seconds after a watched ClientHello went out without server data that count "
+        "as one failure (a censor that drops a later segment or the reply); 0: off, "
+        "else 0.5..600",
+        "float",
+        minimum=0,
+        maximum=600,
     ),
 )
 
@@ -600,6 +610,7 @@ class Config:
     auto_fail_threshold: int = 3
     auto_fail_time: float = 60.0
     auto_retrans: int = 3
+    auto_silence: float = 4.0
     strategy: str = "fixed"
     strategy_ladder: tuple[str, ...] = DEFAULT_LADDER_TEXT
     strategy_state: str = "/var/lib/govpass/strategies.json"
@@ -630,6 +641,7 @@ class Config:
             flow_timeout_s=self.flow_timeout,
             max_flows=self.max_flows,
             auto_retrans=self.auto_retrans,
+            auto_silence_s=self.auto_silence,
         )
 
     def as_dict(self) -> dict[str, Any]:
