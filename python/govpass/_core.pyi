@@ -157,7 +157,9 @@ class Engine:
     def release_all(self) -> list[Action]: ...
     @property
     def config(self) -> EngineConfig: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges; of auto-learning: ``watched``, ``auto_failures`` (of
+        them ``auto_silent``: no server data within auto-silence), ``auto_successes``."""
     @property
     def held_packets(self) -> int:
         """Packets held right now (the loop's timer only has work while some are)."""
