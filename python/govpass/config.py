@@ -536,7 +536,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auto-retrans",
         3,
-        "Retransmissions of a watched ClientHello (or of a part of it) that count as one failure",
+        "Resends of a watched ClientHello (any part) that count as one failure",
         "int",
         minimum=1,
         maximum=100,
@@ -544,9 +544,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auto-silence",
         4.0,
-        "Seconds after a watched ClientHello went out without server data that count "
-        "as one failure (a censor that drops a later segment or the reply); 0: off, "
-        "else 0.5..600",
+        "Seconds with no server data after a watched hello that make a failure; 0: off",
         "float",
         minimum=0,
         maximum=600,
