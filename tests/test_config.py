@@ -343,6 +343,10 @@ def test_govpass_key_that_is_not_a_table(tmp_path: Path) -> None:
         ({"flow_timeout_s": math.inf}, "flow-timeout"),
         ({"max_flows": 0}, "max-flows"),
         ({"max_flows": -5}, "max-flows"),
+        ({"auto_silence_s": 0.4}, "auto-silence"),
+        ({"auto_silence_s": 600.5}, "auto-silence"),
+        ({"auto_silence_s": -1}, "auto-silence"),
+        ({"auto_silence_s": math.nan}, "auto-silence"),
     ],
 )
 def test_engine_config_errors_name_the_field(kwargs: dict[str, Any], field: str) -> None:
@@ -362,6 +366,9 @@ def test_engine_config_errors_name_the_field(kwargs: dict[str, Any], field: str)
         {"max_seg_payload": 65475, "max_held_pkts": 4096, "max_buffer": 16 * 1024 * 1024},
         {"split_positions": ["sni"] * 64},
         {"ports": [1, 65535]},
+        {"auto_silence_s": 0},
+        {"auto_silence_s": 0.5, "flow_timeout_s": 1},
+        {"auto_silence_s": 600},
     ],
 )
 def test_engine_config_accepts_its_boundaries(kwargs: dict[str, Any]) -> None:
@@ -447,6 +454,15 @@ def test_a_long_value_is_cut_in_the_message() -> None:
     with pytest.raises(ConfigError) as e:
         load(env={}, flags={"mode": "x" * 1_000_000})
     assert len(str(e.value)) < 200 and "(1000000 characters)" in str(e.value)
+
+
+def test_auto_silence_is_a_setting_in_seconds() -> None:
+    assert load(env={}, flags={}).engine_config().auto_silence_s == 4.0
+    config = load(env={}, flags={"auto-silence": "1.5"})
+    assert config.engine_config().auto_silence_s == 1.5
+    with pytest.raises(ConfigError) as e:
+        load(env={}, flags={"auto-silence": "0.2"})
+    assert "auto-silence" in str(e.value) and "0 (off) or 0.5..=600 s" in str(e.value)
 
 
 # ------------------------------------------------------------------ strategy auto

@@ -48,6 +48,7 @@ class EngineConfig:
         flow_timeout_s: float = 30.0,
         max_flows: int = 131072,
         auto_retrans: int = 3,
+        auto_silence_s: float = 4.0,
     ) -> EngineConfig: ...
     @property
     def ports(self) -> list[int]: ...
@@ -71,6 +72,8 @@ class EngineConfig:
     def max_flows(self) -> int: ...
     @property
     def auto_retrans(self) -> int: ...
+    @property
+    def auto_silence_s(self) -> float: ...
 
 @final
 class Action:
@@ -154,7 +157,9 @@ class Engine:
     def release_all(self) -> list[Action]: ...
     @property
     def config(self) -> EngineConfig: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges; of auto-learning: ``watched``, ``auto_failures`` (of
+        them ``auto_silent``: no server data within auto-silence), ``auto_successes``."""
     @property
     def held_packets(self) -> int:
         """Packets held right now (the loop's timer only has work while some are)."""

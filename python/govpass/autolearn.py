@@ -2,8 +2,9 @@
 
 Workers pass names that no list of an auto profile knows untouched and watch
 them; the engine reports one verdict per watched flow: failed (the
-ClientHello was retransmitted ``auto-retrans`` times, or a RST came back) or
-worked (the server answered with data). The daemon's parent collects the
+ClientHello, or a part of it, was retransmitted ``auto-retrans`` times, a RST
+came back, or no server data came within ``auto-silence`` seconds) or worked
+(the server answered with data). The daemon's parent collects the
 verdicts of all workers here:
 
 * a failure within ``fail_time`` seconds of the previous one counts up; after

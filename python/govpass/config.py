@@ -536,10 +536,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auto-retrans",
         3,
-        "Retransmissions of a watched ClientHello that count as one failure",
+        "Resends of a watched ClientHello (any part) that count as one failure",
         "int",
         minimum=1,
         maximum=100,
+    ),
+    Setting(
+        "auto-silence",
+        4.0,
+        "Seconds with no server data after a watched hello that make a failure; 0: off",
+        "float",
+        minimum=0,
+        maximum=600,
     ),
 )
 
@@ -600,6 +608,7 @@ class Config:
     auto_fail_threshold: int = 3
     auto_fail_time: float = 60.0
     auto_retrans: int = 3
+    auto_silence: float = 4.0
     strategy: str = "fixed"
     strategy_ladder: tuple[str, ...] = DEFAULT_LADDER_TEXT
     strategy_state: str = "/var/lib/govpass/strategies.json"
@@ -630,6 +639,7 @@ class Config:
             flow_timeout_s=self.flow_timeout,
             max_flows=self.max_flows,
             auto_retrans=self.auto_retrans,
+            auto_silence_s=self.auto_silence,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@ its state file, and the profiles the workers build from that file.
 
 Every host starts with the configured split (today's behaviour). The
 workers' engines watch every flow (watching profiles) and report one verdict
-each: failed (retransmitted hello, RST) or worked (server data). On a
+each: failed (hello or a part of it retransmitted, RST, or silence: no server
+data within ``auto-silence``) or worked (server data). On a
 failure the host moves one step along its steps: the configured split, no
 split, then the ``strategy-ladder`` (cheapest to heaviest). A success keeps
 the step; a host that once worked unsplit goes back to no split when a split

@@ -11,6 +11,7 @@ from govpass.lab.censor import TCP_ACK, TCP_SYN, FirstPacketCensor, build_tcp, r
 from govpass.lab.reassembly import (
     KINDS,
     MIN_FIRST,
+    LaterSegmentDropper,
     ReassemblingCensor,
     SplitRejectingServer,
     TspuCensor,
@@ -49,16 +50,23 @@ def no_raw_packets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
-def run(box: type[FirstPacketCensor], names: list[str], pkts: list[bytes], tmp: Path) -> bool:
-    """Whether every packet of the flow got through."""
+def verdicts(
+    box: type[FirstPacketCensor], names: list[str], pkts: list[bytes], tmp: Path
+) -> list[bool]:
+    """Each packet's verdict (True: accepted), the flow decided once."""
     log = tmp / "log.jsonl"
     with open(log, "w", encoding="utf-8") as fh:
         censor = box(names, fh)
-        ok = all([censor.verdict(p) for p in pkts])
+        out = [censor.verdict(p) for p in pkts]
         assert censor.flows and all(v != "new" for v in censor.flows.values())
         assert getattr(censor, "streams", {}) == {}  # nothing kept once decided
     assert len(read_decisions(log)) == 1
-    return ok
+    return out
+
+
+def run(box: type[FirstPacketCensor], names: list[str], pkts: list[bytes], tmp: Path) -> bool:
+    """Whether every packet of the flow got through."""
+    return all(verdicts(box, names, pkts, tmp))
 
 
 @pytest.mark.parametrize(
@@ -112,8 +120,69 @@ def test_split_rejecting_server(
     assert no_raw_packets == ([] if passes else [40000])  # a server resets
 
 
+def reply(sport: int, seq: int, payload: bytes = b"") -> bytes:
+    """A server packet of the flow from ``sport``."""
+    return build_tcp(4, S, C, 443, sport, seq, 1, TCP_ACK, payload)
+
+
+def name_cuts(record: bytes, name: str) -> tuple[int, int]:
+    """Where ``name`` starts and ends in ``record``."""
+    start = record.index(name.encode())
+    return start, start + len(name)
+
+
+def test_dropper_passes_the_first_segment_and_drops_the_second(
+    tmp_path: Path, no_raw_packets: list[int]
+) -> None:
+    pkts = flow(hello(BLOCKED), [5])
+    pkts += [reply(40000, 900), reply(40000, 900, b"\x16\x03\x03\x00\x01\x02")]
+    # SYN, first segment, second segment (dropped), the server's ACK, its reply (dropped).
+    assert verdicts(LaterSegmentDropper, [BLOCKED], pkts, tmp_path) == [
+        True, True, False, True, False,
+    ]  # fmt: skip
+    assert no_raw_packets == []  # silent
+
+
+def test_dropper_lets_a_whole_hello_through_and_drops_the_reply(tmp_path: Path) -> None:
+    pkts = [*flow(hello(BLOCKED), []), reply(40000, 900), reply(40000, 900, b"\x16\x03")]
+    assert verdicts(LaterSegmentDropper, [BLOCKED], pkts, tmp_path) == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("cuts", "passes"),
+    [
+        ("5", False),
+        ("1", False),
+        ("sni", False),  # the name is whole in the second segment
+        ("sniend", False),  # ... in the first
+        ("1,sni", True),  # the name starts in the third segment
+        ("2,midsld", True),  # its second half is in the third
+    ],
+)
+def test_dropper_reads_only_two_packets(tmp_path: Path, cuts: str, passes: bool) -> None:
+    record = hello(BLOCKED)
+    start, end = name_cuts(record, BLOCKED)
+    where = {"sni": start, "sniend": end, "midsld": start + len("blocked") // 2}
+    at = [where[c] if c in where else int(c) for c in cuts.split(",")]
+    assert run(LaterSegmentDropper, [BLOCKED], flow(record, at), tmp_path) is passes
+
+
+def test_dropper_passes_other_names(tmp_path: Path) -> None:
+    pkts = [*flow(hello(ALLOWED), [5]), reply(40000, 900, b"\x16\x03")]
+    assert run(LaterSegmentDropper, [BLOCKED], pkts, tmp_path)
+
+
+def test_dropper_drops_the_rest_of_a_two_segment_hello(tmp_path: Path) -> None:
+    big = hello(BLOCKED, pad=7)
+    pkts = flow(big, [1400])
+    resent = build_tcp(4, C, S, 40000, 443, 101 + 1400, 1, TCP_ACK, big[1400:])
+    assert verdicts(LaterSegmentDropper, [BLOCKED], [*pkts, resent], tmp_path) == [
+        True, True, False, False,
+    ]  # fmt: skip
+
+
 def test_kinds_are_registered() -> None:
-    assert set(KINDS) == {"firstpacket", "tspu", "reassemble", "splitreject"}
+    assert set(KINDS) == {"firstpacket", "tspu", "reassemble", "splitreject", "dropsecond"}
     from govpass.lab import CENSOR_KINDS
 
     assert set(KINDS) | {"string", "address"} == set(CENSOR_KINDS)

@@ -42,7 +42,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Splitting": ("split-mode", "split-chunk", "split-pos", "max-seg-payload", "strategy",
                   "strategy-ladder", "strategy-state", "strategy-unfixable-time"),
     "Targeting": (*TARGETING_SETTINGS, "hostlist-auto", "auto-fail-threshold",
-                  "auto-fail-time", "auto-retrans"),
+                  "auto-fail-time", "auto-retrans", "auto-silence"),
     "Capture & rules": ("ports", "backend", "mode", "iface", "exclude-iface", "firewall",
                         "prefilter", "mark", "watch-mark", "ipv6", "block-quic", "queue-num",
                         "queue-len", "copy-range"),

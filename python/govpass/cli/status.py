@@ -31,6 +31,7 @@ TARGETING_KEYS = (
     ("profile_pass", "flows passed by a profile"),
     ("watched", "flows watched (auto)"),
     ("auto_failures", "auto: failed flows"),
+    ("auto_silent", "auto: of them silent after the hello"),
     ("auto_successes", "auto: working flows"),
     ("auto_learned", "auto: names learned"),
     ("auto_rejected", "auto: names refused (not host names)"),

@@ -41,7 +41,8 @@ API (roles are ``client``, ``gateway`` (router mode only), ``censor``, ``server`
     ``kind`` in :data:`CENSOR_KINDS`: ``string``, ``firstpacket``, ``tspu`` (only a
     first segment of 1-2 bytes passes), ``reassemble`` (nothing split-only passes),
     ``address`` (``names`` are addresses, default the server's), ``splitreject`` (a
-    server resetting first segments under 8 bytes); ``also=[("splitreject",
+    server resetting first segments under 8 bytes), ``dropsecond`` (silently drops the
+    data after the first segment once the first two show the name); ``also=[("splitreject",
     ["allowed.example"])]`` adds a box on the same queue.
     ``stop_censor()`` removes it; ``censor_decisions() -> list[dict]`` (queue censors' log),
     ``censor_drops() -> int`` (packets the string rules dropped).
@@ -114,7 +115,7 @@ __all__ = [
 NAMES = ("blocked.example", "allowed.example")
 RULE_CENSORS = ("string", "address")  # firewall rules in the censor namespace
 # Programs on a queue in the censor namespace (govpass.lab.censor, .reassembly).
-QUEUE_CENSORS = ("firstpacket", "tspu", "reassemble", "splitreject")
+QUEUE_CENSORS = ("firstpacket", "tspu", "reassemble", "splitreject", "dropsecond")
 CENSOR_KINDS = RULE_CENSORS + QUEUE_CENSORS
 CLIENT_KINDS = _clients.KINDS
 # The directory holding the govpass package, so `python -m govpass.lab.*` works in a

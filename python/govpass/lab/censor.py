@@ -17,7 +17,7 @@
     hold the SNI — lets the flow through for good. One JSON line per decision goes to LOG:
     ``{"flow": "a:p>b:443", "sni": name or null, "verdict": "kill"|"allow", ...}``.
 
-``tspu``, ``reassemble``, ``splitreject``
+``tspu``, ``reassemble``, ``splitreject``, ``dropsecond``
     Boxes that read the first bytes across several packets (govpass.lab.reassembly),
     run by the same program with ``--kind``; ``--also KIND=NAMES`` puts a second box
     on the same queue (e.g. a first-packet DPI plus a server that rejects split hellos).
@@ -266,8 +266,10 @@ class FirstPacketCensor:
                 self._trim()
             return True
         state = self.flows.get(key)
-        if state in ("allow", "kill"):
-            return state == "allow"
+        if state == "allow":
+            return True
+        if state == "kill":
+            return not self.drops(pkt, deciding=False)
         if state is None or not outbound or not pkt.payload:
             # No SYN seen: the flow began before this censor did; leave it alone.
             return True
@@ -280,7 +282,12 @@ class FirstPacketCensor:
         self.emit(key, pkt, sni, reason, "kill" if kill else "allow")
         if kill and self.rst:
             self.inject_rsts(pkt)
-        return not kill
+        return not kill or not self.drops(pkt, deciding=True)
+
+    def drops(self, pkt: Packet, deciding: bool) -> bool:
+        """Whether a packet of a killed flow is dropped (``deciding``: the packet that
+        made the decision). This censor: every one, both ways."""
+        return True
 
     def inspect(
         self, key: tuple[str, int, str, int], pkt: Packet

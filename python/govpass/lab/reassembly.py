@@ -8,6 +8,15 @@
 ``reassemble``
     Reassembles the client's bytes, whatever the segments, until the ClientHello's
     name is read (or :data:`MAX_BYTES`): no split-only strategy gets past it.
+``dropsecond``
+    A box that reads the in-order bytes of a flow's first record in its first
+    :data:`DROPSECOND_PACKETS` data packets and, once they show a listed name, silently
+    drops (no RST) every later data packet of the flow, both ways: the first segment
+    always gets through and is acknowledged (pure ACKs pass), so the client's kernel
+    resends only the rest, at another sequence number, and a hello whole in the first
+    segment gets through but the server's reply does not. The client sees silence,
+    never a RST. A name not read by the end of the second packet (a cut that puts it,
+    or a part of it, in the third segment or later) lets the flow through for good.
 ``splitreject``
     Not a censor: a model of servers that reset a connection whose first data segment
     is shorter than :data:`MIN_FIRST` bytes (F5 BIG-IP). It reads the name as the
@@ -28,6 +37,7 @@ from govpass.lab.censor import FirstPacketCensor, Packet
 from govpass.lab.clienthello import name_listed, read_hello
 
 TSPU_PACKETS = 4  # packets a TSPU-like box reassembles after a TLS-looking start
+DROPSECOND_PACKETS = 2  # packets the later-segment dropper reads
 MAX_PACKETS = 64
 MAX_BYTES = 64 * 1024
 MIN_FIRST = 8  # the split-rejecting server's smallest acceptable first segment
@@ -99,6 +109,28 @@ class TspuCensor(ReassemblingCensor):
         return False, None, f"first segment of {len(p)} bytes does not look like TLS"
 
 
+class LaterSegmentDropper(ReassemblingCensor):
+    """Silently drops a flow's data after its first packet once the first two show a
+    listed name."""
+
+    max_packets = DROPSECOND_PACKETS
+
+    def __init__(
+        self, names: Sequence[str], log: IO[str], port: int = 443, rst: bool = False
+    ) -> None:
+        super().__init__(names, log, port, rst=False)  # silence is the point
+        self._first: bool = False
+
+    def inspect(self, key: Key, pkt: Packet) -> Decision | None:
+        self._first = key not in self.streams
+        return super().inspect(key, pkt)
+
+    def drops(self, pkt: Packet, deciding: bool) -> bool:
+        if deciding and self._first:
+            return False  # the first segment went by before the box decided
+        return bool(pkt.payload)
+
+
 class SplitRejectingServer(ReassemblingCensor):
     """Resets flows (to listed names) whose first data segment is under MIN_FIRST."""
 
@@ -128,4 +160,5 @@ KINDS: dict[str, type[FirstPacketCensor]] = {
     "tspu": TspuCensor,
     "reassemble": ReassemblingCensor,
     "splitreject": SplitRejectingServer,
+    "dropsecond": LaterSegmentDropper,
 }

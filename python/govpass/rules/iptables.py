@@ -48,7 +48,7 @@ Layout, all in the ``mangle`` table::
         -p tcp --sport PORTS  -> GOVPASS_IN
     GOVPASS_IN
         -i lo / excluded interfaces  RETURN
-        conntrack reply packets > 4  RETURN      only the first few replies
+        conntrack reply packets > 16 RETURN      only the first few replies
         RST flag set                 NFQUEUE
         payload = 16 03 ..           NFQUEUE     e.g. the ServerHello
 

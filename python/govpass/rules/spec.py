@@ -25,7 +25,10 @@ DEFAULT_QUEUE_NUM = 200
 DEFAULT_MARK = 0x10000000
 DEFAULT_WATCH_MARK = 0x20000000
 DEFAULT_MAX_PACKETS = 12
-INBOUND_PACKETS = 4  # replies queued per connection when `inbound` is on
+# Replies looked at per connection when `inbound` is on. The server's pure ACKs of
+# a split hello's segments come first and count too: the reply must still be among
+# them, or a working flow's silence would read as a failure (auto-silence).
+INBOUND_PACKETS = 16
 QUIC_PACKETS = 8  # outbound QUIC datagrams of a flow queued with block_quic "listed"
 MULTIPORT_MAX = 15  # xt_multiport accepts at most 15 ports per rule
 

@@ -142,6 +142,11 @@ pub struct EngineConfig {
     pub max_flows: u32,
     /// Auto-learning: ClientHello retransmissions that count as a failure.
     pub auto_retrans: u32,
+    /// Auto-learning: a watched flow whose ClientHello went out and that
+    /// has seen no server data for this long counts as a failure (a censor
+    /// that drops a later segment, or the reply, without a RST); 0: off.
+    /// A value past the flow timeout acts as the flow timeout.
+    pub auto_silence_us: u64,
 }
 
 impl Default for EngineConfig {
@@ -158,6 +163,7 @@ impl Default for EngineConfig {
             flow_timeout_us: 30_000_000,
             max_flows: 131_072,
             auto_retrans: 3,
+            auto_silence_us: 4_000_000,
         }
     }
 }
@@ -172,6 +178,8 @@ pub mod limits {
     pub const FLOW_TIMEOUT_US: (u64, u64) = (1_000_000, 86_400_000_000);
     pub const MAX_FLOWS: (u32, u32) = (1, 16_777_216);
     pub const AUTO_RETRANS: (u32, u32) = (1, 100);
+    /// Besides 0 (off).
+    pub const AUTO_SILENCE_US: (u64, u64) = (500_000, 600_000_000);
     pub const SPLIT_POSITIONS: usize = 64;
 }
 
@@ -251,6 +259,16 @@ impl EngineConfig {
         )?;
         check("max-flows", self.max_flows, limits::MAX_FLOWS, "")?;
         check("auto-retrans", self.auto_retrans, limits::AUTO_RETRANS, "")?;
+        let (lo, hi) = limits::AUTO_SILENCE_US;
+        let silence = self.auto_silence_us;
+        if silence != 0 && !(lo..=hi).contains(&silence) {
+            let s = |us: u64| us as f64 / 1e6;
+            return Err(ConfigError::new(
+                "auto-silence",
+                format!("{} s", s(silence)),
+                format!("0 (off) or {}..={} s", s(lo), s(hi)),
+            ));
+        }
         Ok(())
     }
 }
@@ -269,6 +287,7 @@ mod tests {
         assert_eq!(c.max_seg_payload, 1460);
         assert_eq!(c.flow_timeout_us, 30_000_000);
         assert_eq!(c.split_mode, SplitMode::TlsHello);
+        assert_eq!(c.auto_silence_us, 4_000_000);
         c.validate().unwrap();
     }
 
@@ -386,6 +405,28 @@ mod tests {
                 },
             ),
             (
+                "auto-silence",
+                EngineConfig {
+                    auto_silence_us: 500_000,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    auto_silence_us: 499_999,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "auto-silence",
+                EngineConfig {
+                    auto_silence_us: 600_000_000,
+                    ..ok.clone()
+                },
+                EngineConfig {
+                    auto_silence_us: 600_000_001,
+                    ..ok.clone()
+                },
+            ),
+            (
                 "ports",
                 EngineConfig {
                     ports: vec![1],
@@ -415,6 +456,15 @@ mod tests {
         let c = EngineConfig {
             split_positions: vec![SplitPos::MidSld(0)],
             ..c
+        };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_auto_silence_turns_it_off() {
+        let c = EngineConfig {
+            auto_silence_us: 0,
+            ..EngineConfig::default()
         };
         c.validate().unwrap();
     }

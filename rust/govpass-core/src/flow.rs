@@ -89,8 +89,47 @@ pub struct WatchMemo {
     pub host: Box<[u8]>,
     /// Sequence number of the ClientHello's first byte.
     pub base: Seq,
-    /// Times the ClientHello was sent again.
+    /// Bytes of the first record from `base` (a packet starting inside
+    /// them was sent before).
+    pub window: u32,
+    /// Times the ClientHello, or a part of it, was sent again.
     pub retrans: u32,
+    /// Offset from `base` of the last packet counted in `retrans`: the
+    /// kernel resends from its first unacknowledged byte, so a packet that
+    /// starts at or before it begins the next round (the rest of a round
+    /// counts once).
+    pub last_resent: Option<u32>,
+}
+
+impl WatchMemo {
+    pub fn new(profile: usize, host: Box<[u8]>, base: Seq, window: u32) -> Self {
+        WatchMemo {
+            profile,
+            host,
+            base,
+            window,
+            retrans: 0,
+            last_resent: None,
+        }
+    }
+
+    /// Counts a payload packet of the watched flow; true when it is the
+    /// `limit`-th round of retransmissions of the first record.
+    pub fn resent(&mut self, seq: Seq, limit: u32) -> bool {
+        let offset = seq.offset_from(self.base);
+        let Ok(offset) = u32::try_from(offset) else {
+            return false;
+        };
+        if offset >= self.window {
+            return false;
+        }
+        let new_round = self.last_resent.is_none_or(|last| offset <= last);
+        self.last_resent = Some(offset);
+        if new_round {
+            self.retrans += 1;
+        }
+        new_round && self.retrans >= limit
+    }
 }
 
 #[derive(Debug)]
@@ -136,6 +175,11 @@ pub const EXPIRE_BUDGET: usize = 2048;
 /// than forgetting an idle flow, hence the smaller number.
 pub const COLLECT_BUDGET: usize = 1024;
 
+/// Most silence deadlines one timer call examines. Each may report a
+/// verdict (an event with the host name), about as dear as a collect
+/// deadline.
+pub const SILENCE_BUDGET: usize = 1024;
+
 /// Below this many slots the table is not shrunk (its memory is negligible).
 const MIN_SHRINK_CAPACITY: usize = 4096;
 
@@ -157,16 +201,25 @@ pub struct FlowTable<T> {
     map: HashMap<FlowKey, Flow<T>, foldhash::fast::RandomState>,
     oldest: Option<FlowKey>,
     newest: Option<FlowKey>,
-    /// Collect deadlines; entries of flows that are gone or no longer
-    /// collecting are stale and skipped (matched by id).
-    deadlines: BinaryHeap<Deadline>,
+    /// Deadlines by [`Timer`]; entries of flows that are gone or no longer
+    /// in the timer's state are stale and skipped (matched by id).
+    deadlines: [BinaryHeap<Deadline>; 2],
     next_id: u64,
     requeue_us: u64,
     /// Entries examined by timer calls since `reset_visits`.
     visits: u64,
 }
 
-/// A collect deadline: (when, flow id, flow key), earliest first.
+/// What a deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The first record must be complete by then.
+    Collect = 0,
+    /// A watched flow must have seen server data by then.
+    Silence = 1,
+}
+
+/// A deadline: (when, flow id, flow key), earliest first.
 type Deadline = Reverse<(u64, u64, FlowKeyOrd)>;
 
 /// FlowKey ordered only so it can sit in the deadline heap.
@@ -195,7 +248,7 @@ impl<T> FlowTable<T> {
             map: HashMap::with_hasher(foldhash::fast::RandomState::default()),
             oldest: None,
             newest: None,
-            deadlines: BinaryHeap::new(),
+            deadlines: [BinaryHeap::new(), BinaryHeap::new()],
             next_id: 0,
             requeue_us,
             visits: 0,
@@ -213,7 +266,8 @@ impl<T> FlowTable<T> {
     /// Bytes of the table's own allocation (the flows' boxed states and
     /// held packets not included).
     pub fn allocation_bytes(&self) -> usize {
-        self.map.allocation_size() + self.deadlines.capacity() * std::mem::size_of::<Deadline>()
+        let heaps: usize = self.deadlines.iter().map(BinaryHeap::capacity).sum();
+        self.map.allocation_size() + heaps * std::mem::size_of::<Deadline>()
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow<T>> {
@@ -298,25 +352,32 @@ impl<T> FlowTable<T> {
         }
     }
 
-    /// Registers the collect deadline of flow `id`. Entries left by flows
-    /// that finished collecting are dropped when they reach the top of the
-    /// heap (two at most per call, so this never scans), and by `due`.
-    pub fn set_deadline(&mut self, key: FlowKey, id: u64, at: u64) {
-        self.deadlines.push(Reverse((at, id, FlowKeyOrd(key))));
+    /// Registers a deadline of flow `id`. Entries left by flows that left
+    /// the timer's state are dropped when they reach the top of the heap
+    /// (two at most per call, so this never scans), and by `due`.
+    pub fn set_deadline(&mut self, timer: Timer, key: FlowKey, id: u64, at: u64) {
+        self.deadlines[timer as usize].push(Reverse((at, id, FlowKeyOrd(key))));
         for _ in 0..2 {
-            match self.deadlines.peek() {
-                Some(Reverse((_, id, k))) if !self.is_collecting(&k.0, *id) => {
-                    self.deadlines.pop();
+            match self.deadlines[timer as usize].peek() {
+                Some(Reverse((_, id, k))) if !self.is_live(timer, &k.0, *id) => {
+                    self.deadlines[timer as usize].pop();
                 }
                 _ => break,
             }
         }
     }
 
-    fn is_collecting(&self, key: &FlowKey, id: u64) -> bool {
-        self.map
-            .get(key)
-            .is_some_and(|f| f.id == id && matches!(f.state, FlowState::Collecting(_)))
+    /// Whether flow `key` is still flow `id` and in the state `timer` is for.
+    fn is_live(&self, timer: Timer, key: &FlowKey, id: u64) -> bool {
+        self.map.get(key).is_some_and(|f| {
+            f.id == id
+                && match (&f.state, timer) {
+                    (FlowState::Collecting(_), Timer::Collect) => true,
+                    (FlowState::Watching(_), Timer::Silence) => true,
+                    (FlowState::Injected(m), Timer::Silence) => m.watch.is_some(),
+                    _ => false,
+                }
+        })
     }
 
     /// Removes and returns the least recently seen flow.
@@ -325,21 +386,22 @@ impl<T> FlowTable<T> {
         self.remove(&key).map(|f| (key, f))
     }
 
-    /// Keys of flows that are still collecting and whose collect deadline is
-    /// at or before `now`, looking at no more than `budget` heap entries (the
-    /// rest wait for the next call).
-    pub fn due(&mut self, now: u64, budget: usize) -> Vec<FlowKey> {
+    /// Keys of flows still in the state of `timer` whose deadline is at or
+    /// before `now`, looking at no more than `budget` heap entries (the rest
+    /// wait for the next call).
+    pub fn due(&mut self, timer: Timer, now: u64, budget: usize) -> Vec<FlowKey> {
         let mut out = Vec::new();
         for _ in 0..budget {
-            let Some(Reverse((at, id, key))) = self.deadlines.peek().copied() else {
+            let Some(Reverse((at, id, key))) = self.deadlines[timer as usize].peek().copied()
+            else {
                 break;
             };
             if at > now {
                 break;
             }
-            self.deadlines.pop();
+            self.deadlines[timer as usize].pop();
             self.visits += 1;
-            if self.is_collecting(&key.0, id) {
+            if self.is_live(timer, &key.0, id) {
                 out.push(key.0);
             }
         }
@@ -380,10 +442,11 @@ impl<T> FlowTable<T> {
         if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
             self.map.shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
         }
-        let (len, cap) = (self.deadlines.len(), self.deadlines.capacity());
-        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
-            self.deadlines
-                .shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
+        for heap in &mut self.deadlines {
+            let (len, cap) = (heap.len(), heap.capacity());
+            if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
+                heap.shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
+            }
         }
     }
 
@@ -400,7 +463,7 @@ impl<T> FlowTable<T> {
     pub fn drain(&mut self) -> impl Iterator<Item = Flow<T>> + '_ {
         self.oldest = None;
         self.newest = None;
-        self.deadlines.clear();
+        self.deadlines.iter_mut().for_each(BinaryHeap::clear);
         self.map.drain().map(|(_, f)| f)
     }
 }

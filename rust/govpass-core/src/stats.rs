@@ -85,6 +85,9 @@ pub struct Stats {
     /// Auto-learning verdicts reported: blocked-looking and working flows.
     pub auto_failures: u64,
     pub auto_successes: u64,
+    /// Of the failures, those of flows that saw no server data within
+    /// auto-silence after their ClientHello.
+    pub auto_silent: u64,
     /// Fail-opens, indexed like [`FailReason::ALL`].
     pub fail_open: [u64; 11],
     pub held_packets_now: u64,

@@ -234,3 +234,177 @@ fn watching_pass_profile_watches_unsplit_flows() {
     assert_eq!(events.len(), 1);
     assert!(events[0].failed);
 }
+
+const SECOND: u64 = 1_000_000;
+
+fn silence_driver(profiles: Vec<Profile>, cfg: EngineConfig) -> Driver {
+    let mut d = Driver::new(cfg);
+    d.engine.set_profiles(profiles).unwrap();
+    d
+}
+
+fn verdicts(d: &mut Driver) -> Vec<bool> {
+    d.engine.take_events().iter().map(|e| e.failed).collect()
+}
+
+#[test]
+fn silence_after_a_split_hello_is_one_failure() {
+    let mut d = driver(watching(split(1, vec![])));
+    let flow = V4::port(8000);
+    d.take(
+        &flow.packet(ISN, PSH, &fixture("openssl_default.bin")),
+        SECOND,
+    );
+    // The censor dropped the second segment: the first was acknowledged,
+    // nothing else comes back.
+    d.pass(&reply(&flow).packet(900, ACK, b""), SECOND + 10);
+    d.expire(SECOND + 4 * SECOND - 1);
+    assert!(verdicts(&mut d).is_empty());
+    d.expire(SECOND + 4 * SECOND);
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].host, "blocked.example");
+    assert!(events[0].failed);
+    let s = d.engine.stats();
+    assert_eq!((s.auto_failures, s.auto_silent), (1, 1));
+    d.expire(20 * SECOND);
+    // Reported once; data after the verdict changes nothing.
+    d.pass(
+        &reply(&flow).packet(900, PSH, &[0x16, 3, 3, 0, 1, 2]),
+        21 * SECOND,
+    );
+    assert!(verdicts(&mut d).is_empty());
+}
+
+#[test]
+fn server_data_before_the_silence_ends_cancels_it() {
+    let mut d = driver(watching(split(1, vec![])));
+    let flow = V4::port(8100);
+    d.take(
+        &flow.packet(ISN, PSH, &fixture("openssl_default.bin")),
+        SECOND,
+    );
+    d.pass(
+        &reply(&flow).packet(900, PSH, &[0x16, 3, 3, 0, 1, 2]),
+        4 * SECOND,
+    );
+    d.expire(30 * SECOND);
+    assert_eq!(verdicts(&mut d), vec![false]);
+    assert_eq!(d.engine.stats().auto_silent, 0);
+}
+
+#[test]
+fn silence_counts_for_flows_passed_unsplit_and_can_be_turned_off() {
+    let hello = fixture("openssl_default.bin");
+    let mut d = driver(auto_profiles());
+    assert_eq!(
+        shape(&d.take(&V4::port(8200).packet(ISN, PSH, &hello), SECOND)),
+        "R0"
+    );
+    d.expire(5 * SECOND);
+    assert_eq!(verdicts(&mut d), vec![true]);
+    let off = EngineConfig {
+        auto_silence_us: 0,
+        ..EngineConfig::default()
+    };
+    let mut d = silence_driver(auto_profiles(), off);
+    d.take(&V4::port(8201).packet(ISN, PSH, &hello), SECOND);
+    d.expire(25 * SECOND);
+    assert!(verdicts(&mut d).is_empty());
+    assert_eq!(d.engine.stats().auto_silent, 0);
+}
+
+#[test]
+fn silence_longer_than_the_flow_timeout_ends_with_it() {
+    let cfg = EngineConfig {
+        flow_timeout_us: SECOND,
+        auto_silence_us: 10 * SECOND,
+        ..EngineConfig::default()
+    };
+    let mut d = silence_driver(watching(split(1, vec![])), cfg);
+    d.take(
+        &V4::port(8300).packet(ISN, PSH, &fixture("openssl_default.bin")),
+        SECOND,
+    );
+    d.expire(2 * SECOND - 1);
+    assert!(verdicts(&mut d).is_empty());
+    d.expire(2 * SECOND);
+    assert_eq!(verdicts(&mut d), vec![true]);
+}
+
+#[test]
+fn a_collected_hello_starts_its_silence_when_it_goes_out() {
+    let mut d = driver(watching(split(1, vec![])));
+    let hello = fixture("chromium_sni_late.bin");
+    let flow = V4::port(8400);
+    d.take(&flow.packet(ISN, 0, &hello[..1448]), SECOND);
+    let sent = SECOND + 200_000;
+    d.take(&flow.packet(ISN + 1448, PSH, &hello[1448..]), sent);
+    d.expire(sent + 4 * SECOND - 1);
+    assert!(verdicts(&mut d).is_empty());
+    d.expire(sent + 4 * SECOND);
+    assert_eq!(verdicts(&mut d), vec![true]);
+}
+
+#[test]
+fn resending_a_later_part_of_a_split_hello_counts_as_retransmission() {
+    let mut d = driver(watching(split(1, vec![])));
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(8500);
+    d.take(&flow.packet(ISN, PSH, &hello), 1);
+    // The first byte was acknowledged; the kernel resends the rest.
+    for t in 2..=3 {
+        d.feed(&flow.packet(ISN + 1, PSH, &hello[1..]), t);
+        assert!(verdicts(&mut d).is_empty());
+    }
+    d.feed(&flow.packet(ISN + 1, PSH, &hello[1..]), 4);
+    assert_eq!(verdicts(&mut d), vec![true]);
+    assert_eq!(d.engine.stats().auto_silent, 0);
+    // Data after the record is not a retransmission.
+    let other = V4::port(8501);
+    d.take(&other.packet(ISN, PSH, &hello), 5);
+    let next = ISN + hello.len() as u32;
+    for t in 6..=9 {
+        d.feed(&other.packet(next, PSH, &[0x17, 3, 3, 0, 1, 0]), t);
+    }
+    assert!(verdicts(&mut d).is_empty());
+}
+
+#[test]
+fn a_record_resent_in_two_packets_counts_once_per_round() {
+    let mut d = driver(watching(split(1, vec![])));
+    let hello = fixture("chromium_sni_late.bin");
+    let flow = V4::port(8600);
+    let (head, tail) = (
+        flow.packet(ISN, 0, &hello[..1448]),
+        flow.packet(ISN + 1448, PSH, &hello[1448..]),
+    );
+    d.take(&head, 1);
+    d.take(&tail, 2);
+    for t in [3, 5] {
+        d.feed(&head, t);
+        d.feed(&tail, t + 1);
+    }
+    assert!(verdicts(&mut d).is_empty());
+    d.feed(&head, 7);
+    assert_eq!(verdicts(&mut d), vec![true]);
+}
+
+#[test]
+fn silence_verdicts_are_worked_off_within_the_budget() {
+    use govpass_core::engine::{COLLECT_BUDGET, EXPIRE_BUDGET, SILENCE_BUDGET};
+    let mut d = driver(auto_profiles());
+    let hello = fixture("openssl_default.bin");
+    let n = SILENCE_BUDGET + 7;
+    for i in 0..n {
+        let flow = V4::port(10_000 + i as u16);
+        d.take(&flow.packet(ISN, PSH, &hello), SECOND);
+    }
+    d.expire(5 * SECOND);
+    let bound = (COLLECT_BUDGET + SILENCE_BUDGET + EXPIRE_BUDGET) as u64;
+    assert!(d.engine.expire_visits() <= bound);
+    assert_eq!(d.engine.take_events().len(), SILENCE_BUDGET);
+    d.expire(5 * SECOND + 1);
+    assert_eq!(d.engine.take_events().len(), 7);
+    assert_eq!(d.engine.stats().auto_silent, n as u64);
+}

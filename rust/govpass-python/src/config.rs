@@ -33,6 +33,7 @@ impl PyEngineConfig {
         flow_timeout_s = 30.0,
         max_flows = 131072,
         auto_retrans = 3,
+        auto_silence_s = 4.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -47,6 +48,7 @@ impl PyEngineConfig {
         flow_timeout_s: f64,
         max_flows: i64,
         auto_retrans: i64,
+        auto_silence_s: f64,
     ) -> PyResult<Self> {
         let port = |p: i64| {
             u16::try_from(p)
@@ -72,6 +74,7 @@ impl PyEngineConfig {
             flow_timeout_us: micros("flow-timeout", flow_timeout_s, 1e6)?,
             max_flows: int("max-flows", max_flows)?,
             auto_retrans: int("auto-retrans", auto_retrans)?,
+            auto_silence_us: micros("auto-silence", auto_silence_s, 1e6)?,
         };
         inner.validate().map_err(config_error)?;
         Ok(PyEngineConfig { inner })
@@ -124,6 +127,10 @@ impl PyEngineConfig {
     #[getter]
     fn auto_retrans(&self) -> u32 {
         self.inner.auto_retrans
+    }
+    #[getter]
+    fn auto_silence_s(&self) -> f64 {
+        self.inner.auto_silence_us as f64 / 1e6
     }
 
     fn __repr__(&self) -> String {

@@ -243,6 +243,7 @@ impl PyEngine {
         d.set_item("watched", s.watched)?;
         d.set_item("auto_failures", s.auto_failures)?;
         d.set_item("auto_successes", s.auto_successes)?;
+        d.set_item("auto_silent", s.auto_silent)?;
         d.set_item("held_packets_now", s.held_packets_now)?;
         d.set_item("held_bytes_now", s.held_bytes_now)?;
         d.set_item("held_packets_peak", s.held_packets_peak)?;

@@ -30,7 +30,8 @@ pub struct AutoEvent {
     /// Name of the auto profile the flow was watched for.
     pub profile: String,
     pub host: String,
-    /// True: looked blocked (retransmitted hello, RST); false: it worked.
+    /// True: looked blocked (hello or a part of it retransmitted, RST, no
+    /// server data within auto-silence); false: it worked.
     pub failed: bool,
 }
 
@@ -48,6 +49,7 @@ impl<T> Engine<T> {
     ) -> FlowState<T> {
         let base = held[0].seq;
         held.sort_by_key(|h| h.seq.offset_from(base));
+        let watched = u32::try_from(window).unwrap_or(u32::MAX);
         // Everything that could fail runs here, while the tokens stay in
         // `held`: a panic releases them instead of losing them.
         let planned = catch_unwind(AssertUnwindSafe(|| {
@@ -66,12 +68,7 @@ impl<T> Engine<T> {
                 let mut memo = self.emit_split(held, plan, out);
                 if let Some((profile, host)) = watch {
                     self.stats.watched += 1;
-                    memo.watch = Some(Box::new(WatchMemo {
-                        profile,
-                        host,
-                        base,
-                        retrans: 0,
-                    }));
+                    memo.watch = Some(Box::new(WatchMemo::new(profile, host, base, watched)));
                 }
                 FlowState::Injected(Box::new(memo))
             }
@@ -88,12 +85,7 @@ impl<T> Engine<T> {
             Ok(Outcome::Watch { profile, host }) => {
                 self.stats.watched += 1;
                 release(held, out);
-                FlowState::Watching(Box::new(WatchMemo {
-                    profile,
-                    host,
-                    base,
-                    retrans: 0,
-                }))
+                FlowState::Watching(Box::new(WatchMemo::new(profile, host, base, watched)))
             }
         }
     }
@@ -171,23 +163,24 @@ impl<T> Engine<T> {
         }
     }
 
-    /// Reports an auto-learning verdict for a watched flow and stops watching it.
-    pub(super) fn verdict(&mut self, key: FlowKey, failed: bool) {
+    /// Reports an auto-learning verdict for a watched flow and stops
+    /// watching it; false when the flow was not watched (nothing reported).
+    pub(super) fn verdict(&mut self, key: FlowKey, failed: bool) -> bool {
         let Some(flow) = self.flows.get_mut(&key) else {
-            return;
+            return false;
         };
         let w = match &mut flow.state {
             FlowState::Injected(memo) => match memo.watch.take() {
                 Some(w) => w,
-                None => return,
+                None => return false,
             },
             FlowState::Watching(_) => {
                 match std::mem::replace(&mut flow.state, FlowState::PassThrough) {
                     FlowState::Watching(w) => w,
-                    _ => return,
+                    _ => return false,
                 }
             }
-            _ => return,
+            _ => return false,
         };
         if failed {
             self.stats.auto_failures += 1;
@@ -202,5 +195,6 @@ impl<T> Engine<T> {
             host: String::from_utf8_lossy(&w.host).into_owned(),
             failed,
         });
+        true
     }
 }

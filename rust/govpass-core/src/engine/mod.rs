@@ -12,8 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::{check_strategy, EngineConfig, SplitMode};
 use crate::error::ConfigError;
-use crate::flow::{Collector, Flow, FlowState, FlowTable, HeldPacket};
-pub use crate::flow::{COLLECT_BUDGET, EXPIRE_BUDGET};
+use crate::flow::{Collector, Flow, FlowState, FlowTable, HeldPacket, Timer};
+pub use crate::flow::{COLLECT_BUDGET, EXPIRE_BUDGET, SILENCE_BUDGET};
 use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
 use crate::reassembly::{Added, Assembler};
 use crate::seq::Seq;
@@ -326,11 +326,8 @@ impl<T> Engine<T> {
                 Disposition::Pass
             }
             FlowState::Watching(w) => {
-                if p.payload_len() > 0 && p.seq == w.base {
-                    w.retrans += 1;
-                    if w.retrans >= self.cfg.auto_retrans {
-                        self.verdict(p.key, true);
-                    }
+                if p.payload_len() > 0 && w.resent(p.seq, self.cfg.auto_retrans) {
+                    self.verdict(p.key, true);
                 }
                 if p.has(flags::FIN | flags::RST) {
                     self.flows.remove(&p.key);
@@ -339,11 +336,11 @@ impl<T> Engine<T> {
             }
             FlowState::Injected(memo) => {
                 if let Some(w) = memo.watch.as_mut() {
-                    if p.payload_len() > 0 && p.seq == w.base {
-                        w.retrans += 1;
-                        if w.retrans >= self.cfg.auto_retrans {
-                            self.verdict(p.key, true);
-                        }
+                    // Any part of the record counts: a censor that drops a
+                    // later segment gets the first one acknowledged, and the
+                    // kernel resends from there.
+                    if p.payload_len() > 0 && w.resent(p.seq, self.cfg.auto_retrans) {
+                        self.verdict(p.key, true);
                     }
                 }
                 let Some(flow) = self.flows.get_mut(&p.key) else {
@@ -392,7 +389,7 @@ impl<T> Engine<T> {
                 self.stats.hold(p.bytes.len());
                 c.max_payload = c.max_payload.max(p.payload_len());
                 c.held.push(HeldPacket::new(slot.take(), &p));
-                self.advance(p.key, out);
+                self.advance(p.key, now, out);
                 Disposition::Taken
             }
         }
@@ -455,7 +452,8 @@ impl<T> Engine<T> {
                 let window = window_len(self.cfg.split_mode, record_len, payload.len());
                 let held = vec![HeldPacket::new(slot.take(), p)];
                 let state = self.decide(facts, held, payload, window, payload.len(), out);
-                self.insert(p.key, now, p.seq, state, out);
+                let id = self.insert(p.key, now, p.seq, state, out);
+                self.arm_silence(p.key, id, now);
                 Disposition::Taken
             }
             _ => {
@@ -478,14 +476,14 @@ impl<T> Engine<T> {
                     out,
                 );
                 let deadline = now.saturating_add(self.cfg.collect_timeout_us);
-                self.flows.set_deadline(p.key, id, deadline);
+                self.flows.set_deadline(Timer::Collect, p.key, id, deadline);
                 Disposition::Taken
             }
         }
     }
 
     /// Re-examines a collecting flow after new bytes arrived.
-    fn advance(&mut self, key: FlowKey, out: &mut Vec<Action<T>>) {
+    fn advance(&mut self, key: FlowKey, now: u64, out: &mut Vec<Action<T>>) {
         let mode = self.cfg.split_mode;
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
@@ -529,6 +527,24 @@ impl<T> Engine<T> {
         );
         if let Some(flow) = self.flows.get_mut(&key) {
             flow.state = state;
+            let id = flow.id;
+            self.arm_silence(key, id, now);
+        }
+    }
+
+    /// Starts the silence timer of a flow whose first record just went out,
+    /// when it is watched: no server data by then is a failure. The flow
+    /// timeout bounds it (an idle flow is forgotten after that).
+    fn arm_silence(&mut self, key: FlowKey, id: u64, now: u64) {
+        let silence = self.cfg.auto_silence_us.min(self.cfg.flow_timeout_us);
+        let watched = self.flows.get(&key).is_some_and(|f| match &f.state {
+            FlowState::Watching(_) => true,
+            FlowState::Injected(m) => m.watch.is_some(),
+            _ => false,
+        });
+        if silence > 0 && watched {
+            let at = now.saturating_add(silence);
+            self.flows.set_deadline(Timer::Silence, key, id, at);
         }
     }
 
@@ -575,9 +591,11 @@ impl<T> Engine<T> {
         self.flows.remove(&key);
     }
 
-    /// Timer call: fails open the flows whose collect-timeout passed, and
+    /// Timer call: fails open the flows whose collect-timeout passed,
+    /// reports watched flows silent for auto-silence as failed, and
     /// forgets flows idle for longer than the flow timeout. Each call looks
-    /// at no more than [`COLLECT_BUDGET`] deadlines and [`EXPIRE_BUDGET`]
+    /// at no more than [`COLLECT_BUDGET`] collect and [`SILENCE_BUDGET`]
+    /// silence deadlines and [`EXPIRE_BUDGET`]
     /// idle flows, so it stays short at any table size; a larger backlog (a burst of
     /// flows timing out together) is worked off by the following calls. A
     /// flow last seen at `t` is forgotten by the first call at or after
@@ -587,8 +605,13 @@ impl<T> Engine<T> {
     /// least recently seen flow, so a backlog costs memory only.
     pub fn expire(&mut self, now: u64, out: &mut Vec<Action<T>>) {
         self.flows.reset_visits();
-        for key in self.flows.due(now, COLLECT_BUDGET) {
+        for key in self.flows.due(Timer::Collect, now, COLLECT_BUDGET) {
             self.fail_flow(key, FailReason::Timeout, out);
+        }
+        for key in self.flows.due(Timer::Silence, now, SILENCE_BUDGET) {
+            if self.verdict(key, true) {
+                self.stats.auto_silent += 1;
+            }
         }
         let timeout = self.cfg.flow_timeout_us;
         for flow in self.flows.sweep_idle(now, timeout, EXPIRE_BUDGET) {
