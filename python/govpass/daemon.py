@@ -269,8 +269,22 @@ def worker_main(
             pass_events()
         if now - last_write >= config.stats_interval / 2:
             last_write = now
-            with suppress(OSError):
+            try:
                 write_json_at(stats_dir, stats_name, {"queue": queue, **_worker_stats()})
+            except OSError as e:
+                write_failed(e)
+
+    failed_once = False
+
+    def write_failed(e: OSError) -> None:
+        """Says once that the counters cannot be written (the packet loop goes on)."""
+        nonlocal failed_once
+        if failed_once or log is None:
+            return
+        failed_once = True
+        why = os.strerror(e.errno) if e.errno else str(e)
+        hint = " (a call the seccomp filter refuses: the kernel log names it)"
+        log(f"worker {index}: cannot write its counters: {why}" + (hint if e.errno == 1 else ""))
 
     def _worker_stats() -> dict[str, Any]:
         s = worker.stats()
