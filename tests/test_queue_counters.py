@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from govpass.queue_counters import BypassCount, QueueRow, parse_queue_table, read_queue_table
 
 LINE = "  200  10996     3 2  4016     0     0       18  1"
@@ -67,3 +68,17 @@ def test_the_count_never_falls() -> None:
     assert count.observe(2, None) == 6
     assert count.observe(2, row(1, 6)) == 6
     assert count.observe(3, row(1, 7)) == 6
+
+
+def test_stats_and_doctor_read_the_same_table_without_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from govpass.backends import nfqueue
+
+    text = LINE + "\n  201 x 0 2 65535 4 5 7 1\nshort line\n"
+    monkeypatch.setattr(nfqueue, "read_queue_table", lambda: parse_queue_table(text))
+    assert nfqueue.queue_table() == {
+        200: {"portid": 10996, "queued": 3, "queue_dropped": 0, "user_dropped": 0}
+    }
+    monkeypatch.setattr(nfqueue, "read_queue_table", lambda: None)
+    assert nfqueue.queue_table() == {}

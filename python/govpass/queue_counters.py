@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from govpass.backends.nfqueue import PROC_QUEUES
+PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 
 # Columns of a line: queue number, peer port id, queue_total, copy mode, copy range,
 # queue_dropped, user_dropped, id_sequence, 1.
