@@ -82,3 +82,10 @@ def test_stats_and_doctor_read_the_same_table_without_a_crash(
     }
     monkeypatch.setattr(nfqueue, "read_queue_table", lambda: None)
     assert nfqueue.queue_table() == {}
+
+
+def test_rules_reinstalled_by_the_daemon_lose_nothing() -> None:
+    count = BypassCount(range(200, 201))
+    assert count.observe(10, row(1, 4)) == 6
+    count.rules_replaced()
+    assert count.observe(15, row(1, 4)) == 21  # more than the old count: still a new run

@@ -799,7 +799,9 @@ class Daemon:
         from govpass import rules
 
         backend = None if self.config.firewall == "auto" else self.config.firewall
-        rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self._count_bypassed()  # what the rules counted until now: reinstalled they restart
+        self._installed = rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self.bypass.rules_replaced()
         self.spec = spec
         if self.kernel_split is not None:
             self.kernel_split.sync(spec)

@@ -20,8 +20,9 @@ queue whose process changed (another netlink port id) or that vanished has its
 last ``id_sequence`` moved into a total. What it does not see: packets a worker's
 queue took after the parent last looked and before the worker crashed (the
 parent looks at every watchdog check, at most 0.25 s apart, and just before it
-kills a hung worker); packets the rules counted after the last look before they
-were reinstalled (counters start again at zero then); and packets the queue took
+kills a hung worker); packets the rules counted between the last look and their
+reinstallation by someone else (the daemon looks just before it reinstalls them
+itself); and packets the queue took
 but could not hand to a stopped worker's full socket buffer (the kernel accepts
 those too, after giving them an id). Each errs towards a smaller number: the
 published count grows only, and never by a packet a worker received.
@@ -90,6 +91,11 @@ class Accumulator:
         self._base = 0
         self._last = 0
 
+    def restart(self) -> None:
+        """The counter starts again from zero now (what it counted stays)."""
+        self._base += self._last
+        self._last = 0
+
     def sample(self, value: int) -> int:
         if value < self._last:
             self._base += self._last
@@ -106,6 +112,10 @@ class BypassCount:
         self._gone = 0  # id_sequence totals of queue instances that ended
         self._rules = Accumulator()
         self.value: int | None = None  # None until both counters could be read once
+
+    def rules_replaced(self) -> None:
+        """The rules were installed again: their counters start from zero."""
+        self._rules.restart()
 
     def observe_queues(self, table: dict[int, QueueRow] | None) -> None:
         """Notes each queue's instance and id_sequence (None: the table was unreadable,
