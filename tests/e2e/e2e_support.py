@@ -215,6 +215,12 @@ def mangle_rules(lab: Lab, role: str, tool: str = "iptables-save") -> list[str]:
     return [ln for ln in text.splitlines() if "GOVPASS" in ln]
 
 
+def queue_table_of(lab: Lab) -> dict[int, str]:
+    """Bound queues in the client namespace (queue number -> the /proc line)."""
+    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+    return {int(ln.split()[0]): ln for ln in text.splitlines() if ln.strip()}
+
+
 def _same_program(pid: int, parent: int) -> bool:
     try:
         return os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{parent}/exe")

@@ -14,7 +14,16 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from e2e_support import ALLOWED, FAMILIES, PASS_TIMEOUT, WORKERS_ONLY, Govpass, govpass_cli, running
+from e2e_support import (
+    ALLOWED,
+    FAMILIES,
+    PASS_TIMEOUT,
+    WORKERS_ONLY,
+    Govpass,
+    govpass_cli,
+    queue_table_of,
+    running,
+)
 from govpass.lab import Lab
 from govpass.lab.netns import wait_for
 from test_e2e_watchdog import stopped
@@ -54,7 +63,7 @@ def test_connections_while_no_worker_is_bound_are_counted(host_lab: Lab) -> None
         (old,) = gp.workers()
         with stopped(gp.pid):  # no restart while stopped: the queue stays unbound
             os.kill(old, signal.SIGKILL)
-            wait_for(lambda: _unbound(lab), 5.0, "the queue to be released")
+            wait_for(lambda: 200 not in queue_table_of(lab), 5.0, "the queue to be released")
             all_ok(allowed(lab, N))
         wait_for(lambda: "worker 0 exited" in gp.log(), 10.0, "a restart")
         now = gp.wait_stats(lambda s: s.get("bypassed", 0) - start >= N)
@@ -64,7 +73,8 @@ def test_connections_while_no_worker_is_bound_are_counted(host_lab: Lab) -> None
         assert "passed unmodified without a worker" in gp.log(), gp.log()[-2000:]
         shown = govpass_cli(lab, "client", ["stats"], gp.run_dir).stdout
         assert "packets passed by the queues" in shown, shown
-        # A worker again: connections are split and the count stays.
+        # A worker again (once its queue is bound): the count stays.
+        wait_for(lambda: 200 in queue_table_of(lab), 10.0, "the new worker's queue")
         all_ok(allowed(lab, 2))
         assert bypassed(gp) == int(now["bypassed"])
 
@@ -92,11 +102,6 @@ def test_connections_while_the_queue_is_full_are_counted(host_lab: Lab) -> None:
 
 
 def _queued(lab: Lab) -> int:
-    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
-    rows = [line.split() for line in text.splitlines()]
-    return next((int(r[2]) for r in rows if r[:1] == ["200"] and len(r) > 2), 0)
-
-
-def _unbound(lab: Lab) -> bool:
-    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
-    return not any(line.split()[:1] == ["200"] for line in text.splitlines())
+    line = queue_table_of(lab).get(200, "")
+    cols = line.split()
+    return int(cols[2]) if len(cols) > 2 else 0
