@@ -31,6 +31,7 @@ from typing import Any
 from govpass import privileges
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
+from govpass.queue_counters import BypassCount, read_queue_table
 from govpass.quoting import quote
 from govpass.run_lock import claim_run_lock
 from govpass.watchdog import Heartbeats, check_interval
@@ -275,8 +276,22 @@ def worker_main(
             pass_events()
         if now - last_write >= config.stats_interval / 2:
             last_write = now
-            with suppress(OSError):
+            try:
                 write_json_at(stats_dir, stats_name, {"queue": queue, **_worker_stats()})
+            except OSError as e:
+                write_failed(e)
+
+    failed_once = False
+
+    def write_failed(e: OSError) -> None:
+        """Says once that the counters cannot be written (the packet loop goes on)."""
+        nonlocal failed_once
+        if failed_once or log is None:
+            return
+        failed_once = True
+        why = os.strerror(e.errno) if e.errno else str(e)
+        hint = " (a call the seccomp filter refuses: the kernel log names it)"
+        log(f"worker {index}: cannot write its counters: {why}" + (hint if e.errno == 1 else ""))
 
     def _worker_stats() -> dict[str, Any]:
         s = worker.stats()
@@ -346,6 +361,7 @@ class WorkerHandle:
 
 
 STRATEGY_STATS = "strategy-learner.json"
+QUEUE_STATS = "queues.json"  # the parent's count of packets the queues passed by
 
 
 def config_start(config: Config) -> Any:
@@ -404,6 +420,10 @@ def aggregate(directory: Path) -> dict[str, Any]:
         counts = learned.get("counts")
         if isinstance(counts, dict):
             total["strategy_counts"] = {str(k): v for k, v in counts.items() if isinstance(v, int)}
+    with suppress(OSError, ValueError):  # the parent's count of what passed the queues by
+        passed = json.loads((directory / QUEUE_STATS).read_text(encoding="utf-8"))
+        if isinstance(passed, dict) and type(passed.get("bypassed")) is int:
+            total["bypassed"] = passed["bypassed"]
     with suppress(OSError, ValueError):  # the parent's kernel split counters
         kernel = json.loads((directory / "kernel-split.json").read_text(encoding="utf-8"))
         total.update({f"kernel_{k}": v for k, v in kernel.items() if isinstance(v, int)})
@@ -471,6 +491,10 @@ class Daemon:
         self._instance: Any = None  # the namespace's daemon socket (govpass.instance)
         self._rules_seen: Any = None  # the rules as installed, to notice changes by hand
         self._rules_broken = False  # a reinstall after such a change failed (logged once)
+        self._installed: Any = None  # the rules' InstallResult, to read their counters
+        # Packets the queues passed by (no worker bound, or the queue full).
+        self.bypass = BypassCount(range(config.queue_num, config.queue_num + config.worker_count))
+        self._bypass_logged = 0
 
     def _account(self) -> Any:
         """The user workers become (validated here, so a bad `user` stops the start)."""
@@ -630,6 +654,7 @@ class Daemon:
         (self.directory / "learner.json").unlink(missing_ok=True)
         (self.directory / "kernel-split.json").unlink(missing_ok=True)
         (self.directory / STRATEGY_STATS).unlink(missing_ok=True)
+        (self.directory / QUEUE_STATS).unlink(missing_ok=True)
         self._start_targeting()
         self._start_strategies()
         write_json_atomic(
@@ -652,6 +677,7 @@ class Daemon:
             self.spec = rule_spec(self.config, gate=gate)
             result = rules.install(self.spec, backend=backend)  # type: ignore[arg-type]
             self.rules_installed = True
+            self._installed = result
             self._spec_checked = time.monotonic()
             self._rules_seen = _rules_now()
             self.log(f"rules installed with {result.backend}: {result.reason}")
@@ -734,6 +760,9 @@ class Daemon:
         has not run for `worker-timeout` seconds (stopped or hung: the kernel would
         hold its hellos until the queue is full). Its queue fails open meanwhile."""
         self._checked = time.monotonic()
+        # Each queue's count so far: a worker killed below, or one that died since the
+        # last look, takes its queue's id_sequence with it.
+        self.bypass.observe_queues(read_queue_table())
         hung = set(
             self.heartbeats.hung([w.index for w in self.workers], self.config.worker_timeout)
         )
@@ -797,7 +826,9 @@ class Daemon:
         from govpass import rules
 
         backend = None if self.config.firewall == "auto" else self.config.firewall
-        rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self._count_bypassed()  # what the rules counted until now: reinstalled they restart
+        self._installed = rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self.bypass.rules_replaced()
         self.spec = spec
         if self.kernel_split is not None:
             self.kernel_split.sync(spec)
@@ -882,9 +913,34 @@ class Daemon:
                 write_json_atomic(self.directory / STRATEGY_STATS, data)
         with suppress(OSError):
             write_json_atomic(self.directory / "kernel-split.json", self.kernel_split_state())
+        self._count_bypassed()
         data = aggregate(self.directory)
         write_json_atomic(self.directory / "stats.json", {"pid": os.getpid(), **data})
         return data
+
+    def _count_bypassed(self) -> None:
+        """Writes `bypassed` (see govpass.queue_counters) for `govpass stats`, and logs
+        when it grew."""
+        if self.rules_installed and self._installed is not None:
+            from govpass.errors import FirewallError
+            from govpass.rules.counters import queue_packets
+
+            try:
+                packets = queue_packets(self._installed)
+            except (FirewallError, OSError):
+                packets = None
+            self.bypass.observe(packets, read_queue_table())
+        value = self.bypass.value
+        if value is None:
+            return
+        with suppress(OSError):
+            write_json_atomic(self.directory / QUEUE_STATS, {"bypassed": value})
+        if value > self._bypass_logged:
+            self.log(
+                f"{value - self._bypass_logged} packet(s) passed unmodified without a worker "
+                f"(none bound to the queue, or the queue full): {value} since the start"
+            )
+            self._bypass_logged = value
 
     def kernel_split_state(self) -> dict[str, Any]:
         """The kernel split's counters and one line saying whether it is on, and where."""
@@ -900,6 +956,8 @@ class Daemon:
         if self._list_thread is not None:
             self._list_thread.close(timeout=0.1)
         self._close_kernel_split()
+        with suppress(OSError):  # the last count, while the rules still have theirs
+            self._count_bypassed()
         if self.rules_installed:
             from govpass import rules
 
@@ -922,7 +980,7 @@ class Daemon:
             self.final_stats = self.stats()
         if self.owns_run_dir:  # a clean stop leaves no state behind: the log has the counters
             state = ["daemon.json", "kernel-split.json", "learner.json", "stats.json"]
-            state.append(STRATEGY_STATS)
+            state += [STRATEGY_STATS, QUEUE_STATS]
             for path in [
                 *self.directory.glob("worker-*.json"),
                 *(self.directory / WORKERS).glob("worker-*.json"),

@@ -60,6 +60,9 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+_SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277}
 _CAP_VERSION_3 = 0x20080522
 _EPERM = 1
 
@@ -258,43 +261,64 @@ def set_no_new_privs(libc: ctypes.CDLL) -> None:
 
 # ------------------------------------------------------------------ seccomp
 
-# Calls a packet worker never makes; denied with EPERM so that a wrong guess fails one
-# call instead of killing the worker. Numbers per architecture (audit arch, table).
-_DENIED = (
+# The calls a worker makes once its sockets are open, found by tracing workers of
+# every packet path (Rust loop, Python loop, QUIC filtering, list reloads, strategy
+# auto, stop) with `strace -f`, plus the neighbours the C library and Python pick
+# instead on another kernel or version (stat variants, poll/select/epoll, nanosleep).
+# Anything else gets EPERM, so a call missed here fails that one call (the packet
+# path fails open) instead of killing the worker.
+# name: (x86_64, aarch64); None where the architecture has no such call.
+ALLOWED: dict[str, tuple[int, int | None]] = {
+    "read": (0, 63), "write": (1, 64), "readv": (19, 65), "writev": (20, 66),
+    "pread64": (17, 67), "pwrite64": (18, 68), "close": (3, 57), "lseek": (8, 62),
+    "openat": (257, 56), "open": (2, None), "fstat": (5, 80), "newfstatat": (262, 79),
+    "statx": (332, 291), "stat": (4, None), "lstat": (6, None), "fcntl": (72, 25),
+    "dup": (32, 23), "dup3": (292, 24), "getdents64": (217, 61), "mmap": (9, 222),
+    "munmap": (11, 215), "mremap": (25, 216), "mprotect": (10, 226), "madvise": (28, 233),
+    "brk": (12, 214), "futex": (202, 98), "sched_yield": (24, 124),
+    "sched_getaffinity": (204, 123), "clock_gettime": (228, 113), "clock_getres": (229, 114),
+    "clock_nanosleep": (230, 115), "nanosleep": (35, 101), "gettimeofday": (96, 169),
+    "poll": (7, None), "ppoll": (271, 73), "select": (23, None), "pselect6": (270, 72),
+    "epoll_create1": (291, 20), "epoll_ctl": (233, 21), "epoll_wait": (232, None),
+    "epoll_pwait": (281, 22), "epoll_pwait2": (441, 441), "recvfrom": (45, 207),
+    "recvmsg": (47, 212), "recvmmsg": (299, 243), "sendto": (44, 206), "sendmsg": (46, 211),
+    "sendmmsg": (307, 269), "setsockopt": (54, 208), "getsockopt": (55, 209),
+    "getsockname": (51, 204), "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135),
+    "rt_sigreturn": (15, 139), "sigaltstack": (131, 132), "restart_syscall": (219, 128),
+    "getpid": (39, 172), "gettid": (186, 178), "getppid": (110, 173), "getuid": (102, 174),
+    "geteuid": (107, 175), "getgid": (104, 176), "getegid": (108, 177), "exit": (60, 93),
+    "exit_group": (231, 94), "set_robust_list": (273, 99), "rseq": (334, 293),
+    "rename": (82, None), "renameat": (264, 38), "renameat2": (316, 276), "fchmod": (91, 52),
+    "unlink": (87, None), "unlinkat": (263, 35), "getrandom": (318, 278), "uname": (63, 160),
+    "sysinfo": (99, 179), "getrusage": (98, 165), "membarrier": (324, 283),
+    "readlink": (89, None), "readlinkat": (267, 78), "access": (21, None),
+    "faccessat": (269, 48), "faccessat2": (439, 439), "getcwd": (79, 17),
+    "prlimit64": (302, 261), "fsync": (74, 82), "fdatasync": (75, 83), "ftruncate": (77, 46),
+}  # fmt: skip
+# Allowed with their arguments checked: clone only for a thread (no new process);
+# ioctl only for the terminal and non-blocking queries Python and the C library make
+# (not the SIOCS* interface changes CAP_NET_ADMIN would otherwise allow).
+CLONE = (56, 220)
+IOCTL = (16, 29)
+# clone3 passes its flags in memory a filter cannot read: ENOSYS makes the C library
+# start threads with clone instead.
+CLONE3 = (435, 435)
+CLONE_THREAD = 0x00010000
+IOCTLS = (0x5401, 0x5413, 0x541B, 0x5421, 0x5451)  # TCGETS TIOCGWINSZ FIONREAD FIONBIO FIOCLEX
+# What the deny-list this replaced refused, and never in ALLOWED (a test checks):
+# exec, tracing, mounts, modules, kexec, uid/gid/capability changes, namespaces,
+# keys, perf, userfaultfd, other processes' memory, reboot, swap, bpf, new sockets.
+NEVER = (
     "execve", "execveat", "ptrace", "mount", "umount2", "pivot_root", "chroot", "bpf",
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
     "setfsuid", "setfsgid", "capset", "unshare", "setns", "keyctl", "add_key",
     "request_key", "perf_event_open", "userfaultfd", "process_vm_writev",
     "process_vm_readv", "reboot", "swapon", "swapoff", "open_tree", "move_mount",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "socket", "socketpair",
+    "kill", "tkill", "tgkill", "fork", "vfork", "prctl", "seccomp", "ioperm", "iopl",
 )  # fmt: skip
-_NEW_API = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-            "fsmount": 432, "fspick": 433, "mount_setattr": 442}  # fmt: skip
-SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
-    "x86_64": (0xC000003E, {
-        "execve": 59, "execveat": 322, "ptrace": 101, "mount": 165, "umount2": 166,
-        "pivot_root": 155, "chroot": 161, "bpf": 321, "init_module": 175,
-        "finit_module": 313, "delete_module": 176, "kexec_load": 246,
-        "kexec_file_load": 320, "setuid": 105, "setgid": 106, "setreuid": 113,
-        "setregid": 114, "setresuid": 117, "setresgid": 119, "setgroups": 116,
-        "setfsuid": 122, "setfsgid": 123, "capset": 126, "unshare": 272, "setns": 308,
-        "keyctl": 250, "add_key": 248, "request_key": 249, "perf_event_open": 298,
-        "userfaultfd": 323, "process_vm_writev": 311, "process_vm_readv": 310,
-        "reboot": 169, "swapon": 167, "swapoff": 168, **_NEW_API,
-    }),
-    "aarch64": (0xC00000B7, {
-        "execve": 221, "execveat": 281, "ptrace": 117, "mount": 40, "umount2": 39,
-        "pivot_root": 41, "chroot": 51, "bpf": 280, "init_module": 105,
-        "finit_module": 273, "delete_module": 106, "kexec_load": 104,
-        "kexec_file_load": 294, "setuid": 146, "setgid": 144, "setreuid": 145,
-        "setregid": 143, "setresuid": 147, "setresgid": 149, "setgroups": 159,
-        "setfsuid": 151, "setfsgid": 152, "capset": 91, "unshare": 97, "setns": 268,
-        "keyctl": 219, "add_key": 217, "request_key": 218, "perf_event_open": 241,
-        "userfaultfd": 282, "process_vm_writev": 271, "process_vm_readv": 270,
-        "reboot": 142, "swapon": 224, "swapoff": 225, **_NEW_API,
-    }),
-}  # fmt: skip
+ARCHES = {"x86_64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1)}  # audit arch, column
 
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
@@ -302,26 +326,76 @@ _BPF_JSET_K = 0x45
 _BPF_RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
+_ENOSYS = 38
 _X32_BIT = 0x40000000
+_NR, _ARCH, _ARG0, _ARG1 = 0, 4, 16, 24  # seccomp_data offsets (low words: little-endian)
+
+Instruction = tuple[int, int, int, int]
+_Labelled = tuple[int, str | None, str | None, int]  # jumps by label, resolved at the end
 
 
-def seccomp_program(machine: str) -> list[tuple[int, int, int, int]] | None:
-    """Classic BPF over seccomp_data: another architecture's calls (a 32-bit
-    entry, x32) are refused, the denied calls get EPERM, the rest run."""
-    entry = SYSCALLS.get(machine)
+def seccomp_program(machine: str) -> list[Instruction] | None:
+    """Classic BPF over seccomp_data: another architecture's calls (a 32-bit entry,
+    x32) and every call not allowed get EPERM; None where there is no table."""
+    entry = ARCHES.get(machine)
     if entry is None:
         return None
-    arch, table = entry
-    deny = (_BPF_RET_K, 0, 0, _RET_ERRNO | _EPERM)
-    prog = [(_BPF_LD_W_ABS, 0, 0, 4), (_BPF_JEQ_K, 1, 0, arch), deny, (_BPF_LD_W_ABS, 0, 0, 0)]
+    arch, column = entry
+    numbers = (nrs[column] for nrs in ALLOWED.values())
+    allowed = sorted({nr for nr in numbers if nr is not None})
+    # (code, label if true, label if false, k): labels name the blocks at the end.
+    body: list[_Labelled] = [
+        (_BPF_LD_W_ABS, None, None, _ARCH),
+        (_BPF_JEQ_K, None, "deny", arch),
+        (_BPF_LD_W_ABS, None, None, _NR),
+    ]
     if machine == "x86_64":
-        prog += [(_BPF_JSET_K, 0, 1, _X32_BIT), deny]
-    numbers = sorted({table[name] for name in _DENIED})
-    for i, nr in enumerate(numbers):
-        # jump to the deny at the end when equal: past the remaining tests and the allow
-        prog.append((_BPF_JEQ_K, len(numbers) - i, 0, nr))
-    prog += [(_BPF_RET_K, 0, 0, _RET_ALLOW), deny]
-    return prog
+        body.append((_BPF_JSET_K, "deny", None, _X32_BIT))
+    body += [
+        (_BPF_JEQ_K, "enosys", None, CLONE3[column]),
+        (_BPF_JEQ_K, "clone", None, CLONE[column]),
+        (_BPF_JEQ_K, "ioctl", None, IOCTL[column]),
+    ]
+    body += [(_BPF_JEQ_K, "allow", None, nr) for nr in allowed]
+    allow: _Labelled = (_BPF_RET_K, None, None, _RET_ALLOW)
+    deny: _Labelled = (_BPF_RET_K, None, None, _RET_ERRNO | _EPERM)
+    # Blocks at the end, each after every jump into it (classic BPF jumps forward only).
+    blocks: dict[str, list[_Labelled]] = {
+        "deny": [deny],
+        "allow": [allow],
+        "enosys": [(_BPF_RET_K, None, None, _RET_ERRNO | _ENOSYS)],
+        "clone": [
+            (_BPF_LD_W_ABS, None, None, _ARG0),
+            (_BPF_JSET_K, None, "clone_deny", CLONE_THREAD),
+            allow,
+        ],
+        "clone_deny": [deny],
+        "ioctl": [
+            (_BPF_LD_W_ABS, None, None, _ARG1),
+            *((_BPF_JEQ_K, "ioctl_allow", None, cmd) for cmd in IOCTLS),
+            deny,
+        ],
+        "ioctl_allow": [allow],
+    }
+    prog = list(body)
+    at: dict[str, int] = {}
+    for label, block in blocks.items():  # the deny block first: the fall-through
+        at[label] = len(prog)
+        prog += block
+    return [
+        (code, _offset(at, jt, i), _offset(at, jf, i), k)
+        for i, (code, jt, jf, k) in enumerate(prog)
+    ]
+
+
+def _offset(at: dict[str, int], label: str | None, i: int) -> int:
+    """A jump from instruction `i` to `label`: forward, within classic BPF's 8 bits."""
+    if label is None:
+        return 0
+    off = at[label] - i - 1
+    if not 0 <= off <= 255:
+        raise ValueError(f"seccomp program: jump to {label} out of range")
+    return off
 
 
 class _SockFprog(ctypes.Structure):
@@ -330,14 +404,28 @@ class _SockFprog(ctypes.Structure):
 
 def install_seccomp(libc: ctypes.CDLL) -> bool:
     """Installs the filter on this thread (and the threads it starts later);
-    False where the architecture has no table. Needs no_new_privs first."""
-    prog = seccomp_program(platform.machine())
+    False where the architecture has no table. Needs no_new_privs first.
+
+    Through seccomp(2) with SECCOMP_FILTER_FLAG_LOG where the kernel has it: each
+    refused call is then recorded by the kernel (audit record type 1326 naming the
+    call, in the journal or dmesg), which is how a call missing from ALLOWED shows."""
+    machine = platform.machine()
+    prog = seccomp_program(machine)
     if prog is None:
         return False
     raw = b"".join(struct.pack("=HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
-    rc = libc.prctl(
+    nr = _SECCOMP_SYSCALL[machine]
+    rc = libc.syscall(
+        ctypes.c_long(nr),
+        ctypes.c_ulong(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_ulong(SECCOMP_FILTER_FLAG_LOG),
+        ctypes.byref(fprog),
+    )
+    if rc == 0:
+        return True
+    rc = libc.prctl(  # an older kernel: no seccomp(2), or no logging flag
         ctypes.c_ulong(PR_SET_SECCOMP),
         ctypes.c_ulong(SECCOMP_MODE_FILTER),
         ctypes.byref(fprog),

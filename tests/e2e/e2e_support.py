@@ -215,6 +215,19 @@ def mangle_rules(lab: Lab, role: str, tool: str = "iptables-save") -> list[str]:
     return [ln for ln in text.splitlines() if "GOVPASS" in ln]
 
 
+def queue_table_of(lab: Lab) -> dict[int, str]:
+    """Bound queues in the client namespace (queue number -> the /proc line)."""
+    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+    return {int(ln.split()[0]): ln for ln in text.splitlines() if ln.strip()}
+
+
+def _same_program(pid: int, parent: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.readlink(f"/proc/{parent}/exe")
+    except OSError:
+        return False  # gone already
+
+
 class Govpass:
     """One ``govpass run`` in a lab namespace, with its own run directory."""
 
@@ -267,11 +280,13 @@ class Govpass:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def workers(self) -> list[int]:
-        """Pids of the daemon's worker processes (its children)."""
+        """Pids of the daemon's worker processes: its children that run its program
+        (not the iptables-save or nft it runs now and then to read rule counters)."""
         assert self.pid is not None
         path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         with contextlib.suppress(OSError):
-            return [int(p) for p in path.read_text().split()]
+            children = [int(p) for p in path.read_text().split()]
+            return [pid for pid in children if _same_program(pid, self.pid)]
         return []
 
     def stats(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from e2e_support import (
     make_lab,
     mangle_rules,
     netprobe,
+    queue_table_of,
     run_matrix,
     running,
 )
@@ -503,12 +504,6 @@ def test_a_full_socket_accepts_and_the_worker_goes_on(lab: Lab) -> None:
         rc = gp.stop()
     assert rc == 0, gp.log()
     assert govpass_rule_lines(lab, "client") == []
-
-
-def queue_table_of(lab: Lab) -> dict[int, str]:
-    """Bound queues in the client namespace (queue number -> the /proc line)."""
-    text = lab.exec("client", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
-    return {int(ln.split()[0]): ln for ln in text.splitlines() if ln.strip()}
 
 
 def test_second_daemon_on_same_queue(lab: Lab) -> None:

@@ -24,6 +24,7 @@ from e2e_support import (
     WORKERS_ONLY,
     Govpass,
     govpass_cli,
+    queue_table_of,
     running,
 )
 from govpass.lab import Lab
@@ -123,6 +124,8 @@ def test_a_restarted_worker_keeps_its_counters(host_lab: Lab) -> None:
         os.kill(old, signal.SIGKILL)
         wait_for(lambda: "worker 0 exited (code -9); restarting" in gp.log(), 10.0, "a restart")
         wait_for(lambda: len(gp.workers()) == 1 and gp.workers() != [old], 10.0, "a new worker")
+        # Its process exists before its queue is bound: until then hellos pass by.
+        wait_for(lambda: 200 in queue_table_of(lab), 10.0, "the new worker's queue")
         after = splits_after(gp, lab, 4, int(before["splits"]) + 4)
         assert after["flows"] >= int(before["flows"]) + 4, (before, after)
         assert after["worker_restarts"] == 1 and after.get("watchdog_restarts", 0) == 0, after

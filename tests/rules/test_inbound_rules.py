@@ -120,8 +120,8 @@ def test_nft_inbound_chains() -> None:
     assert nft.inbound_body(RuleSpec(inbound=True)) == [
         'iifname "lo" return',
         f"ct reply packets > {INBOUND_PACKETS} return",
-        "tcp flags & rst == rst queue num 200 bypass",
-        "@ih,0,16 0x1603 queue num 200 bypass",
+        "tcp flags & rst == rst counter queue num 200 bypass",
+        "@ih,0,16 0x1603 counter queue num 200 bypass",
     ]
     router = nft.render_table(
         RuleSpec(inbound=True, mode="router", interfaces=("wan0",), ipv6=False)

@@ -14,8 +14,8 @@ table inet govpass {
 \t\toifname "lo" return
 \t\ttcp flags & syn == syn return
 \t\tct original packets >= 12 return
-\t\tct mark & 0x20000000 == 0x20000000 queue num 200 bypass
-\t\t@ih,0,16 0x1603 @ih,40,8 0x1 ct mark set ct mark | 0x20000000 queue num 200 bypass
+\t\tct mark & 0x20000000 == 0x20000000 counter queue num 200 bypass
+\t\t@ih,0,16 0x1603 @ih,40,8 0x1 ct mark set ct mark | 0x20000000 counter queue num 200 bypass
 \t}
 \tchain postrouting {
 \t\ttype filter hook postrouting priority mangle; policy accept;
@@ -63,10 +63,12 @@ def test_single_family_is_restricted() -> None:
 
 
 def test_queue_statement_variants() -> None:
-    assert nft.queue_statement(RuleSpec()) == "queue num 200 bypass"
-    assert nft.queue_statement(RuleSpec(bypass=False)) == "queue num 200"
-    assert nft.queue_statement(RuleSpec(queue_num=3, queue_count=4)) == ("queue num 3-6 bypass")
-    assert nft.queue_statement(RuleSpec(queue_count=2, bypass=False)) == "queue num 200-201"
+    assert nft.queue_statement(RuleSpec()) == "counter queue num 200 bypass"
+    assert nft.queue_statement(RuleSpec(bypass=False)) == "counter queue num 200"
+    assert nft.queue_statement(RuleSpec(queue_num=3, queue_count=4)) == (
+        "counter queue num 3-6 bypass"
+    )
+    assert nft.queue_statement(RuleSpec(queue_count=2, bypass=False)) == "counter queue num 200-201"
 
 
 def test_ports_marks_bound() -> None:
@@ -75,7 +77,7 @@ def test_ports_marks_bound() -> None:
     assert "tcp dport { 443, 853 } jump govpass" in text
     assert "meta mark & 0x1 == 0x1 return" in text
     assert "ct original packets >= 4 return" in text
-    assert "ct mark set ct mark | 0x100 queue" in text
+    assert "ct mark set ct mark | 0x100 counter queue" in text
     assert "ct mark set ct mark & 0xfffffeff" in text
 
 

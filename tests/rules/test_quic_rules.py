@@ -86,7 +86,7 @@ def test_nft_listed_body() -> None:
     assert nft.quic_body(spec) == [
         'oifname "lo" return',
         f"ct original packets < {QUIC_PACKETS + 1} @th,64,8 & 0xf0 {{ 0xc0, 0xd0 }} "
-        "queue num 200-201 bypass",
+        "counter queue num 200-201 bypass",
     ]
     table = nft.render_table(spec)
     assert "meta l4proto udp udp dport 443 jump govpass_quic" in table

@@ -20,6 +20,7 @@ from typing import Any
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
 from govpass.backends.inject import RawInjector
 from govpass.errors import BackendError
+from govpass.queue_counters import read_queue_table
 
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5
@@ -31,7 +32,6 @@ NFQA_CFG_F_FAIL_OPEN = 0x1
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
-PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 UDP = 17  # IP protocol number
 # The inode number of the initial user namespace (PROC_USER_INIT_INO).
 INIT_USER_NS_INO = 0xEFFFFFFD
@@ -94,23 +94,18 @@ def tune_queue_socket(fd: int, queue_num: int) -> None:
 
 
 def queue_table() -> dict[int, dict[str, int]]:
-    """Bound queues from /proc: queue number -> portid, length, kernel drops, user drops."""
-    out: dict[int, dict[str, int]] = {}
-    try:
-        with open(PROC_QUEUES, encoding="ascii") as f:
-            for line in f:
-                cols = line.split()
-                if len(cols) < 7:
-                    continue
-                out[int(cols[0])] = {
-                    "portid": int(cols[1]),
-                    "queued": int(cols[2]),
-                    "queue_dropped": int(cols[5]),
-                    "user_dropped": int(cols[6]),
-                }
-    except OSError:
-        pass
-    return out
+    """Bound queues from /proc: queue number -> portid, length, kernel drops, user drops
+    (a line that does not parse is left out: see govpass.queue_counters)."""
+    table = read_queue_table() or {}
+    return {
+        q: {
+            "portid": row.portid,
+            "queued": row.queued,
+            "queue_dropped": row.queue_dropped,
+            "user_dropped": row.user_dropped,
+        }
+        for q, row in table.items()
+    }
 
 
 # Timer period of a worker holding no packet: flow expiry, stats files, list

@@ -21,6 +21,7 @@ MAIN_KEYS = (
     ("held_bytes_now", "bytes held"),
     ("held_bytes_peak", "bytes held (peak)"),
     ("packets", "packets queued"),
+    ("bypassed", "packets passed by the queues (no worker, or full)"),
     ("queue_dropped", "kernel queue drops"),
     ("user_dropped", "netlink drops"),
     ("inject_errors", "injection errors"),

@@ -105,7 +105,9 @@ def _nft_inventory(runner: Runner) -> Installed | None:
     _raise_if_denied(tables)
     if not tables.ok or f"table {nft.TABLE}" not in tables.stdout.splitlines():
         return None
-    listing = runner.run(["nft", "list", "table", nft.TABLE_FAMILY, nft.TABLE_NAME])
+    # Stateless: without the counters' values, so two listings compare equal while
+    # the rules are the same (the daemon compares them to notice changes by hand).
+    listing = runner.run(["nft", "-s", "list", "table", nft.TABLE_FAMILY, nft.TABLE_NAME])
     return Installed("nftables", "nft", tuple(listing.stdout.rstrip().splitlines()))
 
 

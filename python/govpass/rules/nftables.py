@@ -59,6 +59,8 @@ def queue_statement(spec: RuleSpec) -> str:
         # does not keep a locally sent flow on one queue.
         stmt = f"queue num {spec.queue_num}-{spec.queue_last}"
         flags = ["bypass"] if spec.bypass else []
+    # The counter: what was queued or passed by, for govpass.queue_counters.
+    stmt = f"counter {stmt}"
     return f"{stmt} {','.join(flags)}" if flags else stmt
 
 
