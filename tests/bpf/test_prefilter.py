@@ -309,9 +309,9 @@ def test_families_have_separate_maps() -> None:
 # ------------------------------------------------------------- build, pinning
 
 
-def test_build_rejects_an_unknown_family() -> None:
+def test_load_rejects_an_unknown_family() -> None:
     with pytest.raises(ValueError, match="family"):
-        prefilter.build("ipx", 3, 10**9)
+        prefilter.Loaded("ipx", 10**9)
 
 
 def test_pinned_programs_exist_inside_the_block_only() -> None:
