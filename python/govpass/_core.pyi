@@ -17,6 +17,7 @@ __all__ = [
     "Profile",
     "__version__",
     "client_hello_sni",
+    "prefilter_load",
 ]
 
 RELEASE: Final[int]
