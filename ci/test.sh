@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine of this kind and
 # runs all of them: Rust (unit, property, fuzz-harness), lints, type and stub checks,
+# the eBPF objects against their C sources,
 # Python (unit, property, pcap, rules, lab and end-to-end in network
 # namespaces), the Windows tier (ci/windows.sh), a bounded fuzz pass, and last the
 # README's two commands on a fresh Debian 12 (ci/fresh_debian.sh). Run as root. Exits
 # non-zero on any failure.
 #
-#   GOVPASS_TEST_TIERS=light ci/test.sh   # lints, Rust tests, Python tests outside
+#   GOVPASS_TEST_TIERS=light ci/test.sh   # lints, Rust tests, eBPF objects, Python tests outside
 #                                         # tests/e2e* and not marked netns; no fuzz,
 #                                         # no Windows tier, no fresh Debian
 #   GOVPASS_FRESH_DEBIAN=0 ci/test.sh     # everything but the fresh Debian step
@@ -60,6 +61,9 @@ step "python: ruff, types, stubs"
 "$PYTHON" -m ruff format --check python tests ci
 "$PYTHON" -m mypy
 "$PYTHON" -m mypy.stubtest govpass._core
+
+step "ebpf: committed objects rebuilt from their C sources (ci/bpf_objects.sh)"
+bash ci/bpf_objects.sh
 
 if [ "$tiers" = light ]; then
     step "python: pytest, light tiers (outside network namespaces)"

@@ -17,6 +17,7 @@ __all__ = [
     "Profile",
     "__version__",
     "client_hello_sni",
+    "prefilter_load",
 ]
 
 RELEASE: Final[int]
@@ -194,3 +195,15 @@ def client_hello_sni(
     """Server name of the ClientHello handshake message (no TLS record header)
     that ``handshake`` starts with: ``("found", name)``, ``("absent", None)``,
     ``("needmore", None)`` for a prefix too short to tell, ``("malformed", None)``."""
+
+def prefilter_load(
+    family: Literal["ipv4", "ipv6"],
+    max_age_ns: int,
+    pin_dir: str,
+    gate: tuple[int, int, int] | None = None,
+) -> tuple[int, int]:
+    """Load the pre-filter (rust/govpass-ebpf/bpf/prefilter.bpf.c) for ``family``:
+    ``(program fd, flow map fd)``, both owned by the caller. ``gate`` is the kernel
+    split's gate as ``(map fd, min payload, max payload)``; ``pin_dir`` a directory
+    on a bpf file system, used during the load only. Raises
+    :class:`govpass.bpf.syscall.BpfError` (ValueError for an unknown family)."""

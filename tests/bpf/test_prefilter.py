@@ -11,6 +11,8 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from frames import ADDRS, DPORT, ETH, FAMILIES, ISN, SPORT, frame, ip_layer, record
@@ -309,9 +311,9 @@ def test_families_have_separate_maps() -> None:
 # ------------------------------------------------------------- build, pinning
 
 
-def test_build_rejects_an_unknown_family() -> None:
+def test_load_rejects_an_unknown_family() -> None:
     with pytest.raises(ValueError, match="family"):
-        prefilter.build("ipx", 3, 10**9)
+        prefilter.Loaded("ipx", 10**9)
 
 
 def test_pinned_programs_exist_inside_the_block_only() -> None:
@@ -339,6 +341,57 @@ def test_pinned_cleans_up_when_the_block_raises() -> None:
         raise RuntimeError("boom")
     assert not os.path.exists(f"{prefix}-ipv4")
     assert not os.path.exists(os.path.dirname(prefix))
+
+
+@contextmanager
+def bpffs() -> Iterator[str]:
+    """A private bpf file system, as the loader's pin directory."""
+    with prefilter._pin_dir(f"test-{os.getpid()}") as directory:
+        yield directory
+
+
+def test_load_leaves_nothing_in_its_pin_directory(family: str) -> None:
+    with bpffs() as directory:
+        before = set(os.listdir(directory))  # the kernel's own files of a new mount
+        with prefilter.Loaded(family, AGE, pin_dir=directory) as lo:
+            assert set(os.listdir(directory)) == before
+            assert run(lo, frame(family, record(512))) == 1
+
+
+def test_a_stale_gate_pin_is_not_taken_for_the_given_gate(family: str, gate_fd: int) -> None:
+    # A load that died half-way left an "on" gate pinned under the gate's name:
+    # the given gate (off) is the one the program reads.
+    stale = sc.map_create(sc.MAP_TYPE_ARRAY, 4, 4, 1)
+    try:
+        set_gate(stale, 1)
+        with bpffs() as directory:
+            before = set(os.listdir(directory))
+            sc.obj_pin(stale, f"{directory}/gp_gate")
+            gate = KernelSplitGate(map_fd=gate_fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+            with prefilter.Loaded(family, AGE, gate, directory) as lo:
+                assert set(os.listdir(directory)) == before
+                assert run(lo, frame(family, record(512))) == 1
+                set_gate(gate_fd, 1)
+                assert run(lo, frame(family, record(512), sport=40001)) == 0
+    finally:
+        os.close(stale)
+
+
+def test_a_closed_gate_fd_is_a_bpf_error(family: str) -> None:
+    fd = sc.map_create(sc.MAP_TYPE_ARRAY, 4, 4, 1)
+    os.close(fd)
+    gate = KernelSplitGate(map_fd=fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+    with pytest.raises(sc.BpfError) as err:
+        prefilter.Loaded(family, AGE, gate)
+    assert err.value.errno == errno.EBADF
+    assert "gate map" in str(err.value)
+
+
+def test_a_pin_directory_off_bpffs_is_a_bpf_error(family: str, tmp_path: Path) -> None:
+    with pytest.raises(sc.BpfError) as err:
+        prefilter.Loaded(family, AGE, pin_dir=str(tmp_path))
+    assert "gp_gate" in str(err.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_unavailable_reason_is_none_as_root() -> None:

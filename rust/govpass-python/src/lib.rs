@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod bpf;
 mod config;
 mod engine;
 mod error;
@@ -19,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<target::PyIpSet>()?;
     m.add_class::<target::PyProfile>()?;
     m.add_function(wrap_pyfunction!(hello::client_hello_sni, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::prefilter_load, m)?)?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What govpass's kernel programs share: the test that a TCP payload starts a
+ * TLS ClientHello record, and the test that such a record is whole in one
+ * packet. The pre-filter and the kernel split must agree on both (the
+ * pre-filter leaves to the kernel split exactly the packets it takes), so both
+ * live here and nowhere else.
+ */
+#ifndef GOVPASS_COMMON_H
+#define GOVPASS_COMMON_H
+
+#include <linux/types.h>
+#include <stdbool.h>
+
+/* Bytes read from the payload's start: the 5-byte record header and the
+ * handshake type. */
+#define GP_HELLO_HEAD 6
+
+/* A handshake record (0x16) of TLS major version 3 whose first handshake
+ * message is a ClientHello (type 1). The minor version and the length are not
+ * checked: the user-space engine decides what the record is. */
+static __always_inline bool gp_hello_start(const __u8 head[GP_HELLO_HEAD])
+{
+	return head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01;
+}
+
+/* The record's size with its 5-byte header, from the header's length field. */
+static __always_inline __u32 gp_record_size(const __u8 head[GP_HELLO_HEAD])
+{
+	return (((__u32)head[3] << 8) | head[4]) + 5;
+}
+
+/* The record announced by `head` is exactly this packet's payload, its size is
+ * within [min_payload, max_payload] and the packet is not a GSO super-packet
+ * (the kernel split cuts one real packet). */
+static __always_inline bool gp_whole_record(const __u8 head[GP_HELLO_HEAD], __u64 payload_len,
+					    __u32 min_payload, __u32 max_payload, __u32 gso_segs)
+{
+	return gp_record_size(head) == payload_len && payload_len >= min_payload &&
+	       payload_len <= max_payload && gso_segs <= 1;
+}
+
+#endif
