@@ -371,3 +371,79 @@ class StrategyFeed:
 
     def close(self) -> None:
         self._stop.set()
+
+
+class StrategyKeeper:
+    """The learner of one `govpass run --strategy auto` and its state file: loaded at
+    the start, written on every change, re-read when changed from outside
+    (`govpass strategy clear` removes it: everything is learned afresh)."""
+
+    def __init__(
+        self,
+        path: Path,
+        start: Strategy,
+        ladder: Sequence[Strategy],
+        unfixable_time: float,
+        log: Callable[[str], None],
+    ) -> None:
+        from govpass.safefile import make_directory
+
+        self.path = path
+        self.start_strategy = start
+        self.log = log
+        make_directory(path.parent, "strategy-state directory")
+        self.learner = StrategyLearner(steps_of(start, ladder), unfixable_time, log)
+        load_learner(path, self.learner, log)
+        self.learner.expire()
+        self._sig: tuple[int, int, int] | None = None
+        self._error = False
+        self.save()
+        log("strategy auto: steps " + ", ".join(self.learner.labels) + f"; state in {path}")
+
+    def save(self) -> None:
+        """Writes the state file (workers reload it); a failure is logged once."""
+        try:
+            self.learner.save(self.path)
+            self._sig = _signature(self.path)
+            self._error = False
+        except (OSError, UnsafePathError) as e:
+            if not self._error:
+                self.log(f"strategy auto: cannot write {self.path}: {e}")
+            self._error = True
+
+    def observe(self, events: Sequence[tuple[str, str, bool]]) -> bool:
+        """The engines' verdicts; True (and the file written) when a host moved."""
+        changed = False
+        for profile, host, failed in events:
+            changed |= self.learner.observe(profile, host, failed)
+        if changed:
+            self.save()
+        return changed
+
+    def tick(self) -> bool:
+        """Ends unfixable periods and takes in a file changed from outside; True when
+        the strategies changed."""
+        changed = self.learner.expire()
+        if _signature(self.path) != self._sig:
+            self.learner.hosts.clear()
+            load_learner(self.path, self.learner, self.log)
+            changed = True
+        if changed:
+            self.save()
+        return changed
+
+    def profiles(self) -> list[Any]:
+        """The engine profiles for what is known now (a single-process backend's
+        engine takes them directly, without the file)."""
+        return build_profiles(parse_state(self.learner.to_json()), self.start_strategy)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.learner.stats(), "counts": self.learner.counts()}
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -89,8 +89,20 @@ pub struct WatchMemo {
     pub host: Box<[u8]>,
     /// Sequence number of the ClientHello's first byte.
     pub base: Seq,
+    /// Bytes of the record from `base` whose resending counts as a retransmission:
+    /// when the server acknowledged the first segment (a censor dropped only the
+    /// one with the name), the stack resends from inside the record.
+    pub span: u32,
     /// Times the ClientHello was sent again.
     pub retrans: u32,
+}
+
+impl WatchMemo {
+    /// Whether a data packet at `seq` resends part of the ClientHello.
+    pub fn resends(&self, seq: Seq) -> bool {
+        let off = seq.offset_from(self.base);
+        off >= 0 && off < i64::from(self.span.max(1))
+    }
 }
 
 #[derive(Debug)]

@@ -70,6 +70,7 @@ impl<T> Engine<T> {
                         profile,
                         host,
                         base,
+                        span: window as u32,
                         retrans: 0,
                     }));
                 }
@@ -92,6 +93,7 @@ impl<T> Engine<T> {
                     profile,
                     host,
                     base,
+                    span: window as u32,
                     retrans: 0,
                 }))
             }

@@ -326,7 +326,7 @@ impl<T> Engine<T> {
                 Disposition::Pass
             }
             FlowState::Watching(w) => {
-                if p.payload_len() > 0 && p.seq == w.base {
+                if p.payload_len() > 0 && w.resends(p.seq) {
                     w.retrans += 1;
                     if w.retrans >= self.cfg.auto_retrans {
                         self.verdict(p.key, true);
@@ -339,7 +339,7 @@ impl<T> Engine<T> {
             }
             FlowState::Injected(memo) => {
                 if let Some(w) = memo.watch.as_mut() {
-                    if p.payload_len() > 0 && p.seq == w.base {
+                    if p.payload_len() > 0 && w.resends(p.seq) {
                         w.retrans += 1;
                         if w.retrans >= self.cfg.auto_retrans {
                             self.verdict(p.key, true);
