@@ -735,3 +735,16 @@ def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
     with divert_run.stop_on_signals() as stopped:
         os.kill(os.getpid(), signal.SIGHUP)
         assert stopped()
+
+
+def test_strategy_auto_is_refused_on_freebsd_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(divert_run.sys, "platform", "freebsd14")
+    auto = config_mod.with_overrides(
+        Config(), strategy="auto", strategy_state=str(tmp_path / "s.json")
+    )
+    with pytest.raises(ConfigError, match="strategy auto: not supported by the FreeBSD") as info:
+        divert_run.run_divert(auto, lambda _m: None)
+    assert info.value.field == "strategy" and "\n" not in str(info.value)
+    assert not (tmp_path / "s.json").exists()

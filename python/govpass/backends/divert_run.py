@@ -226,6 +226,14 @@ def run_divert(
     if sys.platform.startswith("freebsd"):
         from govpass.backends import freebsd
 
+        if config.strategy == "auto":
+            raise ConfigError(
+                "strategy auto: not supported by the FreeBSD divert backend yet (its ipfw "
+                "rules divert no replies, which the verdicts need; accepted there: "
+                "strategy fixed)",
+                field="strategy",
+            )
+
         stop = should_stop or (lambda: False)
         freebsd.run_freebsd(config, freebsd.options_from(config), log, should_stop=stop)
         return

@@ -266,9 +266,11 @@ def _verdict(which: str, row: list[Cell], split: str) -> tuple[bool, str]:
     fixed = [c for c in row if c.fix is not None]
     if which in FIXES and fixed and all(c.passes for c in row):
         args, why = FIXES[which]
+        where = "for servers like this one" if which in NOT_A_CENSOR else (
+            "where a censor like this one blocks you")  # fmt: skip
         return True, (
             f"{first}; {with_split}/{n} pass with govpass ({split}) ({why}); all {n} pass "
-            f"with {' '.join(args)}: use it where a censor like this one blocks you"
+            f"with {' '.join(args)}: use it {where}"
         )
     return False, f"{first}; only {sum(c.passes for c in row)}/{n} pass with govpass"
 
