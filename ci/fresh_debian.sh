@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The README's two commands on a fresh Debian 12, as a new user runs them (as root).
+# The README's two commands on a fresh Debian, as a new user runs them (as root).
 #
-#   1. A minimal Debian 12 tree (debootstrap --variant=minbase bookworm, from the mirror
-#      in this machine's apt sources), cached as a tarball in $GOVPASS_CI_CACHE
-#      (default /var/cache/govpass-ci; delete it to start from the mirror again).
+#   1. A minimal Debian tree (debootstrap --variant=minbase $GOVPASS_FRESH_SUITE, default
+#      bookworm, i.e. Debian 12; trixie is Debian 13), from the mirror in this machine's
+#      apt sources, cached as a tarball in $GOVPASS_CI_CACHE (default
+#      /var/cache/govpass-ci; delete it to start from the mirror again).
 #   2. This checkout's files (what git tracks or would track: no target/, no .venv)
 #      copied to /root/govpass in a fresh copy of the tree.
 #   3. The README's first command, read from README.md: its install part in the chroot,
@@ -23,7 +24,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src="$PWD"
 cache="${GOVPASS_CI_CACHE:-/var/cache/govpass-ci}"
-base_tar="$cache/bookworm-minbase.tar.gz"
+suite="${GOVPASS_FRESH_SUITE:-bookworm}"
+case "$suite" in
+    bookworm | trixie) ;;
+    *) printf 'fresh-debian: GOVPASS_FRESH_SUITE must be bookworm or trixie, not %q\n' "$suite" >&2
+       exit 2 ;;
+esac
+base_tar="$cache/$suite-minbase.tar.gz"
 run_secs="${GOVPASS_FRESH_RUN_SECONDS:-8}"
 say() { printf 'fresh-debian: %s\n' "$*"; }
 die() { printf 'fresh-debian: FAIL: %s\n' "$*" >&2; exit 1; }
@@ -100,9 +107,9 @@ bind() { # bind SRC DST: a mount undone by cleanup
 
 mkdir -p "$cache/apt-archives/partial" "$cache/cargo-registry"
 if [ ! -s "$base_tar" ]; then
-    say "debootstrap --variant=minbase bookworm from $mirror (cold cache)"
+    say "debootstrap --variant=minbase $suite from $mirror (cold cache)"
     t="$(now)"
-    debootstrap --variant=minbase bookworm "$work/base" "$mirror" >"$work/debootstrap.log" 2>&1 \
+    debootstrap --variant=minbase "$suite" "$work/base" "$mirror" >"$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
     tar -C "$work/base" -czf "$base_tar.tmp" . && mv "$base_tar.tmp" "$base_tar"
     rm -rf "$work/base"

@@ -126,6 +126,11 @@ CONFIGS: dict[str, str | bytes] = {
     "p-twice.toml": '[[profile]]\nname = "a"\n[[profile]]\nname = "a"\n',
     "p-nul-path.toml": '[[profile]]\nname = "a"\nhostlist = "x\\u0000y"\n',
     "p-nouser.toml": '[[profile]]\nname = "a"\nipset = "~nosuchuser-govpass/ips.txt"\n',
+    "p-strategy-word.toml": '[[profile]]\nname = "a"\nstrategy = "adaptive"\n',
+    "p-strategy-array.toml": '[[profile]]\nname = "a"\nstrategy = ["auto"]\n',
+    "p-strategy-pass.toml": '[[profile]]\nname = "a"\naction = "pass"\nstrategy = "auto"\n',
+    "p-strategy-autolist.toml": '[[profile]]\nname = "a"\nstrategy = "auto"\nauto = "l.txt"\n',
+    "p-strategy-inherited.toml": 'strategy = "auto"\n[[profile]]\nname = "a"\nauto = "l.txt"\n',
 }
 
 CASES: list[Case] = [
@@ -202,6 +207,16 @@ CASES: list[Case] = [
     conf("profile-name-twice", "p-twice.toml", "'a'", "twice"),
     conf("profile-nul-in-path", "p-nul-path.toml", "hostlist", "NUL"),
     conf("profile-no-such-user", "p-nouser.toml", "ipset", "nosuchuser-govpass"),
+    conf("profile-strategy-word", "p-strategy-word.toml", "strategy", "'adaptive'", "fixed, auto"),
+    conf("profile-strategy-array", "p-strategy-array.toml", "strategy", "fixed, auto"),
+    conf("profile-strategy-pass", "p-strategy-pass.toml", "strategy = auto", "action = split"),
+    conf("profile-strategy-autolist", "p-strategy-autolist.toml", "auto", "strategy = auto"),
+    conf("profile-strategy-inherited", "p-strategy-inherited.toml", "global strategy setting"),
+    flag(
+        "strategy-auto-with-hostlist-auto",
+        *("--strategy", "auto", "--hostlist-auto", "{d}/learned.txt"),
+        expect=("strategy auto", "hostlist-auto"),
+    ),
     # The config file itself.
     conf("config-directory", "a-directory", "config file", "a directory", "regular file"),
     conf("config-unreadable", "unreadable.toml", "config file", "Permission denied"),

@@ -447,3 +447,78 @@ def test_a_long_value_is_cut_in_the_message() -> None:
     with pytest.raises(ConfigError) as e:
         load(env={}, flags={"mode": "x" * 1_000_000})
     assert len(str(e.value)) < 200 and "(1000000 characters)" in str(e.value)
+
+
+# ------------------------------------------------------------------ strategy auto
+
+
+def _specs(path: Path, **flags: Any) -> Any:
+    from govpass.targeting import specs_from_config
+
+    return specs_from_config(load(file=path, env={}, flags=flags))
+
+
+def test_a_profile_may_say_strategy_auto_and_others_stay_fixed(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        '[[profile]]\nname = "ru"\nhosts = ["blocked.example"]\nstrategy = "auto"\n'
+        'split-chunk = 2\n[[profile]]\nname = "rest"\nsplit-chunk = 3\n',
+    )
+    ru, rest = _specs(path)
+    assert (ru.strategy, ru.state_key, ru.split_chunk) == ("auto", "ru", 2)
+    assert ru.learns and not rest.learns and rest.state_key == ""
+
+
+def test_the_global_strategy_is_the_default_of_split_profiles_only(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        'strategy = "auto"\n[[profile]]\nname = "a"\nhosts = ["x.example"]\n'
+        '[[profile]]\nname = "b"\nstrategy = "fixed"\n[[profile]]\nname = "c"\naction = "pass"\n',
+    )
+    a, b, c = _specs(path)
+    assert [a.learns, b.learns, c.learns] == [True, False, False]
+
+
+def test_strategy_auto_with_a_host_list_learns_for_the_listed_names(tmp_path: Path) -> None:
+    listed, other = _specs(toml(tmp_path, ""), strategy="auto", hosts="blocked.example")
+    assert listed.learns and listed.state_key == "" and listed.hosts == ("blocked.example",)
+    assert other.action == "pass" and not other.learns
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expect"),
+    [
+        (
+            '[[profile]]\nname = "a"\nstrategy = "adaptive"\n',
+            {},
+            "invalid [[profile]] 'a': strategy: 'adaptive' (accepted: fixed, auto)",
+        ),
+        ('[[profile]]\nname = "a"\nstrategy = 1\n', {}, "(accepted: fixed, auto)"),
+        (
+            '[[profile]]\nname = "a"\naction = "pass"\nstrategy = "auto"\n',
+            {},
+            "[[profile]] 'a': strategy = auto needs action = split",
+        ),
+        (
+            '[[profile]]\nname = "a"\nstrategy = "auto"\nauto = "learned.txt"\n',
+            {},
+            "[[profile]] 'a': auto (an auto host list) cannot be combined with strategy = auto "
+            "(from its strategy key)",
+        ),
+        (
+            'strategy = "auto"\n[[profile]]\nname = "a"\nauto = "learned.txt"\n',
+            {},
+            "(from the global strategy setting)",
+        ),
+        ("", {"strategy": "auto", "hostlist-auto": "learned.txt"}, "hostlist-auto"),
+        ('[[profile]]\nname = "a"\nstrategy = "auto"\n', {"strategy-state": " "}, "strategy-state"),
+    ],
+)
+def test_strategy_auto_refusals_are_one_line_naming_the_setting(
+    tmp_path: Path, text: str, flags: dict[str, str], expect: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(file=toml(tmp_path, text), env={}, flags=flags)
+    msg = str(e.value)
+    assert expect in msg and "accepted" in msg and "\n" not in msg, msg
+    assert e.value.field in ("strategy", "strategy-state"), e.value.field

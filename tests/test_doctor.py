@@ -133,3 +133,63 @@ def test_a_probe_that_breaks_is_a_finding_not_a_crash(monkeypatch: pytest.Monkey
     results = doctor.run_checks(Config())
     assert any(r.status == "warn" and "RuntimeError: boom" in r.detail for r in results)
     assert any(r.name == "packet loop" for r in results)
+
+
+# ------------------------------------------------------------------ learned strategies
+
+
+def _auto_config(tmp_path: Path, state: Path) -> Config:
+    import json
+
+    from govpass.config import load
+
+    conf = tmp_path / "govpass.toml"
+    conf.write_text(
+        f"strategy-state = {json.dumps(str(state))}\n"
+        '[[profile]]\nname = "ru"\nhosts = ["example"]\nstrategy = "auto"\n'
+        '[[profile]]\nname = "rest"\n'
+    )
+    return load(file=conf, env={})
+
+
+def test_strategies_are_shown_per_auto_profile_with_their_hosts(tmp_path: Path) -> None:
+    import json
+
+    state = tmp_path / "strat\u202eegies.json"  # a bidi override: shown escaped
+    config = _auto_config(tmp_path, state)
+    [none] = doctor.check_strategies(config)
+    assert none.status == "ok" and "nothing learned yet" in none.detail
+    hosts = {f"h{i}.example": {"strategy": "1"} for i in range(12)}
+    hosts["c.example"] = {"strategy": "5", "unfixable_until": 4e9}
+    state.write_text(
+        json.dumps({"govpass": "strategies", "version": 1, "hosts": {}, "profiles": {"ru": hosts}})
+    )
+    [ru] = doctor.check_strategies(config)
+    assert ru.name == "strategies profile ru" and ru.status == "ok"
+    assert "13 host(s) learned, readable state file" in ru.detail
+    assert "strat\\u202eegies.json" in ru.detail and "\u202e" not in ru.detail
+    assert "1: h0.example, h1.example" in ru.detail and "and 2 more" in ru.detail
+    assert "unfixable: c.example" in ru.detail
+
+
+def test_an_unusable_state_file_is_a_warning_with_a_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "strategies.json"
+    config = _auto_config(tmp_path, state)
+    state.write_text('{"other": "tool"}')
+    [bad] = doctor.check_strategies(config)
+    assert bad.status == "warn" and "unusable" in bad.detail
+    assert "govpass strategy clear" in bad.fix
+
+    def denied(path: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("govpass.strategy_learner.read_state", denied)
+    [unreadable] = doctor.check_strategies(config)
+    assert unreadable.status == "warn" and "not readable by this user" in unreadable.detail
+    assert "as root" in unreadable.fix
+
+
+def test_no_strategy_line_without_strategy_auto() -> None:
+    assert doctor.check_strategies(Config()) == []

@@ -6,17 +6,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from govpass.strategy import Strategy, ladder
 from govpass.strategy_learner import (
+    DEFAULT_SCOPE,
     NEW,
     UNFIXABLE,
+    ProfileMixer,
+    StrategyBook,
     StrategyFeed,
     StrategyKeeper,
     StrategyLearner,
     build_profiles,
+    default_part,
     load_learner,
+    parse_scopes,
     parse_state,
     steps_of,
 )
@@ -203,7 +209,8 @@ def test_profiles_list_each_host_at_its_strategy_and_watch_it() -> None:
 def test_feed_reloads_a_changed_state_file(tmp_path: Path) -> None:
     path = tmp_path / "strategies.json"
     applied: list[list[str]] = []
-    feed = StrategyFeed(path, START, lambda ps: applied.append([p.name for p in ps]))
+    mixer = ProfileMixer([default_part(START)], lambda ps: applied.append([p.name for p in ps]))
+    feed = StrategyFeed(path, mixer.learned)
     feed.poll()
     feed.take()
     assert applied == [[NEW]]
@@ -227,17 +234,122 @@ def test_keeper_writes_on_change_and_takes_in_a_file_changed_from_outside(
 ) -> None:
     path = tmp_path / "state" / "strategies.json"
     logs: list[str] = []
-    keeper = StrategyKeeper(path, START, ladder(("1", "2")), 600.0, logs.append)
+    keeper = StrategyKeeper(path, {DEFAULT_SCOPE: START}, ladder(("1", "2")), 600.0, logs.append)
     assert path.exists() and parse_state(json.loads(path.read_text())) == {}
     assert "strategy auto: steps 5, none, 1, 2" in logs[-1]
-    assert [p.name for p in keeper.profiles()] == [NEW]
+    assert keeper.scopes() == {DEFAULT_SCOPE: {}}
     # A verdict about the configured split moves the host; the file says so at once.
     assert keeper.observe([(NEW, "a.example", True)])
     assert parse_state(json.loads(path.read_text()))["a.example"][0] == "none"
-    assert [p.name for p in keeper.profiles()] == ["strategy:none", NEW]
+    assert keeper.scopes()[DEFAULT_SCOPE]["a.example"][0] == "none"
     assert not keeper.observe([(NEW, "a.example", True)])  # stale: an earlier step
     assert not keeper.tick()  # its own write is no outside change
     path.unlink()  # `govpass strategy clear`
     assert keeper.tick()
-    assert keeper.learner.hosts == {} and path.exists()
+    assert keeper.scopes() == {DEFAULT_SCOPE: {}} and path.exists()
     assert keeper.stats()["counts"] == {}
+
+
+# ------------------------------------------------------------- profiles and scopes
+
+# What `--strategy auto` wrote before profiles could learn: one top-level "hosts".
+OLD_STATE = (
+    '{"govpass": "strategies", "hosts": {"a.example": {"strategy": "1"}, '
+    '"b.example": {"plain_ok": true, "strategy": "none"}, '
+    '"c.example": {"strategy": "5", "unfixable_until": 4000000000.0}}, "version": 1}\n'
+)
+
+
+def book(*scopes: str) -> StrategyBook:
+    return StrategyBook({s: START for s in scopes}, ladder(("1", "2", "5")), 600.0, None, Clock())
+
+
+def test_an_old_state_file_is_the_top_level_scope_and_is_written_back_alike(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "strategies.json"
+    path.write_text(OLD_STATE)
+    b = book(DEFAULT_SCOPE)
+    load_learner(path, b)
+    lr = b.learners[DEFAULT_SCOPE]
+    assert lr.profile_of("a.example") == "strategy:1"
+    assert lr.profile_of("b.example") == "strategy:none"
+    assert lr.profile_of("c.example") == UNFIXABLE
+    b.save(path)
+    assert json.loads(path.read_text()) == json.loads(OLD_STATE)  # no "profiles" added
+    assert parse_state(json.loads(path.read_text()))["a.example"] == ("1", False, None)
+
+
+def test_auto_profiles_share_one_state_file_and_learn_apart(tmp_path: Path) -> None:
+    b = book("eu", "ru")
+    assert b.owns("ru:strategy:new") and not b.owns("strategy:new") and not b.owns("ru")
+    assert b.observe("ru:strategy:new", "x.example", True)  # 5 failed: -> none
+    assert b.observe("ru:strategy:none", "x.example", True)  # -> 1
+    assert not b.observe("eu:strategy:none", "x.example", True)  # eu has not moved it: stale
+    assert not b.observe("us:strategy:new", "x.example", True)  # no such auto profile
+    assert b.learners["ru"].profile_of("x.example") == "ru:strategy:1"
+    assert b.learners["eu"].profile_of("x.example") == "eu:strategy:new"
+    assert b.counts() == {"ru:1": 1}
+    assert b.stats()["strategy_stale"] == 1
+    path = tmp_path / "strategies.json"
+    b.save(path)
+    data = json.loads(path.read_text())
+    assert data["hosts"] == {} and data["profiles"] == {"ru": {"x.example": {"strategy": "1"}}}
+    # Read back by a daemon whose only auto profile is eu: ru's hosts are kept as they are.
+    again = book("eu")
+    load_learner(path, again)
+    again.save(path)
+    assert json.loads(path.read_text())["profiles"]["ru"] == {"x.example": {"strategy": "1"}}
+
+
+def test_profile_names_and_hosts_of_a_state_file_are_checked() -> None:
+    data = {
+        "govpass": "strategies",
+        "version": 1,
+        "hosts": {},
+        "profiles": {
+            "ru": {"x.example": {"strategy": "1"}, "bad name": {"strategy": "1"}},
+            "bad:name": {"y.example": {"strategy": "1"}},
+            "\x1b[31m": {"y.example": {"strategy": "1"}},
+            "eu": "not a table",
+        },
+    }
+    assert parse_scopes(data) == {DEFAULT_SCOPE: {}, "ru": {"x.example": ("1", False, None)}}
+
+
+def _first_segment(profiles: list[Any], dst: str = "203.0.113.9") -> int | None:
+    """Size of the first segment the engine sends for a one-packet hello of
+    blocked.example to `dst`; None when it passes the hello whole."""
+    from govpass import SEND, Engine
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    eng = Engine()
+    eng.set_profiles(profiles)
+    hello = (Path(__file__).parent / "fixtures" / "hellos" / "openssl_default.bin").read_bytes()
+    pkt = IP(src="198.51.100.2", dst=dst) / TCP(sport=40000, dport=443, seq=1, flags="PA")
+    actions = eng.process(bytes(pkt / Raw(hello)), 1000.0) or []
+    sends = [a for a in actions if a.kind == SEND]
+    return len(bytes(IP(sends[0].packet)[TCP].payload)) if sends else None
+
+
+def test_an_auto_profile_applies_what_it_learned_within_its_own_filters() -> None:
+    from govpass._core import HostList, IpSet
+    from govpass.targeting import Part, ProfileSpec, engine_profiles
+
+    ru = Part(
+        ProfileSpec(name="ru", split_chunk=5, strategy="auto", state_key="ru"),
+        {"hosts": [HostList(["blocked.example"])], "ips": [IpSet(["203.0.113.0/28"])]},
+    )
+    rest = Part(ProfileSpec(name="rest", split_chunk=3), {})
+    learned = {
+        "ru": {"blocked.example": ("1", False, None), "gone.example": ("2", False, None)},
+        "eu": {"blocked.example": ("2", False, None)},  # another profile's: not ru's
+    }
+    profiles = engine_profiles([ru, rest], learned)
+    # gone.example left ru's host list: its strategy no longer applies
+    assert [p.name for p in profiles] == ["ru:strategy:1", "ru:strategy:new", "rest"]
+    assert [p.watch for p in profiles] == [True, True, False]
+    assert _first_segment(profiles) == 1  # learned by ru
+    assert _first_segment(profiles, "203.0.113.200") == 3  # outside ru's addresses: rest
+    assert _first_segment(engine_profiles([ru, rest])) == 5  # nothing learned yet

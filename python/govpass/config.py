@@ -217,7 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "strategy",
         "fixed",
-        "fixed: split-chunk/split-pos for all; auto: learn a strategy per host name",
+        "fixed: split-chunk/split-pos for all; auto: learn one per (listed) host name",
         "choice",
         choices=("fixed", "auto"),
     ),
@@ -796,12 +796,14 @@ def load(
     from govpass.targeting import Targeting
 
     targeting = Targeting.from_config(config)  # profiles and inline lists (files are read later)
-    _check_strategy(config, targeting.active)
+    _check_strategy(
+        config, targeting.learns or (config.strategy == "auto" and not targeting.active)
+    )
     return config
 
 
-def _check_strategy(config: Config, lists: bool) -> None:
-    """The ladder's strategies parse; auto does not yet combine with lists and profiles."""
+def _check_strategy(config: Config, learns: bool) -> None:
+    """The ladder's strategies parse; a learning setup names a state file."""
     from govpass.strategy import ladder
 
     try:
@@ -811,13 +813,7 @@ def _check_strategy(config: Config, lists: bool) -> None:
             f"invalid strategy-ladder: {e} (accepted: strategies such as '1;2;2,midsld')",
             field="strategy-ladder",
         ) from None
-    if config.strategy == "auto" and lists:
-        raise ConfigError(
-            "strategy auto: cannot be combined with host lists, IP sets or [[profile]] "
-            "tables yet (accepted: strategy fixed with them, or auto without them)",
-            field="strategy",
-        )
-    if config.strategy == "auto" and not config.strategy_state.strip():
+    if learns and not config.strategy_state.strip():
         raise ConfigError(
             "invalid strategy-state '' (accepted: the path of a state file)",
             field="strategy-state",

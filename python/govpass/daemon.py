@@ -94,13 +94,13 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
     `gate` (a KernelSplitGate) leaves whole one-packet hellos to the kernel split."""
     from govpass import interfaces
     from govpass.rules import RuleSpec
-    from govpass.targeting import uses_auto
+    from govpass.targeting import learns_strategies, uses_auto
 
     if detection is None:
         detection = interfaces.detect()
     excluded = interfaces.exclusions(detection, config.iface, config.exclude_iface)
     # auto-learning and --strategy auto read the first replies
-    watching = uses_auto(config) or config.strategy == "auto"
+    watching = uses_auto(config) or learns_strategies(config)
     # Later packets of a record are queued for twice the collect timeout at most; a
     # watched flow's for as long as the stack resends an unanswered hello, also from
     # inside the record (a censor that drops only the segment with the name).
@@ -135,28 +135,33 @@ def worker_targeting(
     index: int,
     log: Callable[[str], None] | None = None,
     fallback: list[Any] | None = None,
+    mixer: Any = None,
 ) -> tuple[Any, Any]:
     """(targeting, list watcher or None) of a worker, its engine's profiles set.
 
     A worker started again while a list file is broken gets `fallback`, the
     profiles the parent last loaded, instead of failing: the previous lists stay
-    in force, as in the workers that kept running."""
+    in force, as in the workers that kept running. With learned strategies the
+    lists go to `mixer` (a strategy_learner.ProfileMixer) as parts, and so does
+    `fallback`."""
     from govpass.targeting import ListWatcher, Targeting
 
     targeting = Targeting.from_config(config)
     if not targeting.active:
         return targeting, None
     try:
-        profiles = targeting.build()
+        profiles = targeting.build() if mixer is None else targeting.build_parts()
     except ConfigError as e:
         if fallback is None:
             raise
         if log is not None:
             log(f"worker {index}: {e}; using the previous lists")
         profiles = fallback
-    engine.set_profiles(profiles)
+    apply = engine.set_profiles if mixer is None else mixer.lists
+    apply(profiles)
     quiet = index != 0 or log is None
-    return targeting, ListWatcher(targeting, engine.set_profiles, None if quiet else log)
+    watcher = ListWatcher(targeting, apply, None if quiet else log, parts=mixer is not None)
+    return targeting, watcher
 
 
 def worker_main(
@@ -180,6 +185,8 @@ def worker_main(
     from govpass.autolearn import send_events
     from govpass.backends.nfqueue import NfqueueWorker
     from govpass.list_thread import ListThread
+    from govpass.strategy_learner import ProfileMixer, StrategyFeed, default_part
+    from govpass.targeting import learns_strategies
 
     # A parent killed with SIGKILL cannot stop its workers; without this check they
     # would keep the queue bound, so the next `govpass run` could not start.
@@ -223,7 +230,11 @@ def worker_main(
             packet_loop=config.packet_loop,
             inject=config.inject,
         )
-        targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback)
+        learns = learns_strategies(config)
+        mixer = ProfileMixer([], worker.engine.set_profiles) if learns else None
+        targeting, watcher = worker_targeting(config, worker.engine, index, log, fallback, mixer)
+        if mixer is not None and not targeting.active:  # --strategy auto for every host
+            mixer.lists([default_part(config_start(config))])
         worker.bind()
         stats_dir = os.open(
             Path(directory) / WORKERS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -231,7 +242,7 @@ def worker_main(
         if config.user != "root":
             _preload()  # modules imported later may lie where the new user cannot read
             files = [str(p) for p in targeting.files()] if watcher is not None else []
-            if config.strategy == "auto":  # the worker re-reads the learned strategies too
+            if learns:  # the worker re-reads the learned strategies too
                 files.append(config.strategy_state)
             privileges.drop_worker(account, files)
     except GovpassError as e:
@@ -241,12 +252,8 @@ def worker_main(
         ready.send(("error", f"worker {index}: {type(e).__name__}: {e}"))
         return
     feed = None
-    if config.strategy == "auto":
-        from govpass.strategy_learner import StrategyFeed
-
-        feed = StrategyFeed(
-            Path(config.strategy_state), config_start(config), worker.engine.set_profiles
-        )
+    if mixer is not None:
+        feed = StrategyFeed(Path(config.strategy_state), mixer.learned)
         feed.poll()  # the strategies known now, before the first packet
         feed.take()
         feed.start()
@@ -358,6 +365,19 @@ def config_start(config: Config) -> Any:
     return Strategy(config.split_chunk, tuple(config.split_pos))
 
 
+def strategy_starts(config: Config) -> dict[str, Any]:
+    """State-file scope -> the split its hosts start with, for every profile that
+    learns strategies (strategy_learner.DEFAULT_SCOPE: `--strategy auto` itself)."""
+    from govpass.strategy import Strategy
+    from govpass.strategy_learner import DEFAULT_SCOPE
+    from govpass.targeting import specs_from_config
+
+    specs = specs_from_config(config)
+    if not specs:
+        return {DEFAULT_SCOPE: config_start(config)} if config.strategy == "auto" else {}
+    return {s.state_key: Strategy(s.split_chunk, tuple(s.split_pos)) for s in specs if s.learns}
+
+
 # The counters of workers that were replaced, and the parent's restart counts.
 # Named like the workers' files so that a new run's start clears it with them.
 RETIRED = "worker-retired.json"
@@ -435,7 +455,7 @@ class Daemon:
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
-        # govpass.strategy_learner.StrategyKeeper with --strategy auto
+        # govpass.strategy_learner.StrategyKeeper when some profile learns strategies
         self.strategies: Any = None
         self._strategy_checked = 0.0
         # The lists as last loaded here, for workers started again (worker_targeting).
@@ -520,8 +540,10 @@ class Daemon:
         targeting = Targeting.from_config(self.config)
         if not targeting.active:
             return
-        self.profiles = targeting.build()
-        self._lists = ListWatcher(targeting, self._set_profiles)
+        # As the workers take them: parts when they merge them with learned strategies.
+        parts = targeting.learns
+        self.profiles = targeting.build_parts() if parts else targeting.build()
+        self._lists = ListWatcher(targeting, self._set_profiles, parts=parts)
         self._list_thread = ListThread(self._lists, self._fork_lock).start()
         self.log(f"profiles: {targeting.summary}")
         self.learner = learner_for(self.config, self.log)
@@ -537,11 +559,12 @@ class Daemon:
         from govpass.strategy import ladder
         from govpass.strategy_learner import StrategyKeeper
 
-        if self.config.strategy != "auto":
+        starts = strategy_starts(self.config)
+        if not starts:
             return
         self.strategies = StrategyKeeper(
             Path(self.config.strategy_state),
-            config_start(self.config),
+            starts,
             ladder(self.config.strategy_ladder),
             self.config.strategy_unfixable_time,
             self.log,
@@ -798,16 +821,20 @@ class Daemon:
             if self.strategies is not None and time.monotonic() >= self._strategy_checked + 1:
                 self._strategy_checked = time.monotonic()
                 self.strategies.tick()
-            if time.monotonic() >= self._checked + every:
+            # Not once a stop was asked for: Ctrl-C and systemd's stop signal the workers
+            # too, and their exit is then no crash to restart them for.
+            if time.monotonic() >= self._checked + every and not stopped():
                 self.check_workers()
 
     def take_events(self, data: bytes) -> None:
-        events = self._reader.feed(data)
-        if self.strategies is not None:
-            self.strategies.observe(events)
-        elif self.learner is not None:
-            for profile, host, failed in events:
+        learned = []
+        for profile, host, failed in self._reader.feed(data):
+            if self.strategies is not None and self.strategies.book.owns(profile):
+                learned.append((profile, host, failed))
+            elif self.learner is not None:
                 self.learner.observe(profile, host, failed)
+        if learned:
+            self.strategies.observe(learned)
 
     def stats(self) -> dict[str, Any]:
         if not self.owns_run_dir:  # refused at the start: the directory is another's, or unsafe

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from govpass.config import Config
@@ -424,6 +425,77 @@ def check_backends(config: Config) -> list[Check]:
     return out
 
 
+SHOWN_HOSTS = 10  # names per strategy in one line; the rest are counted
+
+
+def check_strategies(config: Config) -> list[Check]:
+    """What `strategy = auto` learned, from its state file: hosts per strategy and
+    the unfixable ones, per learning profile; or why the file cannot be read."""
+    import time
+
+    from govpass.safefile import UnsafePathError
+    from govpass.safetext import text
+    from govpass.strategy_learner import DEFAULT_SCOPE, parse_scopes, read_state
+    from govpass.targeting import learns_strategies
+
+    if not learns_strategies(config):
+        return []
+    path = text(config.strategy_state)
+    try:
+        data = read_state(Path(config.strategy_state))
+        scopes = {} if data is None else parse_scopes(data)
+    except PermissionError:
+        return [
+            Check(
+                "strategies",
+                "warn",
+                f"state file {path} is not readable by this user",
+                "run govpass doctor as root (the daemon writes it 0640)",
+            )
+        ]
+    except (OSError, ValueError, UnicodeDecodeError, UnsafePathError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return [
+            Check(
+                "strategies",
+                "warn",
+                f"state file {path} is unusable ({text(why, 100)}): the daemon ignores it "
+                "and learns afresh",
+                f"govpass strategy clear --strategy-state {path}",
+            )
+        ]
+    if data is None:
+        return [Check("strategies", "ok", f"nothing learned yet (no state file {path})")]
+    from govpass.daemon import strategy_starts
+
+    wanted = set(strategy_starts(config)) | {k for k, v in scopes.items() if v}
+    now = time.time()
+    out = []
+    for scope in sorted(wanted):
+        hosts = scopes.get(scope, {})
+        by: dict[str, list[str]] = {}
+        for host, (label, _plain, until) in sorted(hosts.items()):
+            by.setdefault("unfixable" if until is not None and until > now else label, []).append(
+                host
+            )
+        groups = "; ".join(f"{text(label)}: {_names(names)}" for label, names in sorted(by.items()))
+        detail = f"{len(hosts)} host(s) learned, readable state file {path}"
+        detail += f" ({groups})" if groups else ""
+        if scope not in strategy_starts(config):
+            detail += "; no configured profile learns for it now"
+        name = "strategies" if scope == DEFAULT_SCOPE else f"strategies profile {text(scope)}"
+        out.append(Check(name, "ok", detail))
+    return out
+
+
+def _names(names: list[str]) -> str:
+    from govpass.safetext import text
+
+    shown = ", ".join(text(n) for n in names[:SHOWN_HOSTS])
+    more = len(names) - SHOWN_HOSTS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def run_checks(config: Config) -> list[Check]:
     checks: list[Callable[[], list[Check]]] = [lambda: [check_privileges()]]
     linux = sys.platform.startswith("linux")
@@ -445,6 +517,7 @@ def run_checks(config: Config) -> list[Check]:
             )
         )
     checks.append(lambda: check_backends(config))
+    checks.append(lambda: check_strategies(config))
     results: list[Check] = []
     for check in checks:
         try:

@@ -15,6 +15,11 @@ The learner writes what it knows to the state file (atomically, only valid
 host names and known strategies); the workers' :class:`StrategyFeed` reloads
 it off the packet loop and swaps the profiles in. Verdicts about a step the
 host has already left (flows started before the change) are ignored.
+
+Learning is done per scope: `--strategy auto` itself (every host, or the
+listed ones), or an auto ``[[profile]]``; a :class:`StrategyBook` holds one
+learner per scope, all in one state file, and a worker's :class:`ProfileMixer`
+expands each auto profile with what was learned for it.
 """
 
 from __future__ import annotations
@@ -36,11 +41,42 @@ from govpass.strategy import Strategy
 
 VERSION = 1
 PREFIX = "strategy:"
-NEW = PREFIX + "new"  # the catch-all: hosts not learned yet
-UNFIXABLE = PREFIX + "unfixable"
+NEW_LABEL = "new"  # the catch-all: hosts not learned yet
+UNFIXABLE_LABEL = "unfixable"
+NEW = PREFIX + NEW_LABEL
+UNFIXABLE = PREFIX + UNFIXABLE_LABEL
 NONE_LABEL = "none"  # no split
 MAX_STATE_BYTES = 16 * 1024 * 1024
 DEFAULT_STATE = "/var/lib/govpass/strategies.json"
+DEFAULT_SCOPE = ""  # the state file's top-level "hosts"
+
+# Learned state is kept per (profile, host), not per host: two auto profiles for one
+# name usually differ in what they match besides the name (an interface, an address
+# range), i.e. in the path and so in the censor; a strategy found on one uplink says
+# nothing about the other. `--strategy auto` without [[profile]] tables has one scope,
+# the top-level "hosts" of the state file, as before profiles could learn.
+
+
+def prefix_of(scope: str) -> str:
+    """Start of the names of a scope's engine profiles: "strategy:" for the top-level
+    one, "NAME:strategy:" for [[profile]] NAME (profile names hold no ':')."""
+    return PREFIX if scope == DEFAULT_SCOPE else f"{scope}:{PREFIX}"
+
+
+def scope_of(profile: str) -> str | None:
+    """The scope whose engine profile `profile` is, or None (not a learning profile)."""
+    if profile.startswith(PREFIX):
+        return DEFAULT_SCOPE
+    scope, sep, rest = profile.partition(":")
+    if sep and rest.startswith(PREFIX) and valid_profile_name(scope):
+        return scope
+    return None
+
+
+def valid_profile_name(name: str) -> bool:
+    from govpass.targeting import valid_name
+
+    return valid_name(name)
 
 
 def steps_of(start: Strategy, ladder: Sequence[Strategy]) -> tuple[Strategy | None, ...]:
@@ -72,8 +108,10 @@ class StrategyLearner:
         log: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_hosts: int = 65536,
+        prefix: str = PREFIX,
     ) -> None:
         self.steps = tuple(steps)
+        self.prefix = prefix  # of its engine profiles' names: see prefix_of
         self.labels = tuple(label_of(s) for s in self.steps)
         self.unfixable_time = unfixable_time
         self.log = log
@@ -87,13 +125,11 @@ class StrategyLearner:
     def profile_of(self, host: str) -> str:
         """The name of the profile the workers use for `host` now."""
         st = self.hosts.get(host)
-        if st is None:
-            return NEW
+        if st is None or (st.step == 0 and st.unfixable_until is None):
+            return self.prefix + NEW_LABEL
         if st.unfixable_until is not None:
-            return UNFIXABLE
-        if st.step == 0:
-            return NEW
-        return PREFIX + self.labels[st.step]
+            return self.prefix + UNFIXABLE_LABEL
+        return self.prefix + self.labels[st.step]
 
     def observe(self, profile: str, host: str, failed: bool) -> bool:
         """One verdict; True when the host's strategy changed."""
@@ -106,7 +142,7 @@ class StrategyLearner:
                     "(later ones are only counted: strategy_rejected in stats)"
                 )
             return False
-        if profile != self.profile_of(name) or profile == UNFIXABLE:
+        if profile != self.profile_of(name) or profile == self.prefix + UNFIXABLE_LABEL:
             self.stale += 1  # a flow that started under an earlier strategy
             return False
         st = self.hosts.get(name)
@@ -152,7 +188,7 @@ class StrategyLearner:
         """Hosts per profile (strategy), for `govpass stats`."""
         out: dict[str, int] = {}
         for host in self.hosts:
-            key = self.profile_of(host).removeprefix(PREFIX)
+            key = self.profile_of(host).removeprefix(self.prefix)
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -170,21 +206,23 @@ class StrategyLearner:
     # ------------------------------------------------------------- state file
 
     def to_json(self) -> dict[str, Any]:
-        hosts: dict[str, Any] = {}
-        for host, st in self.hosts.items():
-            entry: dict[str, Any] = {"strategy": self.labels[st.step]}
-            if st.plain_ok:
-                entry["plain_ok"] = True
-            if st.unfixable_until is not None:
-                entry["unfixable_until"] = st.unfixable_until
-            hosts[host] = entry
-        return {"govpass": "strategies", "version": VERSION, "hosts": hosts}
+        return {"govpass": "strategies", "version": VERSION, "hosts": self.entries()}
+
+    def entries(self) -> dict[str, Any]:
+        """The hosts as a state file has them (its "hosts", or one of its "profiles")."""
+        return {
+            host: _entry(self.labels[st.step], st.plain_ok, st.unfixable_until)
+            for host, st in self.hosts.items()
+        }
 
     def load(self, data: Any) -> int:
         """Takes the hosts of a state file's JSON (entries that are not valid, or
         name a strategy not in the steps, are skipped); how many were taken.
         Raises ValueError when it is not a govpass strategy state at all."""
-        hosts = parse_state(data)
+        return self.take(parse_state(data))
+
+    def take(self, hosts: dict[str, tuple[str, bool, float | None]]) -> int:
+        """Takes parsed hosts (see :func:`parse_state`); how many were taken."""
         taken = 0
         for host, (label, plain_ok, until) in hosts.items():
             if label not in self.labels:
@@ -201,9 +239,115 @@ class StrategyLearner:
             self.log(msg)
 
 
+def _entry(label: str, plain_ok: bool, until: float | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"strategy": label}
+    if plain_ok:
+        entry["plain_ok"] = True
+    if until is not None:
+        entry["unfixable_until"] = until
+    return entry
+
+
+class StrategyBook:
+    """The learners of every scope (see :data:`DEFAULT_SCOPE`) sharing one state
+    file: verdicts go to the scope their engine profile names. Scopes of the file
+    that no configured profile learns for any more are kept as they are."""
+
+    def __init__(
+        self,
+        starts: dict[str, Strategy],
+        ladder: Sequence[Strategy],
+        unfixable_time: float = 3600.0,
+        log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.learners = {
+            scope: StrategyLearner(
+                steps_of(start, ladder), unfixable_time, log, clock, prefix=prefix_of(scope)
+            )
+            for scope, start in starts.items()
+        }
+        self.kept: dict[str, dict[str, Any]] = {}  # scopes not configured now, as read
+
+    def owns(self, profile: str) -> bool:
+        return scope_of(profile) in self.learners
+
+    def observe(self, profile: str, host: str, failed: bool) -> bool:
+        scope = scope_of(profile)
+        learner = self.learners.get(scope) if scope is not None else None
+        return learner is not None and learner.observe(profile, host, failed)
+
+    def expire(self) -> bool:
+        return any([lr.expire() for lr in self.learners.values()])
+
+    def clear(self) -> None:
+        for lr in self.learners.values():
+            lr.hosts.clear()
+        self.kept.clear()
+
+    def counts(self) -> dict[str, int]:
+        """Hosts per strategy; keyed "PROFILE:STRATEGY" for a [[profile]]'s scope."""
+        out: dict[str, int] = {}
+        for scope, lr in sorted(self.learners.items()):
+            for label, n in lr.counts().items():
+                out[label if scope == DEFAULT_SCOPE else f"{scope}:{label}"] = n
+        return out
+
+    def stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lr in self.learners.values():
+            for key, n in lr.stats().items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    def describe(self) -> str:
+        """The steps of each scope, for the start's log line."""
+        if list(self.learners) == [DEFAULT_SCOPE]:
+            return ", ".join(self.learners[DEFAULT_SCOPE].labels)
+        return "; ".join(
+            f"{scope or 'listed'}: {', '.join(lr.labels)}" for scope, lr in self.learners.items()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        scopes = {**self.kept, **{k: lr.entries() for k, lr in self.learners.items()}}
+        data: dict[str, Any] = {
+            "govpass": "strategies",
+            "version": VERSION,
+            "hosts": scopes.pop(DEFAULT_SCOPE, {}),
+        }
+        profiles = {k: v for k, v in sorted(scopes.items()) if v}
+        if profiles:
+            data["profiles"] = profiles
+        return data
+
+    def load(self, data: Any) -> int:
+        """Takes every scope of a state file's JSON; how many hosts were taken."""
+        taken = 0
+        self.kept = {}
+        for scope, hosts in parse_scopes(data).items():
+            learner = self.learners.get(scope)
+            if learner is not None:
+                taken += learner.take(hosts)
+            elif hosts:  # written back as read (its valid entries)
+                self.kept[scope] = {h: _entry(*v) for h, v in hosts.items()}
+        return taken
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(self.to_json(), sort_keys=True) + "\n", STATE_MODE)
+
+
 def parse_state(data: Any) -> dict[str, tuple[str, bool, float | None]]:
-    """host -> (strategy label, plain_ok, unfixable_until) of a state file's JSON;
-    invalid entries are skipped. ValueError: not a govpass strategy state."""
+    """host -> (strategy label, plain_ok, unfixable_until) of a state file's JSON
+    (its top-level "hosts"); invalid entries are skipped. ValueError: not a
+    govpass strategy state."""
+    return parse_scopes(data).get(DEFAULT_SCOPE, {})
+
+
+def parse_scopes(data: Any) -> dict[str, dict[str, tuple[str, bool, float | None]]]:
+    """State-file key -> its hosts (see :func:`parse_state`): "" for the top-level
+    "hosts" (what `--strategy auto` always wrote), a profile's name for each of the
+    "profiles" (auto profiles of a config file). Invalid keys and entries are skipped.
+    ValueError: not a govpass strategy state."""
     if (
         not isinstance(data, dict)
         or data.get("govpass") != "strategies"
@@ -211,8 +355,18 @@ def parse_state(data: Any) -> dict[str, tuple[str, bool, float | None]]:
         or not isinstance(data.get("hosts"), dict)
     ):
         raise ValueError("not a govpass strategy state (version 1)")
+    out = {DEFAULT_SCOPE: _parse_hosts(data["hosts"])}
+    profiles = data.get("profiles")
+    if isinstance(profiles, dict):
+        for name, hosts in profiles.items():
+            if isinstance(name, str) and valid_profile_name(name) and isinstance(hosts, dict):
+                out[name] = _parse_hosts(hosts)
+    return out
+
+
+def _parse_hosts(raw: dict[Any, Any]) -> dict[str, tuple[str, bool, float | None]]:
     out: dict[str, tuple[str, bool, float | None]] = {}
-    for host, entry in data["hosts"].items():
+    for host, entry in raw.items():
         name = safetext.host_name(host) if isinstance(host, str) else None
         if name is None or name != host or not isinstance(entry, dict):
             continue
@@ -253,7 +407,9 @@ def read_state(path: Path) -> Any:
 
 
 def load_learner(
-    path: Path, learner: StrategyLearner, log: Callable[[str], None] | None = None
+    path: Path,
+    learner: StrategyLearner | StrategyBook,
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Fills `learner` from the state file; a bad or foreign file is ignored with one line."""
     try:
@@ -272,35 +428,61 @@ def load_learner(
 
 # ------------------------------------------------------------------ worker side
 
+Hosts = dict[str, tuple[str, bool, float | None]]
 
-def build_profiles(
-    hosts: dict[str, tuple[str, bool, float | None]],
-    start: Strategy,
-    now: float | None = None,
-) -> list[Any]:
-    """The engine's profiles for the hosts of a state file: one watching profile
-    per strategy in use (exact names), unfixable hosts with the configured split
-    and no watch, and a watching catch-all with the configured split."""
-    from govpass._core import HostList, Profile
+
+def default_part(start: Strategy) -> Any:
+    """`--strategy auto` without lists: one catch-all profile learning for every host."""
+    from govpass.targeting import Part, ProfileSpec
+
+    spec = ProfileSpec(
+        name="default", split_chunk=start.chunk, split_pos=start.positions, strategy="auto"
+    )
+    return Part(spec, {})
+
+
+def build_profiles(hosts: Hosts, start: Strategy, now: float | None = None) -> list[Any]:
+    """The engine's profiles of `--strategy auto` without lists (see :func:`scope_profiles`)."""
+    return scope_profiles(default_part(start), hosts, now)
+
+
+def scope_profiles(part: Any, hosts: Hosts, now: float | None = None) -> list[Any]:
+    """The engine's profiles of one auto profile (a targeting.Part) and the hosts
+    learned for it: one watching profile per strategy in use (exact names, the
+    profile's other filters), unfixable hosts with the configured split and no
+    watch, and the profile itself, watching, with the configured split.
+
+    A learned name the profile's lists no longer take (a list changed) is left to
+    the profile itself: what was learned applies only where the profile does."""
+    from govpass._core import HostList
 
     now = time.time() if now is None else now
+    spec = part.spec
+    prefix = prefix_of(spec.state_key)
+    start = Strategy(spec.split_chunk, tuple(spec.split_pos))
+    filters = dict(part.filters)
+    include = [h for h in filters.get("hosts", []) if len(h)]
+    exclude = list(filters.get("hosts_exclude", []))
     by_label: dict[str, list[str]] = {}
     unfixable: list[str] = []
     for host, (label, _plain, until) in hosts.items():
+        if (include and not any(host in h for h in include)) or any(host in h for h in exclude):
+            continue
         if until is not None and until > now:
             unfixable.append(host)
         elif until is None and label != start.label:
             by_label.setdefault(label, []).append(host)
+    # The learned names' profiles: the profile's filters but the names themselves
+    rest = {k: v for k, v in filters.items() if k not in ("hosts", "hosts_exclude")}
     profiles = []
     if unfixable:
-        profiles.append(_split_profile(UNFIXABLE, start, [HostList(_exact(unfixable))], False))
+        lists = {**rest, "hosts": [HostList(_exact(unfixable))]}
+        profiles.append(_profile(prefix + UNFIXABLE_LABEL, start, lists, watch=False))
     for label, names in sorted(by_label.items()):
-        lists = [HostList(_exact(names))]
-        if label == NONE_LABEL:
-            profiles.append(Profile(PREFIX + label, action="pass", hosts=lists, watch=True))
-        else:
-            profiles.append(_split_profile(PREFIX + label, Strategy.from_text(label), lists, True))
-    profiles.append(_split_profile(NEW, start, [], True))
+        lists = {**rest, "hosts": [HostList(_exact(names))]}
+        step = None if label == NONE_LABEL else Strategy.from_text(label)
+        profiles.append(_profile(prefix + label, step, lists, watch=True))
+    profiles.append(_profile(prefix + NEW_LABEL, start, filters, watch=True))
     return profiles
 
 
@@ -308,29 +490,55 @@ def _exact(names: list[str]) -> list[str]:
     return ["^" + n for n in sorted(names)]
 
 
-def _split_profile(name: str, s: Strategy, hosts: list[Any], watch: bool) -> Any:
+def _profile(name: str, s: Strategy | None, filters: dict[str, Any], watch: bool) -> Any:
     from govpass._core import Profile
 
+    if s is None:
+        return Profile(name, action="pass", watch=watch, **filters)
     return Profile(
-        name, split_chunk=s.chunk, split_positions=list(s.positions), hosts=hosts, watch=watch
+        name, split_chunk=s.chunk, split_positions=list(s.positions), watch=watch, **filters
     )
+
+
+class ProfileMixer:
+    """A worker's engine profiles: the configured ones (`parts`, new with each list
+    reload) with each auto profile expanded by what was learned for it (new with
+    each state reload). Both are handed in on the packet loop's thread."""
+
+    def __init__(self, parts: list[Any], apply: Callable[[list[Any]], None]) -> None:
+        self.parts = parts
+        self.scopes: dict[str, Hosts] = {}
+        self.apply = apply
+
+    def lists(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.apply(self.profiles())
+
+    def learned(self, scopes: dict[str, Hosts]) -> None:
+        self.scopes = scopes
+        self.apply(self.profiles())
+
+    def profiles(self) -> list[Any]:
+        from govpass.targeting import engine_profiles
+
+        return engine_profiles(self.parts, self.scopes)
 
 
 class StrategyFeed:
     """A worker's reloads of the state file, on a thread of their own: the packet
-    loop's timer only swaps in profiles that are ready (:meth:`take`)."""
+    loop's timer only hands over what is ready (:meth:`take`): the learned hosts of
+    every scope (see :func:`parse_scopes`)."""
 
     def __init__(
-        self, path: Path, start: Strategy, apply: Callable[[list[Any]], None], every: float = 0.2
+        self, path: Path, apply: Callable[[dict[str, Hosts]], None], every: float = 0.2
     ) -> None:
         self.path = path
-        self.start_strategy = start
         self.apply = apply
         self.every = every
         self.reloads = 0
         self.failures = 0
         self._sig: tuple[int, int, int] | None = None
-        self._ready: list[Any] | None = None
+        self._ready: dict[str, Hosts] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="govpass-strategies", daemon=True)
@@ -350,13 +558,12 @@ class StrategyFeed:
         self._sig = sig
         try:
             data = read_state(self.path)
-            hosts = {} if data is None else parse_state(data)
-            profiles = build_profiles(hosts, self.start_strategy)
+            scopes = {} if data is None else parse_scopes(data)
         except Exception:  # whatever the file holds, the thread lives on: the profiles stay
             self.failures += 1
             return
         with self._lock:
-            self._ready = profiles
+            self._ready = scopes
 
     def take(self) -> None:
         with self._lock:
@@ -374,14 +581,14 @@ class StrategyFeed:
 
 
 class StrategyKeeper:
-    """The learner of one `govpass run --strategy auto` and its state file: loaded at
-    the start, written on every change, re-read when changed from outside
-    (`govpass strategy clear` removes it: everything is learned afresh)."""
+    """The learners of one `govpass run` and their state file: loaded at the start,
+    written on every change, re-read when changed from outside (`govpass strategy
+    clear` removes it: everything is learned afresh)."""
 
     def __init__(
         self,
         path: Path,
-        start: Strategy,
+        starts: dict[str, Strategy],
         ladder: Sequence[Strategy],
         unfixable_time: float,
         log: Callable[[str], None],
@@ -389,21 +596,20 @@ class StrategyKeeper:
         from govpass.safefile import make_directory
 
         self.path = path
-        self.start_strategy = start
         self.log = log
         make_directory(path.parent, "strategy-state directory")
-        self.learner = StrategyLearner(steps_of(start, ladder), unfixable_time, log)
-        load_learner(path, self.learner, log)
-        self.learner.expire()
+        self.book = StrategyBook(starts, ladder, unfixable_time, log)
+        load_learner(path, self.book, log)
+        self.book.expire()
         self._sig: tuple[int, int, int] | None = None
         self._error = False
         self.save()
-        log("strategy auto: steps " + ", ".join(self.learner.labels) + f"; state in {path}")
+        log(f"strategy auto: steps {self.book.describe()}; state in {path}")
 
     def save(self) -> None:
         """Writes the state file (workers reload it); a failure is logged once."""
         try:
-            self.learner.save(self.path)
+            self.book.save(self.path)
             self._sig = _signature(self.path)
             self._error = False
         except (OSError, UnsafePathError) as e:
@@ -415,7 +621,7 @@ class StrategyKeeper:
         """The engines' verdicts; True (and the file written) when a host moved."""
         changed = False
         for profile, host, failed in events:
-            changed |= self.learner.observe(profile, host, failed)
+            changed |= self.book.observe(profile, host, failed)
         if changed:
             self.save()
         return changed
@@ -423,22 +629,22 @@ class StrategyKeeper:
     def tick(self) -> bool:
         """Ends unfixable periods and takes in a file changed from outside; True when
         the strategies changed."""
-        changed = self.learner.expire()
+        changed = self.book.expire()
         if _signature(self.path) != self._sig:
-            self.learner.hosts.clear()
-            load_learner(self.path, self.learner, self.log)
+            self.book.clear()
+            load_learner(self.path, self.book, self.log)
             changed = True
         if changed:
             self.save()
         return changed
 
-    def profiles(self) -> list[Any]:
-        """The engine profiles for what is known now (a single-process backend's
-        engine takes them directly, without the file)."""
-        return build_profiles(parse_state(self.learner.to_json()), self.start_strategy)
+    def scopes(self) -> dict[str, Hosts]:
+        """What is known now, as a worker reads it from the file (a single-process
+        backend hands it to its ProfileMixer directly)."""
+        return parse_scopes(self.book.to_json())
 
     def stats(self) -> dict[str, Any]:
-        return {**self.learner.stats(), "counts": self.learner.counts()}
+        return {**self.book.stats(), "counts": self.book.counts()}
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

@@ -69,6 +69,7 @@ PROFILE_KEYS = (
     "family",
     "iface",
     "auto",
+    "strategy",
 )
 FILE_KEYS = ("hostlist", "hostlist-exclude", "ipset", "ipset-exclude")
 HOST_KINDS = ("hostlist", "hostlist-exclude", "hosts", "hosts-exclude", "hostlist-auto")
@@ -76,6 +77,13 @@ FAMILIES = {"any": None, "ipv4": "ipv4", "ipv6": "ipv6"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole name: fullmatch
 MAX_LIST_BYTES = 64 * 1024 * 1024  # the max-list-bytes setting's default
 _ENGINE_LINE = re.compile(r"at line (\d+): (.*)$")
+
+
+def valid_name(name: str) -> bool:
+    """A profile name: letters, digits, '.', '_', '-' (no ':', which the names of
+    learned strategies' profiles use), at most 64."""
+    return _NAME.fullmatch(name) is not None
+
 
 FileSig = tuple[int, int, int] | None
 """(mtime in ns, size, inode) of a list file; None when it cannot be stat'ed."""
@@ -101,6 +109,15 @@ class ProfileSpec:
     family: str | None = None
     iface: tuple[str, ...] = ()
     auto: Path | None = None
+    strategy: str = "fixed"  # auto: strategies learned per host name (strategy_learner)
+    # Where its learned hosts are in the state file: "" for the top-level "hosts" that
+    # `--strategy auto` (with or without --hostlist) has always used, else the profile's
+    # name under "profiles".
+    state_key: str = ""
+
+    @property
+    def learns(self) -> bool:
+        return self.strategy == "auto"
 
     def files(self) -> list[tuple[str, Path]]:
         """(kind, path) of every list file this profile reads, the auto list included."""
@@ -236,6 +253,7 @@ def _spec_from_table(
         if action != "split":
             raise ConfigError(f"{where}: auto needs action = split", field="auto")
         auto = _paths([table["auto"].strip()], base, f"{where}: auto")[0]
+    strategy = _profile_strategy(table, where, action, config)
     return ProfileSpec(
         name=name,
         action=action,
@@ -245,8 +263,40 @@ def _spec_from_table(
         family=FAMILIES[family],
         iface=_strings(table.get("iface", []), f"{where}: iface"),
         auto=auto,
+        strategy=strategy,
+        state_key=name if strategy == "auto" else "",
         **lists,
     )
+
+
+def _profile_strategy(table: Mapping[str, Any], where: str, action: str, config: Config) -> str:
+    """A profile's strategy: its own, else the global one (for split profiles: a pass
+    profile splits nothing, so it learns nothing)."""
+    from govpass.config import BY_NAME
+
+    if "strategy" not in table:
+        strategy = config.strategy if action == "split" else "fixed"
+        origin = "the global strategy setting"
+    else:
+        try:
+            strategy = BY_NAME["strategy"].parse(table["strategy"], f"{where}: strategy")
+        except ConfigError as e:
+            raise ConfigError(str(e), field="strategy") from None
+        origin = "its strategy key"
+        if strategy == "auto" and action != "split":
+            raise ConfigError(
+                f"{where}: strategy = auto needs action = split (accepted: strategy = "
+                "fixed with action = pass)",
+                field="strategy",
+            )
+    if strategy == "auto" and "auto" in table:
+        raise ConfigError(
+            f"{where}: auto (an auto host list) cannot be combined with strategy = auto "
+            f"(from {origin}) (accepted: one of them per profile; strategy = fixed "
+            "with auto)",
+            field="strategy",
+        )
+    return str(strategy)
 
 
 def _shortcut_specs(config: Config) -> tuple[ProfileSpec, ...]:
@@ -262,12 +312,19 @@ def _shortcut_specs(config: Config) -> tuple[ProfileSpec, ...]:
         auto = _paths(
             [config.hostlist_auto.strip()], _base_of(config, "hostlist-auto"), "hostlist-auto"
         )[0]
+    if auto is not None and config.strategy == "auto":
+        raise ConfigError(
+            "strategy auto cannot be combined with hostlist-auto (accepted: one of them; "
+            "strategy fixed with hostlist-auto)",
+            field="strategy",
+        )
     listed = ProfileSpec(
         name="listed",
         action="split",
         split_chunk=config.split_chunk,
         split_pos=tuple(config.split_pos),
         auto=auto,
+        strategy=config.strategy,
         **lists,
     )
     return (listed, ProfileSpec(name="other", action="pass"))
@@ -306,6 +363,15 @@ def specs_from_config(config: Config) -> tuple[ProfileSpec, ...]:
 def uses_auto(config: Config) -> bool:
     """Whether some profile learns names (the rules must then queue a few replies)."""
     return any(spec.auto is not None for spec in specs_from_config(config))
+
+
+def learns_strategies(config: Config) -> bool:
+    """Whether strategies are learned: `strategy = auto` without lists (every host),
+    for the listed names, or in some [[profile]]."""
+    specs = specs_from_config(config)
+    if not specs:
+        return config.strategy == "auto"
+    return any(spec.learns for spec in specs)
 
 
 # ------------------------------------------------------------------ list files
@@ -444,14 +510,23 @@ class Targeting:
     def signatures(self) -> dict[Path, FileSig]:
         return {path: file_sig(path) for path in self.files()}
 
+    @property
+    def learns(self) -> bool:
+        return any(spec.learns for spec in self.specs)
+
     def build(self, force: bool = False) -> list[Profile]:
         """Engine profiles from the files as they are now (`force`: re-read all of
         them and resolve interface names again). Raises ConfigError, naming the
         file and line, on anything unreadable or invalid."""
+        return engine_profiles(self.build_parts(force))
+
+    def build_parts(self, force: bool = False) -> list[Part]:
+        """What :meth:`build` makes profiles of: each spec with its lists read (an auto
+        strategy profile becomes several engine profiles: govpass.strategy_learner)."""
         if force:
             self.cache.clear()
         sigs = self.signatures()
-        profiles = []
+        parts: list[Part] = []
         notes = []
         for spec in self.specs:
             sets: dict[str, list[Any]] = {}
@@ -477,27 +552,59 @@ class Targeting:
                         f"profile {spec.name!r}: no network interface named {name!r}",
                         field="iface",
                     ) from None
-            profiles.append(
-                Profile(
-                    spec.name,
-                    action=spec.action,
-                    split_chunk=spec.split_chunk,
-                    split_positions=list(spec.split_pos),
-                    hosts=sets["hosts"],
-                    hosts_exclude=sets["hosts-exclude"],
-                    ips=sets["ips"],
-                    ips_exclude=sets["ips-exclude"],
-                    ports=list(spec.ports),
-                    family=spec.family,
-                    ifaces=ifaces,
-                    auto=spec.auto is not None,
-                )
-            )
+            filters = {
+                "hosts": sets["hosts"],
+                "hosts_exclude": sets["hosts-exclude"],
+                "ips": sets["ips"],
+                "ips_exclude": sets["ips-exclude"],
+                "ports": list(spec.ports),
+                "family": spec.family,
+                "ifaces": ifaces,
+            }
+            parts.append(Part(spec, filters))
             notes.append(_describe(spec, sets))
         self.built_sigs = sigs
         self.summary = "; ".join(notes + self.cache.notes)  # skipped lines: once per version
         self.cache.notes.clear()
-        return profiles
+        return parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One configured profile with its lists read: the engine Profile's filter
+    arguments (hosts, hosts_exclude, ips, ips_exclude, ports, family, ifaces)."""
+
+    spec: ProfileSpec
+    filters: Mapping[str, Any]
+
+    def profile(self, **changes: Any) -> Profile:
+        """The engine profile of the spec as configured, `changes` applied."""
+        spec = self.spec
+        kw: dict[str, Any] = {
+            "action": spec.action,
+            "split_chunk": spec.split_chunk,
+            "split_positions": list(spec.split_pos),
+            "auto": spec.auto is not None,
+            **self.filters,
+        }
+        kw.update(changes)
+        return Profile(kw.pop("name", spec.name), **kw)
+
+
+def engine_profiles(
+    parts: Sequence[Part], learned: Mapping[str, Any] | None = None
+) -> list[Profile]:
+    """The engine's profiles, in order; an auto strategy profile is expanded by what
+    was learned for it (`learned`: state-file key -> hosts, see strategy_learner)."""
+    out: list[Profile] = []
+    for part in parts:
+        if part.spec.learns:
+            from govpass.strategy_learner import scope_profiles
+
+            out += scope_profiles(part, (learned or {}).get(part.spec.state_key, {}))
+        else:
+            out.append(part.profile())
+    return out
 
 
 def _describe(spec: ProfileSpec, sets: Mapping[str, list[Any]]) -> str:
@@ -512,6 +619,8 @@ def _describe(spec: ProfileSpec, sets: Mapping[str, list[Any]]) -> str:
             parts.append(f"{sum(len(s) for s in sets[key])} {label}")
     if spec.auto is not None:
         parts.append(f"auto {spec.auto}")
+    if spec.learns:
+        parts.append("strategy auto")
     return " ".join(parts[:1]) + (" (" + ", ".join(parts[1:]) + ")" if parts[1:] else "")
 
 
@@ -529,13 +638,17 @@ class ListWatcher:
     def __init__(
         self,
         targeting: Targeting,
-        apply: Callable[[list[Profile]], None],
+        apply: Callable[[list[Any]], None],
         log: Callable[[str], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        parts: bool = False,
     ) -> None:
         self.targeting = targeting
-        self.apply = apply
+        # `parts`: apply gets Targeting.build_parts()'s parts, not profiles (a worker
+        # with auto strategies merges them with the learned ones on its loop's thread)
+        self.apply: Callable[[list[Any]], None] = apply
+        self._build = targeting.build_parts if parts else targeting.build
         self.log = log
         self.interval = interval
         self.clock = clock
@@ -562,7 +675,7 @@ class ListWatcher:
             return False
         self.seen = sigs
         try:
-            profiles = self.targeting.build(force=forced)
+            profiles: list[Any] = self._build(forced)
         except ConfigError as e:
             self.failures += 1
             if forced or str(e) != self._failure:

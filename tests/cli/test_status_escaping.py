@@ -36,3 +36,13 @@ def test_the_table_shows_hosts_per_strategy_escaped() -> None:
     assert "strategy auto: hosts known" in raw
     assert "strategy auto: hosts at 1" in raw
     assert "\x07" not in raw and "[red]x[/red]" in raw
+
+
+def test_the_table_names_the_profile_of_each_strategy_count() -> None:
+    stats = {"flows": 1, "strategy_counts": {"ru:1": 2, "eu:none": 1, "2": 1}}
+    console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
+    console.print(table(stats))
+    raw = console.export_text(styles=False)
+    assert "strategy auto (profile ru): hosts at 1" in raw
+    assert "strategy auto (profile eu): hosts at none" in raw
+    assert "strategy auto: hosts at 2" in raw

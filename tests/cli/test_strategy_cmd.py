@@ -43,3 +43,16 @@ def test_a_foreign_state_file_is_one_line_and_a_non_zero_exit(tmp_path: Path) ->
     shown = govpass("strategy", "show", "--strategy-state", str(state))
     assert shown.returncode == 1
     assert len(shown.stderr.strip().splitlines()) == 1 and "Traceback" not in shown.stderr
+
+
+def test_show_names_the_auto_profile_of_its_hosts(tmp_path: Path) -> None:
+    state = tmp_path / "strategies.json"
+    data = {
+        "govpass": "strategies",
+        "version": 1,
+        "hosts": {"a.example": {"strategy": "1"}},
+        "profiles": {"ru": {"a.example": {"strategy": "2,midsld"}}},
+    }
+    state.write_text(json.dumps(data))
+    shown = govpass("strategy", "show", "--strategy-state", str(state))
+    assert shown.stdout.splitlines() == ["a.example 1", "ru:a.example 2,midsld"], shown.stderr

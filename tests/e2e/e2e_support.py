@@ -291,13 +291,17 @@ class Govpass:
                 return data
             time.sleep(0.2)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Signal the daemon process only (like ``kill PID``) and wait for it to exit."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0, *, group: bool = False) -> int:
+        """Signal the daemon process only (like ``kill PID``), or with ``group`` its whole
+        process group (Ctrl-C on a terminal, systemd's stop), and wait for it to exit."""
         if self.pid is None or self.returncode is not None:
             return self.returncode if self.returncode is not None else 0
         popen = self.popen()
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
+            if group:
+                os.killpg(self.pid, sig)  # the lab starts it in a session of its own
+            else:
+                os.kill(self.pid, sig)
         try:
             self.returncode = popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -332,6 +332,22 @@ def test_sigint_stops_a_daemon_that_inherited_it_ignored(lab: Lab) -> None:
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "systemd-stop"])
+def test_a_stop_signal_to_the_whole_group_restarts_no_worker(lab: Lab, sig: int) -> None:
+    """Ctrl-C reaches every process of the terminal's foreground group and systemd's stop
+    every process of the unit: the workers exit on it at the same moment as the parent,
+    which must stop rather than take their exit for a crash and start new ones."""
+    for attempt in range(3):  # the race it guards against is a matter of milliseconds
+        gp = Govpass(lab, "client", ["--workers", "2"], name=f"group-stop-{attempt}").start()
+        workers = gp.workers()
+        assert len(workers) == 2, workers
+        assert gp.stop(sig, group=True) == 0, gp.log()
+        log = gp.log()
+        assert "restarting" not in log and "worker_restarts" not in log, log[-2000:]
+        assert "rules removed" in log
+        assert govpass_rule_lines(lab, "client") == []
+
+
 def test_rules_install_twice_does_not_duplicate(lab: Lab) -> None:
     args = ["rules", "install", "--workers", "1"]
     first = govpass_cli(lab, "client", args)

@@ -15,6 +15,7 @@ from e2e_support import (
     ALLOWED,
     BLOCKED,
     BLOCKED_TIMEOUT,
+    NAMES,
     PASS_TIMEOUT,
     censoring,
     govpass_cli,
@@ -226,3 +227,71 @@ def test_converges_against_the_string_censor(host_lab: Lab, kind: str) -> None:
         for i in range(3):
             ok, detail = host_lab.client(kind, BLOCKED, 4, timeout=PASS_TIMEOUT)
             assert ok, f"{kind} connection {i} after convergence: {detail}"
+
+
+def test_an_auto_profile_learns_for_its_list_and_a_fixed_profile_keeps_its_split(
+    host_lab: Lab,
+) -> None:
+    """[[profile]] "listed" (strategy = "auto", a host list naming the blocked host)
+    before a catch-all that always cuts 3 bytes: the listed name converges to 1 or 2
+    against tspu, the unlisted one keeps its 3-byte cut on every connection and is
+    never learned; stats and doctor name the profile."""
+    state = fresh_state(host_lab, "profiles")
+    hostlist = host_lab.workdir / f"auto-list-{time.monotonic_ns()}.txt"
+    hostlist.write_text(f"# the names the auto profile learns for\n{BLOCKED}\n")
+    conf = host_lab.workdir / f"auto-profiles-{time.monotonic_ns()}.toml"
+    conf.write_text(
+        f"strategy-state = {json.dumps(str(state))}\n"
+        'strategy-ladder = ["1", "2"]\n'
+        f'[[profile]]\nname = "listed"\nhostlist = {json.dumps(str(hostlist))}\n'
+        'strategy = "auto"\n'
+        '[[profile]]\nname = "rest"\nsplit-chunk = 3\n'
+    )
+    with censoring(host_lab, "tspu"), running(host_lab, ["--config", str(conf)], name="prof") as gp:
+        results = curl_until_ok(host_lab, BLOCKED, 6)
+        assert results[-1], f"no convergence in {len(results)} connections: {gp.log()[-3000:]}"
+        assert len(results) <= 4, results
+        learned = json.loads(state.read_text())
+        assert learned["hosts"] == {} and list(learned["profiles"]) == ["listed"], learned
+        chunk = int(learned["profiles"]["listed"][BLOCKED]["strategy"])
+        assert chunk in (1, 2), learned
+        with host_lab.capture("client") as ccap:
+            for name in (BLOCKED, ALLOWED, BLOCKED, ALLOWED, ALLOWED):
+                ok, detail = host_lab.client("curl", name, 4, timeout=PASS_TIMEOUT)
+                assert ok, f"{name} after convergence: {detail}"
+        flows = [f for f in ccap.flows() if f.syn_seen and f.complete]
+        firsts = {name: [f.sizes[0] for f in flows if f.sni == name] for name in NAMES}
+        assert firsts == {BLOCKED: [chunk] * 2, ALLOWED: [3] * 3}, [f.summary() for f in flows]
+        stats = gp.wait_stats(lambda s: s.get("strategy_counts"))
+        assert stats["strategy_counts"] == {f"listed:{chunk}": 1}, stats
+        assert ALLOWED not in json.dumps(json.loads(state.read_text())), state.read_text()
+        shown = govpass_cli(host_lab, "client", ["doctor", "--json", "--config", str(conf)])
+        checks = {c["name"]: c for c in json.loads(shown.stdout)}
+        line = checks["strategies profile listed"]
+        assert line["status"] == "ok", line
+        assert f"1 host(s) learned, readable state file {state}" in line["detail"], line
+        assert f"{chunk}: {BLOCKED}" in line["detail"], line
+
+
+def test_strategy_auto_with_a_host_list_learns_only_for_the_listed_names(host_lab: Lab) -> None:
+    """`--strategy auto --hostlist FILE`: the listed name converges and is kept under the
+    state file's top-level hosts (as without a list); an unlisted name passes unsplit."""
+    state = fresh_state(host_lab, "hostlist")
+    hostlist = host_lab.workdir / f"auto-cli-list-{time.monotonic_ns()}.txt"
+    hostlist.write_text(f"{BLOCKED}\n")
+    args = [*auto_args(state), "--hostlist", str(hostlist)]
+    with censoring(host_lab, "tspu"), running(host_lab, args, name="cli-list") as gp:
+        results = curl_until_ok(host_lab, BLOCKED, 6)
+        assert results[-1], f"no convergence in {len(results)} connections: {gp.log()[-3000:]}"
+        assert state_of(state)[BLOCKED]["strategy"] in ("1", "2")
+        with host_lab.capture("client") as ccap:
+            for _ in range(2):
+                ok, detail = host_lab.client("curl", ALLOWED, 4, timeout=PASS_TIMEOUT)
+                assert ok, detail
+        flows = [f for f in ccap.flows() if f.syn_seen and f.complete and f.sni == ALLOWED]
+        assert len(flows) == 2 and all(len(f.segments) == 1 for f in flows), [
+            f.summary() for f in flows
+        ]
+        stats = gp.wait_stats(lambda s: s.get("strategy_counts"))
+        assert set(stats["strategy_counts"]) <= {"1", "2"}, stats
+    assert ALLOWED not in state_of(state)

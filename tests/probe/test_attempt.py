@@ -165,10 +165,33 @@ def test_freeze_after_some_data(server: Callable[[Handler], int], tls_ctx: ssl.S
     assert 18000 <= o.received < at.FETCH_BYTES
 
 
-def test_pq_hello_spans_two_segments() -> None:
-    for version in at.TLS_VERSIONS:
-        assert len(at.hello_bytes("blocked.example", at.PQ, version)) > 1500
+def test_pq_hello_spans_two_segments_and_no_more() -> None:
+    for version in (*at.TLS_VERSIONS, at.ANY_VERSION):
+        pq = len(at.hello_bytes("blocked.example", at.PQ, version))
+        assert 1500 < pq <= 2 * 1460, (version, pq)  # two segments at MSS 1460
         assert len(at.hello_bytes("blocked.example", at.CLASSIC, version)) < 1400
+
+
+X25519_ONLY = bytes.fromhex("000a 0004 0002 001d")  # supported_groups: x25519
+
+
+def test_classic_hello_drops_a_default_pq_key_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a library that offers X25519MLKEM768 by default (OpenSSL 3.5: 1.5 KB hellos
+    without any padding), the classic hello offers X25519 alone: a classic size."""
+    monkeypatch.setattr(at, "_has_pq_key_share", lambda version: True)
+    for version in at.TLS_VERSIONS:
+        hello = at.hello_bytes("blocked.example", at.CLASSIC, version)
+        assert X25519_ONLY in hello and len(hello) < 1400
+    monkeypatch.setattr(at, "_has_pq_key_share", lambda version: False)
+    assert X25519_ONLY not in at.hello_bytes("blocked.example", at.CLASSIC, "1.3")
+
+
+@pytest.mark.parametrize("missing", [0, -3, 1, 30, 256, 257, 1283, 2000])
+def test_alpn_padding_adds_about_what_is_missing(missing: int) -> None:
+    names = at.alpn_padding(missing)
+    added = sum(len(n) + 1 for n in names)
+    assert all(0 < len(n) <= 255 and n.isascii() for n in names)
+    assert added == 0 if missing <= 0 else missing <= added < missing + 32, (missing, added)
 
 
 def test_ports_are_fresh() -> None:

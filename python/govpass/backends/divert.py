@@ -208,8 +208,16 @@ def filter_spec(config: Config, hello_only: bool = False, detection: Any = None)
         include_ifidx=interface_indexes(config.iface, "iface"),
         exclude_ifidx=excluded + detected_tunnel_indexes(config, detection),
         hello_only=hello_only,
-        replies=config.strategy == "auto",
+        replies=learns_here(config),
     )
+
+
+def learns_here(config: Config) -> bool:
+    """`--strategy auto` without host lists, IP sets or profiles: the divert backend
+    learns a strategy per host (with lists, auto profiles keep their configured split)."""
+    from govpass.targeting import Targeting
+
+    return config.strategy == "auto" and not Targeting.from_config(config).active
 
 
 def attach_interfaces(config: Config) -> list[str] | None:

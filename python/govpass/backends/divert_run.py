@@ -151,14 +151,16 @@ class LocalStrategies:
     to the keeper, and what it learned straight back to the engine's profiles (the
     NFQUEUE daemon passes both through a pipe and the state file instead)."""
 
-    def __init__(self, keeper: StrategyKeeper, worker: divert.DivertWorker) -> None:
+    def __init__(self, keeper: StrategyKeeper, worker: divert.DivertWorker, start: Any) -> None:
+        from govpass.strategy_learner import ProfileMixer, default_part
+
         self.keeper = keeper
         self.worker = worker
         self._checked = time.monotonic()
-        self.apply()
+        self.mixer = ProfileMixer([default_part(start)], self._set)
+        self.mixer.learned(keeper.scopes())
 
-    def apply(self) -> None:
-        profiles = self.keeper.profiles()
+    def _set(self, profiles: list[Any]) -> None:
         with self.worker.lock:
             self.worker.engine.set_profiles(profiles)
 
@@ -171,7 +173,7 @@ class LocalStrategies:
             self._checked = now
             changed |= self.keeper.tick()
         if changed:
-            self.apply()
+            self.mixer.learned(self.keeper.scopes())
 
 
 def _write_stats(
@@ -192,19 +194,23 @@ def _write_stats(
 def _strategies(
     config: Config, worker: divert.DivertWorker, log: Callable[[str], None]
 ) -> LocalStrategies | None:
-    if config.strategy != "auto":
+    """The learner of `--strategy auto` without lists; None otherwise (auto profiles
+    of host lists keep their configured split here: only nfqueue learns per profile)."""
+    if not divert.learns_here(config):
         return None
     from govpass.daemon import config_start
     from govpass.strategy import ladder
+    from govpass.strategy_learner import DEFAULT_SCOPE
 
+    start = config_start(config)
     keeper = StrategyKeeper(
         Path(config.strategy_state),
-        config_start(config),
+        {DEFAULT_SCOPE: start},
         ladder(config.strategy_ladder),
         config.strategy_unfixable_time,
         log,
     )
-    return LocalStrategies(keeper, worker)
+    return LocalStrategies(keeper, worker, start)
 
 
 def run_divert(

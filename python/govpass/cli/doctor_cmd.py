@@ -33,6 +33,8 @@ MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "
         "split-mode",
         "split-chunk",
         "split-pos",
+        "strategy",
+        "strategy-state",
     )
 )
 def doctor(
@@ -41,7 +43,7 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check privileges, NFQUEUE, the packet loop, firewall backends, pre-filter and kernel
-    split, leftover rules, offloads and backends."""
+    split, leftover rules, offloads, backends and the strategies strategy auto learned."""
     from govpass.doctor import run_checks
     from govpass.safetext import markup
 

@@ -63,8 +63,11 @@ def table(stats: dict[str, Any], title: str = "govpass") -> Table:
         t.add_row(label, f"{_int(stats[key]):,}")
     counts = stats.get("strategy_counts")
     if isinstance(counts, dict):
-        for label, n in sorted(counts.items()):
-            t.add_row(f"strategy auto: hosts at {markup(str(label), 40)}", f"{_int(n):,}")
+        for key, n in sorted(counts.items()):
+            # "PROFILE:STRATEGY" for an auto [[profile]] (profile names hold no ':')
+            profile, _, label = str(key).rpartition(":")
+            where = f" (profile {markup(profile, 64)})" if profile else ""
+            t.add_row(f"strategy auto{where}: hosts at {markup(label, 40)}", f"{_int(n):,}")
     fails = _fails(stats)
     for reason, n in sorted(fails.items()):
         if n:

@@ -20,12 +20,12 @@ strategy_app = typer.Typer(
 app.add_typer(strategy_app, name="strategy")
 
 
-def _state(path: Path) -> dict[str, tuple[str, bool, float | None]]:
-    from govpass.strategy_learner import parse_state, read_state
+def _state(path: Path) -> dict[str, dict[str, tuple[str, bool, float | None]]]:
+    from govpass.strategy_learner import parse_scopes, read_state
 
     try:
         data = read_state(path)
-        return {} if data is None else parse_state(data)
+        return {} if data is None else parse_scopes(data)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise GovpassError(f"strategy-state {text(str(path))}: {why}") from None
@@ -38,16 +38,18 @@ def show(
     config_file: Path | None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show each host's strategy as the state file has it."""
+    """Show each host's strategy as the state file has it (PROFILE:host for the
+    hosts of an auto [[profile]])."""
     import time
 
     config = config_mod.load(config_file, flags=flags)
-    hosts = _state(Path(config.strategy_state))
     now = time.time()
-    rows = {
-        h: ("unfixable" if until is not None and until > now else label)
-        for h, (label, _plain, until) in sorted(hosts.items())
-    }
+    rows: dict[str, str] = {}
+    # An auto [[profile]]'s hosts as "PROFILE:host" (profile names hold no ':')
+    for scope, hosts in sorted(_state(Path(config.strategy_state)).items()):
+        for h, (label, _plain, until) in sorted(hosts.items()):
+            key = f"{scope}:{h}" if scope else h
+            rows[key] = "unfixable" if until is not None and until > now else label
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

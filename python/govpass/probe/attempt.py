@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import random
 import socket
 import ssl
@@ -35,10 +36,14 @@ CLASSIC, PQ = "classic", "pq"
 HELLO_SIZES = (CLASSIC, PQ)
 TLS_VERSIONS = ("1.3", "1.2")
 ANY_VERSION = "any"  # TLS 1.2 or 1.3, as the server picks: what a browser offers
-# Enough ALPN names (each at most 255 bytes) to push the hello past 1500 bytes, so it
-# spans two segments like a post-quantum (X25519MLKEM768) hello; http/1.1 last, so a
-# server that insists on ALPN still finds one it speaks.
-_PQ_ALPN = [f"x-govpass-probe-pad-{i}-" + "p" * 200 for i in range(7)] + ["h2", "http/1.1"]
+# A post-quantum (X25519MLKEM768) hello as Chrome, Firefox and OpenSSL 3.5 send it is
+# 1.7-2 KB: two segments. A library that offers such a key share by default (OpenSSL
+# 3.5) makes one by itself; for one that does not, ALPN names (each at most 255 bytes)
+# pad the hello to that size. A "classic" hello is one without that key share: where
+# the library's default hello has it, the groups are cut to X25519 alone.
+PQ_HELLO_BYTES = 1800
+_PQ_KEY_SHARE_SEEN = 1000  # an unpadded hello longer than this carries a PQ key share
+_ALPN = {CLASSIC: ["http/1.1"], PQ: ["h2", "http/1.1"]}  # http/1.1: what the fetch speaks
 FETCH_BYTES = 64 * 1024
 _TLS_RECORD_TYPES = (0x14, 0x15, 0x16, 0x17)
 
@@ -60,24 +65,71 @@ class Outcome:
         return self.kind in (OK, ALERT, FREEZE)
 
 
-def tls_context(hello: str, version: str) -> ssl.SSLContext:
+def _plain_context(version: str, alpn: list[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(_PQ_ALPN if hello == PQ else ["http/1.1"])
+    ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def _first_flight(ctx: ssl.SSLContext, sni: str) -> bytes:
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def _size(version: str, alpn: tuple[str, ...]) -> int:
+    """The library's hello for a typical name's length."""
+    return len(_first_flight(_plain_context(version, list(alpn)), "www.example.com"))
+
+
+def alpn_padding(missing: int) -> list[str]:
+    """ALPN names that lengthen a hello by about ``missing`` bytes (none if <= 0)."""
+    names: list[str] = []
+    while missing > 0:
+        prefix = f"x-govpass-probe-pad-{len(names)}-"
+        name = prefix + "p" * max(0, min(255, missing - 1) - len(prefix))
+        names.append(name)
+        missing -= len(name) + 1  # each name has a length byte
+    return names
+
+
+@functools.cache
+def _alpn_for(hello: str, version: str) -> tuple[str, ...]:
+    tail = tuple(_ALPN[hello])
+    if hello == CLASSIC:
+        return tail
+    # The library may pad a short hello itself (OpenSSL: to 512 bytes) and drop that
+    # padding once the names make it longer: measure, then correct once or twice.
+    missing, padded = PQ_HELLO_BYTES - _size(version, tail), tail
+    for _ in range(3):
+        padded = (*alpn_padding(missing), *tail)
+        off = PQ_HELLO_BYTES - _size(version, padded)
+        if missing <= 0 or abs(off) < 16:
+            break
+        missing += off
+    return padded
+
+
+@functools.cache
+def _has_pq_key_share(version: str) -> bool:
+    return _size(version, tuple(_ALPN[CLASSIC])) > _PQ_KEY_SHARE_SEEN
+
+
+def tls_context(hello: str, version: str) -> ssl.SSLContext:
+    ctx = _plain_context(version, list(_alpn_for(hello, version)))
+    if hello == CLASSIC and _has_pq_key_share(version):
+        ctx.set_ecdh_curve("X25519")
     return ctx
 
 
 def hello_bytes(sni: str, hello: str, version: str) -> bytes:
     """The first flight this module sends for these settings (tests measure it)."""
-    obj = tls_context(hello, version).wrap_bio(
-        ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=sni
-    )
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return out.read()
+    return _first_flight(tls_context(hello, version), sni)
 
 
 class PortPicker:
