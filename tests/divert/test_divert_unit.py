@@ -176,6 +176,9 @@ def test_filter_spec_asks_for_replies_only_with_strategy_auto() -> None:
     assert not divert.filter_spec(Config()).replies
     auto = config_mod.with_overrides(Config(), strategy="auto")
     assert divert.filter_spec(auto).replies
+    # With lists the auto profiles keep their configured split here: no replies needed.
+    listed = config_mod.load(env={}, flags={"hosts": "blocked.example", "strategy": "auto"})
+    assert not divert.learns_here(listed) and not divert.filter_spec(listed).replies
 
 
 def test_replies_reach_the_engine_only_with_strategy_auto(tmp_path: Path) -> None:
