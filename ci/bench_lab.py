@@ -68,6 +68,8 @@ TOOLS = ("wrk", "nginx", "curl", "iptables", "ip")
 # The pass baseline: a host list no connection of the benchmark matches, so govpass
 # queues and parses every ClientHello and releases it unmodified.
 PASS_ARGS = ["--hosts", "pass-baseline.invalid"]
+# The kinds of round that run govpass (see bench_lab_summary.round_modes).
+GOVPASS_MODES = ("with", "pass", "variant", "auto")
 # Fallback while `python -m govpass` cannot be imported (a module being added elsewhere).
 CLI_FALLBACK = ["-c", "from govpass.cli import app, run_cmd, rules_cmd, stats_cmd; app()"]
 
@@ -399,8 +401,12 @@ class Bench:
                 ],
             )
 
+    def auto_args(self) -> list[str]:
+        """--strategy auto with its state in the lab's directory (never the host's)."""
+        return ["--strategy", "auto", "--strategy-state", str(self.wd / "strategies.json")]
+
     def round(self, index: int, mode: str) -> dict[str, Any]:
-        with_gp = mode in ("with", "pass", "variant")
+        with_gp = mode in GOVPASS_MODES
         r: dict[str, Any] = {"round": index, "mode": mode, "timing": {}}
         t_last = time.monotonic()
 
@@ -411,7 +417,8 @@ class Bench:
             t_last = now
 
         if with_gp:
-            extra = {"pass": PASS_ARGS, "variant": self.args.variant_arg}.get(mode, [])
+            extras = {"pass": PASS_ARGS, "variant": self.args.variant_arg, "auto": self.auto_args()}
+            extra = extras.get(mode, [])
             self.start_daemon(extra)
             if mode == "variant":
                 r["variant"] = shlex.join(extra)
@@ -645,6 +652,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "to compare it with the default in the same run, e.g. --variant-arg=--inject "
         "--variant-arg=raw",
     )
+    ap.add_argument(
+        "--strategy-auto",
+        action="store_true",
+        help="add a kind of round with `govpass run --strategy auto` (its state in the "
+        "lab's directory): the cost of learning strategies per host name, against the "
+        "default govpass rounds of the same run",
+    )
     ap.add_argument("--json", type=Path, help="also write the full results here")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
@@ -687,8 +701,11 @@ def main(argv: list[str] | None = None) -> int:
             bench.setup()
             info["govpass_cmd"] = "python " + shlex.join(bench.daemon_argv())
             variant = bool(args.variant_arg)
-            modes = round_modes(args.rounds, args.conntrack_baseline, args.pass_baseline, variant)
-            group = 2 + args.conntrack_baseline + args.pass_baseline + variant
+            auto = args.strategy_auto
+            modes = round_modes(
+                args.rounds, args.conntrack_baseline, args.pass_baseline, variant, auto
+            )
+            group = 2 + args.conntrack_baseline + args.pass_baseline + variant + auto
             for i, mode in enumerate(modes):
                 if i % group == 0 and args.quiet_wait > 0:
                     load = bench.wait_quiet()
@@ -707,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                     + (
                         f"  cpu {r['cpu_s']:.2f} s  packets {r['stats'].get('packets')}"
                         f"  splits {r['stats'].get('splits')}"
-                        if mode in ("with", "pass", "variant")
+                        if mode in GOVPASS_MODES
                         else ""
                     )
                 )

@@ -289,6 +289,17 @@ def baseline_lines(s: dict[str, Any]) -> list[str]:
                 f"x{variant['conn_per_s_vs_with']:.3f} of the default govpass rounds)",
             ),
         )
+    auto = s.get("ratio_auto")
+    if auto:
+        kinds += (
+            (
+                "ratio_auto",
+                "`--strategy auto` (govpass learning a strategy per host name: the first "
+                "replies are queued too, the kernel split is off; connections/s "
+                f"x{auto['conn_per_s_vs_with']:.3f}, connections per CPU s "
+                f"x{auto['conn_per_cpu_s_vs_with']:.3f} of the default govpass rounds)",
+            ),
+        )
     for key, what in kinds:
         r = s.get(key)
         if not r:
@@ -340,6 +351,7 @@ def section(result: dict[str, Any], old_history: list[str], notes: str = "") -> 
         + (f" + {a['rounds'] // 2} conntrack-only" if a.get("conntrack_baseline") else "")
         + (f" + {a['rounds'] // 2} queue-and-pass" if a.get("pass_baseline") else "")
         + (f" + {a['rounds'] // 2} variant" if a.get("variant_arg") else "")
+        + (f" + {a['rounds'] // 2} strategy auto" if a.get("strategy_auto") else "")
         + "); govpass is started fresh in the client",
         f'namespace for each "with" round as `{m["govpass_cmd"]}`'
         + (f"; its rules used the pre-filter {m['prefilter']}." if m.get("prefilter") else "."),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+# Every kind of round; all but "without" and "conntrack" run govpass.
+GOVPASS_MODES_ALL = ("without", "with", "conntrack", "pass", "variant", "auto")
 # A round is "quiet" when other jobs used fewer cores than this during its conn/s phase.
 QUIET_CORES = 0.1
 
@@ -20,18 +22,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def round_modes(
-    rounds: int, conntrack: bool = False, passing: bool = False, variant: bool = False
+    rounds: int,
+    conntrack: bool = False,
+    passing: bool = False,
+    variant: bool = False,
+    auto: bool = False,
 ) -> list[str]:
     """ABBA order — without, with | with, without | ... — so a steady drift in the
     machine's speed (other jobs starting or ending) weighs on both sides alike. With the
-    conntrack, pass and/or variant rounds each group is without, with, conntrack, pass,
-    variant (reversed every other)."""
+    conntrack, pass, variant and/or auto rounds each group is without, with, conntrack,
+    pass, variant, auto (reversed every other)."""
     base = [
         "without",
         "with",
         *(["conntrack"] if conntrack else []),
         *(["pass"] if passing else []),
         *(["variant"] if variant else []),
+        *(["auto"] if auto else []),
     ]
     return [m for k in range(rounds // 2) for m in (base if k % 2 == 0 else base[::-1])]
 
@@ -41,7 +48,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return [r for r in rounds if r["mode"] == mode]
 
     s: dict[str, Any] = {}
-    for mode in ("without", "with", "conntrack", "pass", "variant"):
+    for mode in GOVPASS_MODES_ALL:
         rs = by(mode)
         if not rs:
             continue
@@ -72,6 +79,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ("conntrack", "ratio_conntrack_only"),
         ("pass", "ratio_pass_only"),
         ("variant", "ratio_variant"),
+        ("auto", "ratio_auto"),
     )
     for mode, key in extra:
         if mode not in s:
@@ -84,7 +92,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "download": base["download_MBps"] / wo["download_MBps"],
             "upload": base["upload_MBps"] / wo["upload_MBps"],
         }
-        if mode in ("pass", "variant"):
+        if mode in ("pass", "variant", "auto"):
             rs = by(mode)
             conns = sum(r["wrk"]["connections"] for r in rs)
             s[key]["cpu_s_per_1000_conn"] = (
@@ -93,9 +101,12 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     if "variant" in s:
         # The variant against the default govpass rounds of the same run.
         s["ratio_variant"]["args"] = by("variant")[0].get("variant", "")
-        s["ratio_variant"]["conn_per_s_vs_with"] = (
-            s["variant"]["conn_per_s"] / s["with"]["conn_per_s"]
-        )
+    for mode, key in (("variant", "ratio_variant"), ("auto", "ratio_auto")):
+        if mode in s:  # against the default govpass rounds of the same run
+            s[key]["conn_per_s_vs_with"] = s[mode]["conn_per_s"] / s["with"]["conn_per_s"]
+            s[key]["conn_per_cpu_s_vs_with"] = (
+                s[mode]["conn_per_cpu_s"] / s["with"]["conn_per_cpu_s"]
+            )
     w, wo = s["with"], s["without"]
     pairs = list(zip(by("without"), by("with"), strict=True))
     # Pairs where other jobs left both rounds alone: the headline connections/s ratio

@@ -17,6 +17,7 @@ from govpass.strategy_learner import (
     ProfileMixer,
     StrategyBook,
     StrategyFeed,
+    StrategyKeeper,
     StrategyLearner,
     build_profiles,
     default_part,
@@ -226,6 +227,27 @@ def test_feed_reloads_a_changed_state_file(tmp_path: Path) -> None:
     feed.poll()
     feed.take()
     assert len(applied) == 2 and feed.failures == 1
+
+
+def test_keeper_writes_on_change_and_takes_in_a_file_changed_from_outside(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "strategies.json"
+    logs: list[str] = []
+    keeper = StrategyKeeper(path, {DEFAULT_SCOPE: START}, ladder(("1", "2")), 600.0, logs.append)
+    assert path.exists() and parse_state(json.loads(path.read_text())) == {}
+    assert "strategy auto: steps 5, none, 1, 2" in logs[-1]
+    assert keeper.scopes() == {DEFAULT_SCOPE: {}}
+    # A verdict about the configured split moves the host; the file says so at once.
+    assert keeper.observe([(NEW, "a.example", True)])
+    assert parse_state(json.loads(path.read_text()))["a.example"][0] == "none"
+    assert keeper.scopes()[DEFAULT_SCOPE]["a.example"][0] == "none"
+    assert not keeper.observe([(NEW, "a.example", True)])  # stale: an earlier step
+    assert not keeper.tick()  # its own write is no outside change
+    path.unlink()  # `govpass strategy clear`
+    assert keeper.tick()
+    assert keeper.scopes() == {DEFAULT_SCOPE: {}} and path.exists()
+    assert keeper.stats()["counts"] == {}
 
 
 # ------------------------------------------------------------- profiles and scopes

@@ -85,6 +85,10 @@ def _rules_now() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((item.where, item.lines) for item in inventory())
 
 
+# Resends of a hello happen after about 0.2, 0.6, 1.4, 3 s: enough for auto_retrans.
+WATCH_RESEND_MS = 5000
+
+
 def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
     """The rules for `config`. Detected tunnel and VPN interfaces are added to
     the exclusions (unless listed in `iface`); pass `detection` to reuse one.
@@ -96,6 +100,14 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
     if detection is None:
         detection = interfaces.detect()
     excluded = interfaces.exclusions(detection, config.iface, config.exclude_iface)
+    # auto-learning and --strategy auto read the first replies
+    watching = uses_auto(config) or learns_strategies(config)
+    # Later packets of a record are queued for twice the collect timeout at most; a
+    # watched flow's for as long as the stack resends an unanswered hello, also from
+    # inside the record (a censor that drops only the segment with the name).
+    age_ms = max(1, int(config.collect_timeout * 2))
+    if watching:
+        age_ms = max(age_ms, WATCH_RESEND_MS)
     return RuleSpec(
         queue_num=config.queue_num,
         queue_count=config.worker_count,
@@ -107,12 +119,10 @@ def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
         exclude_interfaces=excluded,
         ipv4=True,
         ipv6=config.ipv6,
-        # auto-learning and --strategy auto read the first replies
-        inbound=uses_auto(config) or learns_strategies(config),
+        inbound=watching,
         block_quic=config.block_quic,  # type: ignore[arg-type]
         prefilter=config.prefilter,  # type: ignore[arg-type]
-        # Later packets of a record are queued for twice the collect timeout at most.
-        prefilter_age_ms=max(1, int(config.collect_timeout * 2)),
+        prefilter_age_ms=age_ms,
         kernel_split=gate,
     )
 
@@ -465,10 +475,8 @@ class Daemon:
         self._spec_checked = 0.0
         self._ctx = mp.get_context("fork")
         self.learner: Any = None  # govpass.autolearn.AutoLearner when a profile learns
-        # govpass.strategy_learner.StrategyBook when some profile learns strategies
+        # govpass.strategy_learner.StrategyKeeper when some profile learns strategies
         self.strategies: Any = None
-        self._strategy_sig: tuple[int, int, int] | None = None
-        self._strategy_error = False
         self._strategy_checked = 0.0
         # The lists as last loaded here, for workers started again (worker_targeting).
         self.profiles: list[Any] | None = None
@@ -572,66 +580,24 @@ class Daemon:
     def _start_strategies(self) -> None:
         """--strategy auto: the learner, what the state file knew, and the verdict pipe."""
         from govpass.autolearn import EventReader
-        from govpass.safefile import make_directory
         from govpass.strategy import ladder
-        from govpass.strategy_learner import StrategyBook, load_learner
+        from govpass.strategy_learner import StrategyKeeper
 
         starts = strategy_starts(self.config)
         if not starts:
             return
-        path = Path(self.config.strategy_state)
-        make_directory(path.parent, "strategy-state directory")
-        self.strategies = StrategyBook(
+        self.strategies = StrategyKeeper(
+            Path(self.config.strategy_state),
             starts,
             ladder(self.config.strategy_ladder),
             self.config.strategy_unfixable_time,
             self.log,
         )
-        load_learner(path, self.strategies, self.log)
-        self.strategies.expire()
-        self._save_strategies()
-        self.log(f"strategy auto: steps {self.strategies.describe()}; state in {path}")
         if self._events is None:
             r, w = os.pipe()
             os.set_blocking(w, False)
             self._events = (r, w)
             self._reader = EventReader()
-
-    def _save_strategies(self) -> None:
-        """Writes the state file (the workers reload it); a failure is logged once."""
-        from govpass.safefile import UnsafePathError
-
-        path = Path(self.config.strategy_state)
-        try:
-            self.strategies.save(path)
-            st = os.stat(path)
-            self._strategy_sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-            self._strategy_error = False
-        except (OSError, UnsafePathError) as e:
-            if not self._strategy_error:
-                self.log(f"strategy auto: cannot write {path}: {e}")
-            self._strategy_error = True
-
-    def _strategy_tick(self) -> None:
-        """Ends unfixable periods, and takes in a state file changed from outside
-        (`govpass strategy clear` removes it: everything is learned afresh)."""
-        from govpass.strategy_learner import load_learner
-
-        if self.strategies is None:
-            return
-        path = Path(self.config.strategy_state)
-        try:
-            st = os.stat(path)
-            sig: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            sig = None
-        changed = self.strategies.expire()
-        if sig != self._strategy_sig:
-            self.strategies.clear()
-            load_learner(path, self.strategies, self.log)
-            changed = True
-        if changed:
-            self._save_strategies()
 
     def start(self) -> None:
         from govpass import instance
@@ -885,21 +851,21 @@ class Daemon:
                 self._list_thread.take()
             if self.strategies is not None and time.monotonic() >= self._strategy_checked + 1:
                 self._strategy_checked = time.monotonic()
-                self._strategy_tick()
+                self.strategies.tick()
             # Not once a stop was asked for: Ctrl-C and systemd's stop signal the workers
             # too, and their exit is then no crash to restart them for.
             if time.monotonic() >= self._checked + every and not stopped():
                 self.check_workers()
 
     def take_events(self, data: bytes) -> None:
-        changed = False
+        learned = []
         for profile, host, failed in self._reader.feed(data):
-            if self.strategies is not None and self.strategies.owns(profile):
-                changed |= self.strategies.observe(profile, host, failed)
+            if self.strategies is not None and self.strategies.book.owns(profile):
+                learned.append((profile, host, failed))
             elif self.learner is not None:
                 self.learner.observe(profile, host, failed)
-        if changed:
-            self._save_strategies()
+        if learned:
+            self.strategies.observe(learned)
 
     def stats(self) -> dict[str, Any]:
         if not self.owns_run_dir:  # refused at the start: the directory is another's, or unsafe
@@ -909,8 +875,7 @@ class Daemon:
                 write_json_atomic(self.directory / "learner.json", self.learner.stats())
         if self.strategies is not None:
             with suppress(OSError):
-                data = {**self.strategies.stats(), "counts": self.strategies.counts()}
-                write_json_atomic(self.directory / STRATEGY_STATS, data)
+                write_json_atomic(self.directory / STRATEGY_STATS, self.strategies.stats())
         with suppress(OSError):
             write_json_atomic(self.directory / "kernel-split.json", self.kernel_split_state())
         self._count_bypassed()

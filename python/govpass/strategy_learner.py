@@ -579,3 +579,78 @@ class StrategyFeed:
 
     def close(self) -> None:
         self._stop.set()
+
+
+class StrategyKeeper:
+    """The learners of one `govpass run` and their state file: loaded at the start,
+    written on every change, re-read when changed from outside (`govpass strategy
+    clear` removes it: everything is learned afresh)."""
+
+    def __init__(
+        self,
+        path: Path,
+        starts: dict[str, Strategy],
+        ladder: Sequence[Strategy],
+        unfixable_time: float,
+        log: Callable[[str], None],
+    ) -> None:
+        from govpass.safefile import make_directory
+
+        self.path = path
+        self.log = log
+        make_directory(path.parent, "strategy-state directory")
+        self.book = StrategyBook(starts, ladder, unfixable_time, log)
+        load_learner(path, self.book, log)
+        self.book.expire()
+        self._sig: tuple[int, int, int] | None = None
+        self._error = False
+        self.save()
+        log(f"strategy auto: steps {self.book.describe()}; state in {path}")
+
+    def save(self) -> None:
+        """Writes the state file (workers reload it); a failure is logged once."""
+        try:
+            self.book.save(self.path)
+            self._sig = _signature(self.path)
+            self._error = False
+        except (OSError, UnsafePathError) as e:
+            if not self._error:
+                self.log(f"strategy auto: cannot write {self.path}: {e}")
+            self._error = True
+
+    def observe(self, events: Sequence[tuple[str, str, bool]]) -> bool:
+        """The engines' verdicts; True (and the file written) when a host moved."""
+        changed = False
+        for profile, host, failed in events:
+            changed |= self.book.observe(profile, host, failed)
+        if changed:
+            self.save()
+        return changed
+
+    def tick(self) -> bool:
+        """Ends unfixable periods and takes in a file changed from outside; True when
+        the strategies changed."""
+        changed = self.book.expire()
+        if _signature(self.path) != self._sig:
+            self.book.clear()
+            load_learner(self.path, self.book, self.log)
+            changed = True
+        if changed:
+            self.save()
+        return changed
+
+    def scopes(self) -> dict[str, Hosts]:
+        """What is known now, as a worker reads it from the file (a single-process
+        backend hands it to its ProfileMixer directly)."""
+        return parse_scopes(self.book.to_json())
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.book.stats(), "counts": self.book.counts()}
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

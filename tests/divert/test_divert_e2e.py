@@ -503,3 +503,43 @@ def test_runs_with_only_the_four_capabilities(lab: Lab, tmp_path: Path) -> None:
             assert ok, detail
     finally:
         lab.stop_censor()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_strategy_auto_converges_against_tspu(lab: Lab, family: int, tmp_path: Path) -> None:
+    """--strategy auto in the divert process: the replies it now diverts decide each
+    flow, the learner moves the name on until a 1- or 2-byte first segment beats the
+    TSPU-like box, the state file says so, and later connections pass; a restart
+    starts from the state file."""
+    state = tmp_path / "strategies.json"
+    args = ("--strategy", "auto", "--strategy-state", str(state), "--strategy-ladder", "1;2")
+    lab.start_censor("tspu", names=[BLOCKED])
+    try:
+        with Govpass(lab, tmp_path / "run", *args) as gp:
+            results = []
+            for _ in range(6):
+                results.append(lab.client("curl", BLOCKED, family=family, timeout=3)[0])
+                if results[-1]:
+                    break
+                time.sleep(0.5)  # the verdict: reply -> engine -> learner -> profiles
+            log = gp.log.read_text()
+            assert results[-1], f"no convergence in {results}: {log[-3000:]}"
+            assert len(results) <= 4, results
+            hosts = json.loads(state.read_text())["hosts"]
+            assert hosts[BLOCKED]["strategy"] in ("1", "2"), hosts
+            for i in range(3):
+                ok, detail = lab.client("curl", BLOCKED, family=family, timeout=10)
+                assert ok, f"connection {i} after convergence: {detail}"
+            ok, detail = lab.client("curl", ALLOWED, family=family, timeout=10)
+            assert ok, detail
+            stats_argv = [sys.executable, "-m", "govpass", "stats", "--json"]
+            out = lab.exec("client", ["env", f"GOVPASS_RUN_DIR={gp.run_dir}", *stats_argv])
+            stats = json.loads(out.stdout)
+            assert stats["strategy_changes"] >= 1 and sum(stats["strategy_counts"].values()) == 1
+            assert "strategy auto: steps 5, none, 1, 2" in log, log
+        assert ALLOWED not in json.loads(state.read_text())["hosts"]
+        with Govpass(lab, tmp_path / "again", *args):
+            ok, detail = lab.client("curl", BLOCKED, family=family, timeout=10)
+            assert ok, f"after a restart: {detail}"
+    finally:
+        lab.stop_censor()

@@ -146,6 +146,62 @@ def test_loopback_is_never_attached_and_excluded_interfaces_are_skipped(
     assert divert.attach_interfaces(cfg) == ["eth0"]
 
 
+REPLY = {"outbound": False}
+SERVER_HELLO = b"\x16\x03\x03\x00\x04\x02abc"
+REPLY_CASES = [
+    # name, raw packet, packet() kwargs, matched with --strategy auto
+    ("hello", tcp_packet(HELLO), {}, True),
+    ("server RST", tcp_packet(flags="R", sport=443, dport=40000), REPLY, True),
+    ("ServerHello", tcp_packet(SERVER_HELLO, sport=443, dport=40000), REPLY, True),
+    ("ServerHello v6", tcp_packet(SERVER_HELLO, family=6, sport=443, dport=40000), REPLY, True),
+    ("server bulk data", tcp_packet(b"\x17\x03\x03xyz", sport=443, dport=40000), REPLY, False),
+    ("server pure ack", tcp_packet(flags="A", sport=443, dport=40000), REPLY, False),
+    ("reply from port 80", tcp_packet(flags="R", sport=80, dport=40000), REPLY, False),
+    ("reply, excluded interface", tcp_packet(flags="R", sport=443), {**REPLY, "ifidx": 7}, False),
+    ("reply, impostor", tcp_packet(flags="R", sport=443), {**REPLY, "impostor": True}, False),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "kwargs", "matched"), REPLY_CASES)
+def test_strategy_auto_also_diverts_the_replies_that_decide(
+    name: str, raw: bytes, kwargs: dict[str, Any], matched: bool
+) -> None:
+    spec = divert.FilterSpec(exclude_ifidx=(7,), replies=True)
+    text = divert.build_filter(spec)
+    assert compiles(text)
+    assert packet(raw, **kwargs).matches(text) is matched, name
+
+
+def test_filter_spec_asks_for_replies_only_with_strategy_auto() -> None:
+    assert not divert.filter_spec(Config()).replies
+    auto = config_mod.with_overrides(Config(), strategy="auto")
+    assert divert.filter_spec(auto).replies
+    # With lists the auto profiles keep their configured split here: no replies needed.
+    listed = config_mod.load(env={}, flags={"hosts": "blocked.example", "strategy": "auto"})
+    assert not divert.learns_here(listed) and not divert.filter_spec(listed).replies
+
+
+def test_replies_reach_the_engine_only_with_strategy_auto(tmp_path: Path) -> None:
+    """Inbound packets stay untouched unless a verdict needs them; then a server's
+    RST decides the watched flow and the engine reports it."""
+    from govpass.strategy import Strategy
+    from govpass.strategy_learner import build_profiles
+
+    auto = config_mod.with_overrides(
+        Config(), strategy="auto", strategy_state=str(tmp_path / "s.json")
+    )
+    handle = FakeHandle()
+    worker = fake_worker_for(auto, handle)
+    worker.engine.set_profiles(build_profiles({}, Strategy(5)))
+    worker.process([packet(tcp_packet(HELLO))])
+    back = IP(src=DST4, dst=SRC4) / TCP(sport=443, dport=40000, flags="R", seq=5000)
+    rst = packet(bytes(back), outbound=False)
+    worker.process([rst])
+    assert handle.sent[-1] == [bytes(rst.raw)]  # passed on unchanged
+    events = worker.engine.take_events()
+    assert [(host, failed) for _p, host, failed in events] == [("blocked.example", True)]
+
+
 # ------------------------------------------------------- filter semantics (WinDivert)
 
 
@@ -682,3 +738,16 @@ def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
     with divert_run.stop_on_signals() as stopped:
         os.kill(os.getpid(), signal.SIGHUP)
         assert stopped()
+
+
+def test_strategy_auto_is_refused_on_freebsd_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(divert_run.sys, "platform", "freebsd14")
+    auto = config_mod.with_overrides(
+        Config(), strategy="auto", strategy_state=str(tmp_path / "s.json")
+    )
+    with pytest.raises(ConfigError, match="strategy auto: not supported by the FreeBSD") as info:
+        divert_run.run_divert(auto, lambda _m: None)
+    assert info.value.field == "strategy" and "\n" not in str(info.value)
+    assert not (tmp_path / "s.json").exists()

@@ -85,3 +85,35 @@ def test_lab_command_needs_root(
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "needs root" in lines[0], err
+
+
+def test_lab_command_runs_every_censor_kind_and_says_what_no_split_beats(tmp_path: Path) -> None:
+    """tspu and the split-rejecting server need another split than the default, which
+    the lab proves and names; the reassembling box and the address block beat every
+    split: that is reported as unfixable, not as a failure of govpass (exit 0)."""
+    kinds = "tspu,reassemble,splitreject,address"
+    proc = govpass(["lab", "--censor", kinds, "--clients", "curl", "--family", "4"], tmp_path)
+    out = proc.stdout + proc.stderr
+    flat = " ".join(out.split())
+    assert proc.returncode == 0, out
+    assert "FAIL" not in out and "Traceback" not in out, out
+    assert "ok censor tspu: blocks 1/1 without govpass; 0/1 pass" in flat, out
+    assert "all 1 pass with --split-chunk 1" in flat, out
+    assert "ok censor splitreject: blocks 0/1 without govpass; 0/1 pass" in flat, out
+    assert "all 1 pass with --split-chunk 8" in flat, out
+    for kind in ("reassemble", "address"):
+        assert (
+            f"ok censor {kind}: blocks 1/1 without govpass; 0/1 pass with govpass: "
+            "unfixable by splitting" in flat
+        ), out
+    assert "with govpass, curl" not in flat, out  # no per-connection failure lines
+    assert "with govpass: 2/2 passed (2 of them with the censor's fix); 2 more" in flat, out
+
+
+def test_lab_command_rejects_an_unknown_censor_in_one_line(tmp_path: Path) -> None:
+    proc = govpass(["lab", "--censor", "tspu,gfw"], tmp_path, timeout=60)
+    assert proc.returncode == 2, proc
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "invalid censor: 'gfw'" in lines[0] and "reassemble" in lines[0], lines
+    assert not (tmp_path / "govpass-lab.pcap").exists()

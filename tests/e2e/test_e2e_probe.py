@@ -71,11 +71,16 @@ def strategy_of(record: dict[str, Any]) -> Strategy:
 
 
 def assert_config_works(lab: Lab, config: Path) -> None:
+    """curl to both names, and Chromium (a post-quantum hello over two segments,
+    extensions shuffled) to the blocked one, when it is installed."""
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
+    jobs = [("curl", BLOCKED), ("curl", ALLOWED)]
+    if "chromium" in lab.clients_available():
+        jobs.append(("chromium", BLOCKED))
     with running(lab, ["--config", str(config)], name="probe-config"):
-        for name in (BLOCKED, ALLOWED):
-            ok, detail = lab.client("curl", name, 4, timeout=PASS_TIMEOUT)
-            assert ok, f"curl {name} with the probe's config: {detail}"
+        for kind, name in jobs:
+            ok, detail = lab.client(kind, name, 4, timeout=PASS_TIMEOUT)
+            assert ok, f"{kind} {name} with the probe's config: {detail}"
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,11 @@ from e2e_support import (
     PASS_TIMEOUT,
     censoring,
     govpass_cli,
+    govpass_rule_lines,
     running,
 )
 from govpass.lab import Lab
+from govpass.strategy import Strategy
 
 pytestmark = pytest.mark.netns
 
@@ -35,11 +37,15 @@ def state_of(state: Path) -> dict[str, Any]:
     return hosts
 
 
-def curl_until_ok(lab: Lab, name: str, attempts: int) -> list[bool]:
-    """curl `name` until one gets through (at most `attempts`); the results in order."""
+def curl_until_ok(
+    lab: Lab, name: str, attempts: int, family: int = 4, kind: str = "curl"
+) -> list[bool]:
+    """Connect to `name` until one gets through (at most `attempts`); the results in order."""
     results: list[bool] = []
+    # Chromium needs longer than curl to start, even when nothing blocks it.
+    timeout = BLOCKED_TIMEOUT if kind != "chromium" else PASS_TIMEOUT
     for _ in range(attempts):
-        ok, _detail = lab.client("curl", name, 4, timeout=BLOCKED_TIMEOUT)
+        ok, _detail = lab.client(kind, name, family, timeout=timeout)
         results.append(ok)
         if ok:
             break
@@ -148,6 +154,79 @@ def test_re_adapts_when_the_censor_changes_under_it(host_lab: Lab) -> None:
             assert state_of(state)[BLOCKED]["strategy"] == "8"
             ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
             assert ok, detail
+
+
+def assert_converges_on_tspu(
+    lab: Lab, gp: Any, state: Path, family: int = 4, kind: str = "curl", tries: int = 6
+) -> None:
+    """Against tspu: a few failing connections at most, then a 1- or 2-byte first
+    segment in the state file, and every later connection passes."""
+    results = curl_until_ok(lab, BLOCKED, tries, family, kind)
+    assert results[-1], f"no convergence in {len(results)} connections: {gp.log()[-3000:]}"
+    assert state_of(state)[BLOCKED]["strategy"] in ("1", "2"), state_of(state)
+    for i in range(3):
+        ok, detail = lab.client(kind, BLOCKED, family, timeout=PASS_TIMEOUT)
+        assert ok, f"{kind} IPv{family} connection {i} after convergence: {detail}"
+
+
+def test_converges_over_ipv6(host_lab: Lab) -> None:
+    state = fresh_state(host_lab, "v6")
+    with censoring(host_lab, "tspu"), running(host_lab, auto_args(state), name="auto6") as gp:
+        assert_converges_on_tspu(host_lab, gp, state, family=6)
+        ok, detail = host_lab.client("curl", ALLOWED, 6, timeout=PASS_TIMEOUT)
+        assert ok, detail
+    assert ALLOWED not in state_of(state)
+
+
+def test_converges_in_router_mode(router_lab: Lab) -> None:
+    """The daemon on the gateway learns from the client's forwarded flows, both
+    families; the client runs nothing of govpass."""
+    lab = router_lab
+    state = fresh_state(lab, "router")
+    args = ["--mode", "router", "--iface", lab.iface("gateway"), *auto_args(state)]
+    with censoring(lab, "tspu"), running(lab, args, role="gateway", name="auto-router") as gp:
+        for family in (4, 6):
+            assert_converges_on_tspu(lab, gp, state, family=family)
+        stats = gp.wait_stats(lambda s: s.get("strategy_counts"))
+        assert sum(stats["strategy_counts"].values()) == 1, stats  # one name, one strategy
+    assert govpass_rule_lines(lab, "client") == []
+
+
+@pytest.fixture(scope="module")
+def chromium(host_lab: Lab) -> None:
+    if "chromium" not in host_lab.clients_available():
+        pytest.skip("chromium is not installed (ci/lab-deps.sh installs it)")
+
+
+@pytest.mark.usefixtures("chromium")
+def test_chromium_converges_against_tspu(host_lab: Lab) -> None:
+    """Chromium's post-quantum hello spans two segments (the name in either): the
+    engine collects both and the learner still ends on a 1- or 2-byte first segment."""
+    state = fresh_state(host_lab, "chromium-tspu")
+    with censoring(host_lab, "tspu"), running(host_lab, auto_args(state), name="chr-tspu") as gp:
+        assert_converges_on_tspu(host_lab, gp, state, kind="chromium")
+        stats = gp.wait_stats(lambda s: s.get("splits", 0) >= 3)
+        assert stats["splits"] >= 3, stats
+
+
+@pytest.mark.parametrize("kind", ["curl", "chromium"])
+def test_converges_against_the_string_censor(host_lab: Lab, kind: str) -> None:
+    """A per-packet match on the name: only a cut inside the name beats it, so the
+    ladder's SNI-relative step is where the host ends up (Chromium: whichever of its
+    two segments holds the name)."""
+    if kind == "chromium" and "chromium" not in host_lab.clients_available():
+        pytest.skip("chromium is not installed (ci/lab-deps.sh installs it)")
+    state = fresh_state(host_lab, f"{kind}-string")
+    args = auto_args(state, ladder="1;2,midsld")
+    with censoring(host_lab, "string"), running(host_lab, args, name=f"{kind}-string") as gp:
+        results = curl_until_ok(host_lab, BLOCKED, 6, kind=kind)
+        where = f"{results}: {state.read_text()} {gp.log()[-3000:]}"
+        assert results[-1], f"no convergence in {where}"
+        learned = Strategy.from_text(state_of(state)[BLOCKED]["strategy"])
+        assert any(p.startswith("midsld") for p in learned.positions), where
+        for i in range(3):
+            ok, detail = host_lab.client(kind, BLOCKED, 4, timeout=PASS_TIMEOUT)
+            assert ok, f"{kind} connection {i} after convergence: {detail}"
 
 
 def test_an_auto_profile_learns_for_its_list_and_a_fixed_profile_keeps_its_split(

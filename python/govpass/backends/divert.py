@@ -85,6 +85,11 @@ PRIORITY = 0
 RECV_BUFSIZE = 65575  # the largest IP packet plus slack (pydivert's default)
 RECV_BATCH = 64
 HELLO_PREFIX = "tcp.Payload[0] == 0x16 and tcp.Payload[1] == 0x03 and tcp.Payload[5] == 0x01"
+# Replies that decide a watched flow's verdict (--strategy auto), as the NFQUEUE rules
+# queue them: a reset, or the start of a TLS record (e.g. the ServerHello).
+REPLY_VERDICT = (
+    "(tcp.Rst or (tcp.PayloadLength > 0 and tcp.Payload[0] == 0x16 and tcp.Payload[1] == 0x03))"
+)
 
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 13, 21, 38, 39
 BPF_CAPS = (("CAP_BPF", CAP_BPF), ("CAP_PERFMON", CAP_PERFMON))
@@ -122,6 +127,8 @@ class FilterSpec:
     include_ifidx: tuple[int, ...] = ()
     exclude_ifidx: tuple[int, ...] = ()
     hello_only: bool = False
+    # Also the replies from the ports that tell a watched flow worked or failed.
+    replies: bool = False
 
 
 def _any_of(field: str, values: Iterable[int]) -> str:
@@ -133,20 +140,24 @@ def build_filter(spec: FilterSpec) -> str:
     """The WinDivert filter string for `spec`."""
     if not spec.ports:
         raise ConfigError("invalid ports: empty (accepted: 1..=65535)", field="ports")
-    parts = [
-        "outbound",
-        "!loopback",
-        "!impostor",
-        "(ip or ipv6)" if spec.ipv6 else "ip",
-        _any_of("tcp.DstPort", sorted(set(spec.ports))),
-        "tcp.PayloadLength > 0",
-    ]
+    ports = sorted(set(spec.ports))
+    family = "(ip or ipv6)" if spec.ipv6 else "ip"
+    ifaces = []
+    if spec.include_ifidx:
+        ifaces.append(_any_of("ifIdx", sorted(set(spec.include_ifidx))))
+    ifaces += [f"ifIdx != {i}" for i in sorted(set(spec.exclude_ifidx))]
+    parts = ["outbound", "!loopback", "!impostor", family, _any_of("tcp.DstPort", ports)]
+    parts.append("tcp.PayloadLength > 0")
     if spec.hello_only:
         parts.append(HELLO_PREFIX)
-    if spec.include_ifidx:
-        parts.append(_any_of("ifIdx", sorted(set(spec.include_ifidx))))
-    parts += [f"ifIdx != {i}" for i in sorted(set(spec.exclude_ifidx))]
-    return " and ".join(parts)
+    sent = " and ".join(parts + ifaces)
+    if not spec.replies:
+        return sent
+    # Every reply from the ports costs a trip to user space on Linux (the payload
+    # terms are widened): only asked for when a verdict is needed.
+    back = ["inbound", "!loopback", "!impostor", family, _any_of("tcp.SrcPort", ports)]
+    back.append(REPLY_VERDICT)
+    return f"({sent}) or ({' and '.join(back + ifaces)})"
 
 
 def interface_indexes(
@@ -197,7 +208,16 @@ def filter_spec(config: Config, hello_only: bool = False, detection: Any = None)
         include_ifidx=interface_indexes(config.iface, "iface"),
         exclude_ifidx=excluded + detected_tunnel_indexes(config, detection),
         hello_only=hello_only,
+        replies=learns_here(config),
     )
+
+
+def learns_here(config: Config) -> bool:
+    """`--strategy auto` without host lists, IP sets or profiles: the divert backend
+    learns a strategy per host (with lists, auto profiles keep their configured split)."""
+    from govpass.targeting import Targeting
+
+    return config.strategy == "auto" and not Targeting.from_config(config).active
 
 
 def attach_interfaces(config: Config) -> list[str] | None:
@@ -453,7 +473,10 @@ class DivertWorker:
         hello_only: bool = False,
         factory: Callable[[str, list[str] | None], Any] | None = None,
     ) -> None:
-        self.filter = build_filter(filter_spec(config, hello_only))
+        spec = filter_spec(config, hello_only)
+        self.filter = build_filter(spec)
+        # Replies reach the engine only for --strategy auto (its verdicts).
+        self._reply_ports = frozenset(spec.ports) if spec.replies else frozenset()
         self.queue = queue_params(config)
         self.interfaces = attach_interfaces(config) if sys.platform.startswith("linux") else None
         self.engine = Engine(config.engine_config())
@@ -598,7 +621,7 @@ class DivertWorker:
         with self.lock:
             passing: list[Any] = []
             for pkt in packets:
-                if pkt.is_impostor or not pkt.is_outbound:
+                if pkt.is_impostor or not (pkt.is_outbound or self._is_reply(pkt)):
                     self.counters["impostors_passed"] += 1
                     passing.append(pkt)
                     continue
@@ -617,6 +640,10 @@ class DivertWorker:
                     passing = []
                     self.apply(result, pkt)
             self._send(passing)
+
+    def _is_reply(self, pkt: Any) -> bool:
+        ports = self._reply_ports
+        return pkt.src_port in ports and pkt.dst_port not in ports
 
     def expire(self) -> None:
         if self.watcher is not None:

@@ -34,6 +34,7 @@ from govpass.backends import divert
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
 from govpass.stop_signals import stop_on_signals
+from govpass.strategy_learner import StrategyKeeper
 
 TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
 
@@ -145,15 +146,71 @@ def status_line(stats: dict[str, Any]) -> str:
     return " ".join([line(stats), *extra])
 
 
-def _write_stats(directory: Path, worker: divert.DivertWorker) -> dict[str, Any]:
-    from govpass.daemon import write_json_atomic
+class LocalStrategies:
+    """--strategy auto in the one divert process: the engine's verdicts go straight
+    to the keeper, and what it learned straight back to the engine's profiles (the
+    NFQUEUE daemon passes both through a pipe and the state file instead)."""
+
+    def __init__(self, keeper: StrategyKeeper, worker: divert.DivertWorker, start: Any) -> None:
+        from govpass.strategy_learner import ProfileMixer, default_part
+
+        self.keeper = keeper
+        self.worker = worker
+        self._checked = time.monotonic()
+        self.mixer = ProfileMixer([default_part(start)], self._set)
+        self.mixer.learned(keeper.scopes())
+
+    def _set(self, profiles: list[Any]) -> None:
+        with self.worker.lock:
+            self.worker.engine.set_profiles(profiles)
+
+    def tick(self) -> None:
+        with self.worker.lock:
+            events = self.worker.engine.take_events()
+        changed = self.keeper.observe(events)
+        now = time.monotonic()
+        if now >= self._checked + 1.0:  # expiries and outside changes: once a second
+            self._checked = now
+            changed |= self.keeper.tick()
+        if changed:
+            self.mixer.learned(self.keeper.scopes())
+
+
+def _write_stats(
+    directory: Path, worker: divert.DivertWorker, strategies: LocalStrategies | None = None
+) -> dict[str, Any]:
+    from govpass.daemon import STRATEGY_STATS, write_json_atomic
 
     stats = worker.stats()
     with suppress(OSError):
         write_json_atomic(
             directory / "worker-0.json", {"backend": "divert", "filter": worker.filter, **stats}
         )
+        if strategies is not None:
+            write_json_atomic(directory / STRATEGY_STATS, strategies.keeper.stats())
     return stats
+
+
+def _strategies(
+    config: Config, worker: divert.DivertWorker, log: Callable[[str], None]
+) -> LocalStrategies | None:
+    """The learner of `--strategy auto` without lists; None otherwise (auto profiles
+    of host lists keep their configured split here: only nfqueue learns per profile)."""
+    if not divert.learns_here(config):
+        return None
+    from govpass.daemon import config_start
+    from govpass.strategy import ladder
+    from govpass.strategy_learner import DEFAULT_SCOPE
+
+    start = config_start(config)
+    keeper = StrategyKeeper(
+        Path(config.strategy_state),
+        {DEFAULT_SCOPE: start},
+        ladder(config.strategy_ladder),
+        config.strategy_unfixable_time,
+        log,
+    )
+    return LocalStrategies(keeper, worker, start)
 
 
 def run_divert(
@@ -174,6 +231,14 @@ def run_divert(
         )
     if sys.platform.startswith("freebsd"):
         from govpass.backends import freebsd
+
+        if config.strategy == "auto":
+            raise ConfigError(
+                "strategy auto: not supported by the FreeBSD divert backend yet (its ipfw "
+                "rules divert no replies, which the verdicts need; accepted there: "
+                "strategy fixed)",
+                field="strategy",
+            )
 
         stop = should_stop or (lambda: False)
         freebsd.run_freebsd(config, freebsd.options_from(config), log, should_stop=stop)
@@ -209,8 +274,10 @@ def _run_locked(
     should_stop: Callable[[], bool] | None,
 ) -> None:
     from govpass.cli.status import table
-    from govpass.daemon import _jsonable, write_json_atomic
+    from govpass.daemon import STRATEGY_STATS, _jsonable, write_json_atomic
 
+    (directory / STRATEGY_STATS).unlink(missing_ok=True)
+    strategies = _strategies(config, worker, log)  # a bad state directory: one line, first
     _clean_leftovers(log)
     worker.open()
     interactive = sys.stdout.isatty()
@@ -234,7 +301,8 @@ def _run_locked(
         )
         log(
             f"running: split-chunk={config.split_chunk} split-pos="
-            f"{','.join(config.split_pos) or '-'} backend=divert workers=1"
+            f"{','.join(config.split_pos) or '-'} strategy={config.strategy} "
+            "backend=divert workers=1"
         )
         if interactive:
             from rich.live import Live
@@ -249,11 +317,13 @@ def _run_locked(
 
         def on_tick() -> None:
             nonlocal last
+            if strategies is not None:
+                strategies.tick()
             now = time.monotonic()
             if now - last < config.stats_interval:
                 return
             last = now
-            stats = _write_stats(directory, worker)
+            stats = _write_stats(directory, worker, strategies)
             if interactive:
                 live.update(table(stats))
             elif text := changes.due(stats):
@@ -261,7 +331,7 @@ def _run_locked(
 
         reload = worker.request_reload if watching else None
         with stop_on_signals(reload) as signalled, live:
-            _write_stats(directory, worker)
+            _write_stats(directory, worker, strategies)
             worker.run(lambda: signalled() or bool(should_stop and should_stop()), on_tick)
         if worker.error:
             raise BackendError(worker.error)
@@ -269,6 +339,6 @@ def _run_locked(
     finally:
         if worker.handle is not None:  # an error before run() closed it
             worker.close()
-        final = _write_stats(directory, worker)
+        final = _write_stats(directory, worker, strategies)
         (directory / "daemon.json").unlink(missing_ok=True)
         log(status_line(final))

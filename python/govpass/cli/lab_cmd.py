@@ -45,10 +45,7 @@ TOOLS = ("ip", "iptables", "ip6tables", "tcpdump", "openssl")
 START_TIMEOUT = 20.0
 
 
-class Censor(str, Enum):
-    firstpacket = "firstpacket"
-    string = "string"
-    both = "both"
+BOTH = ("firstpacket", "string")  # --censor both: the two classic DPI kinds
 
 
 class Family(str, Enum):
@@ -57,8 +54,32 @@ class Family(str, Enum):
     both = "both"
 
 
-# What beats the string censor when the default split does not: a cut inside the name.
-FIX_ARGS = ("--split-pos", "midsld")
+# What beats a censor that govpass's default split (a 5-byte first segment) does not,
+# and why the default does not.
+FIXES: dict[str, tuple[tuple[str, ...], str]] = {
+    "string": (
+        ("--split-pos", "midsld"),
+        "it reads every packet, and a first segment of a few bytes leaves the name "
+        "whole in the next one",
+    ),
+    "tspu": (
+        ("--split-chunk", "1"),
+        "it reassembles the next packets once the first segment looks like a TLS "
+        "record header, which 5 bytes do and 1 byte does not",
+    ),
+    "splitreject": (
+        ("--split-chunk", "8"),
+        "not a censor: the server resets a first segment under 8 bytes",
+    ),
+}
+# Not a censor (a server that resets short first segments): passing without govpass is
+# what it does, not a miss.
+NOT_A_CENSOR = ("splitreject",)
+# Censors no split-only strategy beats, and why: the lab shows that govpass cannot help.
+UNFIXABLE = {
+    "reassemble": "it reassembles the whole stream, so no cut hides the name",
+    "address": "it blocks the server's address, whatever the name",
+}
 
 
 @dataclass
@@ -70,13 +91,37 @@ class Cell:
     with_: tuple[bool, str] = (False, "not run")
     window: tuple[float, float] = (0.0, 0.0)
     sizes: list[int] | None = None
-    fix: tuple[bool, str] | None = None  # with FIX_ARGS, when the split given failed
+    fix: tuple[bool, str] | None = None  # with the censor's FIXES, when the split given failed
     fix_window: tuple[float, float] = (0.0, 0.0)
 
     @property
     def passes(self) -> bool:
         """Through the censor with govpass: the split given, or else the fix."""
         return self.with_[0] or bool(self.fix and self.fix[0])
+
+    @property
+    def expected_blocked(self) -> bool:
+        """A censor no split beats: staying blocked with govpass is the honest result."""
+        return self.censor in UNFIXABLE
+
+
+def censors_of(text: str) -> list[str]:
+    """--censor: a lab censor kind, a comma-separated list of them, or both."""
+    from govpass.lab import CENSOR_KINDS
+
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    if not names:
+        names = ["both"]
+    out: list[str] = []
+    for k in names:
+        if k != "both" and k not in CENSOR_KINDS:
+            raise ConfigError(
+                f"invalid censor: {k[:40]!r} (accepted: {', '.join(CENSOR_KINDS)}, or both "
+                "for firstpacket,string; several separated by commas)",
+                field="censor",
+            )
+        out += [c for c in (BOTH if k == "both" else (k,)) if c not in out]
+    return out
 
 
 def _preflight(pcap: Path) -> None:
@@ -182,14 +227,25 @@ def _table(cells: list[Cell], split: str) -> Table:
     fixed = any(c.fix is not None for c in cells)
     table = Table(title="govpass lab", header_style="bold")
     columns = ["censor", "client", "IP", "without govpass", f"with govpass ({split})"]
-    for col in [*columns, *([f"with {' '.join(FIX_ARGS)}"] if fixed else []), "segments"]:
+    for col in [*columns, *(["with the censor's fix"] if fixed else []), "segments"]:
         table.add_column(col)
     for c in cells:
         sizes = ",".join(map(str, c.sizes)) if c.sizes else "-"
-        fix = [_cell_text(c.fix, True)] if fixed else []
-        table.add_row(c.censor, c.client, f"v{c.family}", _cell_text(c.without, False),
-                      _cell_text(c.with_, True), *fix, sizes)  # fmt: skip
+        fix = [_fix_text(c)] if fixed else []
+        with_ = _cell_text(c.with_, True)
+        if c.expected_blocked and not c.with_[0]:
+            with_ = "[yellow]blocked (unfixable)[/yellow]"
+        without = _cell_text(c.without, False)
+        if c.censor in NOT_A_CENSOR and c.without[0]:
+            without = "[green]ok[/green]"
+        table.add_row(c.censor, c.client, f"v{c.family}", without, with_, *fix, sizes)
     return table
+
+
+def _fix_text(c: Cell) -> str:
+    if c.fix is None:
+        return "-"
+    return f"{_cell_text(c.fix, True)} ({' '.join(FIXES[c.censor][0])})"
 
 
 def _verdict(which: str, row: list[Cell], split: str) -> tuple[bool, str]:
@@ -198,19 +254,23 @@ def _verdict(which: str, row: list[Cell], split: str) -> tuple[bool, str]:
     blocked = sum(not c.without[0] for c in row)
     first = f"censor {which}: blocks {blocked}/{n} without govpass"
     with_split = sum(c.with_[0] for c in row)
+    if which in UNFIXABLE:
+        if with_split == 0:
+            return True, (
+                f"{first}; 0/{n} pass with govpass: unfixable by splitting "
+                f"({UNFIXABLE[which]}); govpass cannot help here, a VPN or proxy can"
+            )
+        return False, f"{first}; {with_split}/{n} pass with govpass, though no split beats it"
     if with_split == n:
         return True, f"{first}; all {n} pass with govpass ({split})"
     fixed = [c for c in row if c.fix is not None]
-    if fixed and all(c.passes for c in row):
-        why = (
-            " (it reads every packet, and a first segment of a few bytes leaves the name "
-            "whole in the next one)"
-            if which == "string"
-            else ""
-        )
-        return which == "string", (
-            f"{first}; {with_split}/{n} pass with govpass ({split}){why}; all {n} pass with "
-            f"{' '.join(FIX_ARGS)}: use it where a censor like this one blocks you"
+    if which in FIXES and fixed and all(c.passes for c in row):
+        args, why = FIXES[which]
+        where = "for servers like this one" if which in NOT_A_CENSOR else (
+            "where a censor like this one blocks you")  # fmt: skip
+        return True, (
+            f"{first}; {with_split}/{n} pass with govpass ({split}) ({why}); all {n} pass "
+            f"with {' '.join(args)}: use it {where}"
         )
     return False, f"{first}; only {sum(c.passes for c in row)}/{n} pass with govpass"
 
@@ -234,8 +294,14 @@ def lab_command(
     flags: dict[str, Any],
     config_file: Path | None,
     censor: Annotated[
-        Censor, typer.Option("--censor", help="Which censor to run (both: one after the other).")
-    ] = Censor.both,
+        str,
+        typer.Option(
+            "--censor",
+            metavar="KIND",
+            help="Which censor(s) to run, one after the other: firstpacket, string, tspu, "
+            "reassemble, splitreject, address, comma-separated, or both (firstpacket,string).",
+        ),
+    ] = "both",
     pcap: Annotated[
         Path, typer.Option("--pcap", help="Where to write the client-side capture.")
     ] = Path("govpass-lab.pcap"),
@@ -257,6 +323,7 @@ def lab_command(
     ] = 3.0,
 ) -> None:
     """Show a censor blocking a name, and govpass getting it through (needs root)."""
+    censors = censors_of(censor)  # an unknown kind: one line, before any work
     _preflight(pcap)
     config_mod.load(config_file, flags=flags)  # bad split flags: one line, before any work
     kinds, missing = _client_kinds(clients)
@@ -266,7 +333,6 @@ def lab_command(
     from govpass.stop_signals import signals_raise
 
     console = Console(highlight=False)
-    censors = ["firstpacket", "string"] if censor is Censor.both else [censor.value]
     families = [4, 6] if family is Family.both else [int(family.value)]
     daemon_args = _daemon_args(flags, config_file)
     split = " ".join(daemon_args[5:]) or "default split"
@@ -285,7 +351,8 @@ def lab_command(
                     row = [Cell(which, k, f) for k in kinds for f in families]
                     cells += row
                     console.print(f"censor {which}: without govpass ...")
-                    lab.start_censor(which, names=[name])
+                    # The address censor blocks the server's addresses, not a name.
+                    lab.start_censor(which, names=[] if which == "address" else [name])
                     try:
                         _run_parallel(lab, row, name, timeout)
                         console.print(f"censor {which}: with govpass ({split}) ...")
@@ -293,9 +360,10 @@ def lab_command(
                             for cell in row:
                                 cell.with_, cell.window = _timed(lab, cell, name, timeout)
                         failed = [c for c in row if not c.with_[0]]
-                        if failed and try_fix:
-                            console.print(f"censor {which}: with govpass {' '.join(FIX_ARGS)} ...")
-                            with _daemon(lab, [*daemon_args, *FIX_ARGS]):
+                        if failed and try_fix and which in FIXES:
+                            fix = FIXES[which][0]
+                            console.print(f"censor {which}: with govpass {' '.join(fix)} ...")
+                            with _daemon(lab, [*daemon_args, *fix]):
                                 for cell in failed:
                                     cell.fix, cell.fix_window = _timed(lab, cell, name, timeout)
                     finally:
@@ -314,16 +382,20 @@ def lab_command(
         as_designed &= ok
         console.print(("[green]ok  [/green] " if ok else "[red]FAIL[/red] ") + escape(text))
     for c in cells:
-        if not c.passes:
+        if not c.passes and not c.expected_blocked:
             console.print(f"[red]{escape(_failure(c))}[/red]")
-    fixed = sum(not c.with_[0] and c.passes for c in cells)
-    how = f" ({fixed} of them with {' '.join(FIX_ARGS)})" if fixed else ""
-    passes = sum(c.passes for c in cells)
-    console.print(f"with govpass: {passes}/{len(cells)} passed{how}; pcap: {escape(str(pcap))} "
+    fixable = [c for c in cells if not c.expected_blocked]
+    fixed = sum(not c.with_[0] and c.passes for c in fixable)
+    how = f" ({fixed} of them with the censor's fix)" if fixed else ""
+    unfixable = len(cells) - len(fixable)
+    if unfixable:
+        how += f"; {unfixable} more through censors no split beats, blocked as expected"
+    passes = sum(c.passes for c in fixable)
+    console.print(f"with govpass: {passes}/{len(fixable)} passed{how}; pcap: {escape(str(pcap))} "
                   f"({summary})")  # fmt: skip
     for problem in problems:
         console.print(f"[red]lab clean-up:[/red] {escape(problem)}")
-    if any(c.without[0] for c in cells):
+    if any(c.without[0] and c.censor not in NOT_A_CENSOR for c in cells):
         console.print(
             "ok (missed): the censor let this hello through even without govpass; "
             "Chromium's ~2 KB hello sometimes carries the name in its second segment"

@@ -408,3 +408,32 @@ fn silence_verdicts_are_worked_off_within_the_budget() {
     assert_eq!(d.engine.take_events().len(), 7);
     assert_eq!(d.engine.stats().auto_silent, n as u64);
 }
+
+#[test]
+fn resending_the_rest_of_a_split_hello_counts_as_a_failure() {
+    // A censor that drops only the segment with the name: the server acknowledges
+    // the first segment, and the stack resends the hello from byte 5 on.
+    let mut d = driver(watching(split(5, vec![])));
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(7200);
+    assert_eq!(shape(&d.take(&flow.packet(ISN, PSH, &hello), 1)), "S S D0");
+    for t in 2..=4 {
+        d.feed(&flow.packet(ISN + 5, PSH, &hello[5..]), t);
+    }
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].failed);
+}
+
+#[test]
+fn data_after_the_hello_is_not_a_retransmission() {
+    let mut d = driver(watching(split(5, vec![])));
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(7201);
+    d.take(&flow.packet(ISN, PSH, &hello), 1);
+    let after = ISN + hello.len() as u32;
+    for t in 2..=5 {
+        d.feed(&flow.packet(after, PSH, b"GET / HTTP/1.1\r\n\r\n"), t);
+    }
+    assert!(d.engine.take_events().is_empty());
+}
