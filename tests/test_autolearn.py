@@ -257,7 +257,8 @@ def test_many_bad_auto_list_lines_are_counted_and_the_first_five_named() -> None
     names, note = parse_auto_list(data, "hostlist-auto auto.txt")
     assert len(names) == 8 and "www.n16.example" in names
     assert note == (
-        "hostlist-auto auto.txt: skipped 8 line(s) that do not parse (line 1, 3, 5, 7, 9 and 3 more)"
+        "hostlist-auto auto.txt: skipped 8 line(s) that do not parse "
+        "(line 1, 3, 5, 7, 9 and 3 more)"
     )
     assert parse_auto_list(b"a.example\n", "x")[1] is None
 
