@@ -597,7 +597,7 @@ impl<T> Engine<T> {
                 release_all(*c, &mut self.stats, out);
             }
         }
-        self.flows.shrink();
+        self.flows.upkeep();
     }
 
     /// Flow-table entries the last `expire` call examined (for tests of its
