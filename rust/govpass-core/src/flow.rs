@@ -191,7 +191,7 @@ impl Ord for FlowKeyOrd {
     }
 }
 
-impl<T> FlowTable<T> {
+impl<T: Send + 'static> FlowTable<T> {
     /// An empty table whose recency list is refreshed at most every
     /// `requeue_us` per flow.
     pub fn new(requeue_us: u64) -> Self {

@@ -21,6 +21,21 @@ const MOVE_PER_INSERT: usize = 32;
 /// Smallest room a growth allocates.
 const MIN_ROOM: usize = 16;
 
+/// An emptied table at least this large is freed on a thread of its own:
+/// unmapping a few hundred MB that were written to takes 0.1 s.
+const FREE_ASIDE_BYTES: usize = 8 << 20;
+
+/// Frees `table` (empty) here, or aside when it is large (here after all
+/// when no thread can be started).
+fn release<T: Send + 'static>(table: HashTable<T>) {
+    if table.allocation_size() >= FREE_ASIDE_BYTES {
+        // A spawn that fails drops the closure, and with it the table, here.
+        let _ = std::thread::Builder::new()
+            .name("govpass-free".into())
+            .spawn(move || drop(table));
+    }
+}
+
 pub struct SteppedMap<K, V> {
     table: HashTable<(K, V)>,
     /// The table being moved into `table`; freed the moment it is empty, so
@@ -43,7 +58,7 @@ impl<K: Hash + Eq, V> Default for SteppedMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq, V> SteppedMap<K, V> {
+impl<K: Hash + Eq + Send + 'static, V: Send + 'static> SteppedMap<K, V> {
     pub fn len(&self) -> usize {
         self.table.len() + self.old.len()
     }
@@ -148,7 +163,7 @@ impl<K: Hash + Eq, V> SteppedMap<K, V> {
             self.next += 1;
         }
         if self.old.is_empty() {
-            self.old = HashTable::new();
+            release(std::mem::take(&mut self.old));
             self.next = 0;
         }
     }
