@@ -250,6 +250,19 @@ def test_an_auto_list_in_a_directory_others_can_write_is_refused(tmp_path: Path)
     assert not (shared / "auto.txt").exists() and learn.write_errors == 1
 
 
+def test_many_bad_auto_list_lines_are_counted_and_the_first_five_named() -> None:
+    from govpass.autolearn import parse_auto_list
+
+    data = b"".join(b"bad %d\n" % i if i % 2 else b"n%d.example\n" % i for i in range(1, 17))
+    names, note = parse_auto_list(data, "hostlist-auto auto.txt")
+    assert len(names) == 8 and "www.n16.example" in names
+    assert note == (
+        "hostlist-auto auto.txt: skipped 8 line(s) that do not parse "
+        "(line 1, 3, 5, 7, 9 and 3 more)"
+    )
+    assert parse_auto_list(b"a.example\n", "x")[1] is None
+
+
 def test_lines_of_the_auto_list_that_do_not_parse_are_skipped(tmp_path: Path) -> None:
     from govpass.targeting import Targeting
 

@@ -315,6 +315,24 @@ def test_gzip_lists_by_magic(tmp_path: Path) -> None:
     assert outcome(engine, packet(INTRANET_HELLO, "2001:db8::9")) == "split"
 
 
+def test_list_bytes_parse_as_their_lines() -> None:
+    from govpass._core import HostList, IpSet
+
+    data = b"\xef\xbb\xbfA.example\r\n# comment\n\n^exact.org  # why\n"
+    hosts = HostList.from_bytes(data)
+    assert len(hosts) == len(HostList(data.decode("utf-8-sig").split("\n"))) == 2
+    assert "www.a.example" in hosts and "exact.org" in hosts and "www.exact.org" not in hosts
+    assert hosts.skipped == 0 and hosts.skipped_lines == []
+    lenient = HostList.from_bytes(b"ok.example\nbad host\n*.x\n", skip_invalid=True)
+    assert len(lenient) == 1 and lenient.skipped == 2 and lenient.skipped_lines == [2, 3]
+    with pytest.raises(ConfigError, match="line 2"):
+        HostList.from_bytes(b"ok.example\nbad host\n")
+    ips = IpSet.from_bytes(b"203.0.113.0/24 # lab\r\n2001:db8::/32\n")
+    assert "203.0.113.7" in ips and "2001:db8::1" in ips and "198.51.100.1" not in ips
+    with pytest.raises(ConfigError, match="line 1"):
+        IpSet.from_bytes(b"\xff\n")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

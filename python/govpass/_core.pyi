@@ -93,6 +93,18 @@ class HostList:
     A bad line raises ``ConfigError`` (field ``hostlist``) naming the line."""
 
     def __new__(cls, lines: list[str]) -> HostList: ...
+    @staticmethod
+    def from_bytes(data: bytes, *, skip_invalid: bool = False) -> HostList:
+        """A list file's bytes (UTF-8, split at ``\\n``, a leading BOM ignored),
+        parsed without the GIL. Data that is not UTF-8 raises ``ConfigError``
+        naming the line; with `skip_invalid`, bad entries are left out and
+        counted instead of raising."""
+    @property
+    def skipped(self) -> int:
+        """Lines ``from_bytes(..., skip_invalid=True)`` left out."""
+    @property
+    def skipped_lines(self) -> list[int]:
+        """The first (at most five) of those line numbers, 1-based."""
     def __len__(self) -> int: ...
     def __contains__(self, host: str, /) -> bool: ...
 
@@ -101,6 +113,9 @@ class IpSet:
     """IPv4/IPv6 addresses and CIDR prefixes. A bad line raises ``ConfigError``."""
 
     def __new__(cls, lines: list[str]) -> IpSet: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> IpSet:
+        """A list file's bytes, parsed without the GIL (as ``HostList.from_bytes``)."""
     def __len__(self) -> int: ...
     def __contains__(self, addr: str, /) -> bool: ...
 

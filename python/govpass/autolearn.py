@@ -34,7 +34,7 @@ from govpass import safetext
 from govpass._core import HostList
 from govpass.errors import ConfigError
 from govpass.safefile import STATE_MODE, UnsafePathError, check_directory, write_atomic
-from govpass.targeting import read_lines
+from govpass.targeting import parse_list, read_lines
 
 HEADER = (
     "# govpass auto host list: names that failed without a split and are split from now on.\n"
@@ -172,29 +172,18 @@ def append_host(path: Path, host: str) -> bool:
     return True
 
 
-def parse_auto_list(lines: list[str], where: str) -> tuple[HostList, str | None]:
+def parse_auto_list(data: bytes, where: str) -> tuple[HostList, str | None]:
     """The auto list's names, and a note when lines that do not parse were skipped.
 
     govpass writes this file itself; a line it wrote once may not parse any more
     (a name an older version accepted, an edit gone wrong): skipping it costs
     that one name, refusing the list would stop the daemon."""
-    try:
-        return HostList(lines), None
-    except ConfigError:
-        pass
-    kept: list[str] = []
-    bad: list[int] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            HostList([line])
-        except ConfigError:
-            bad.append(number)
-            kept.append("")  # keeps the line numbers of later errors right
-        else:
-            kept.append(line)
-    shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-    note = f"{where}: skipped {len(bad)} line(s) that do not parse (line {shown})"
-    return HostList(kept), note
+    names: HostList = parse_list("hostlist-auto", data, where, skip_invalid=True)
+    if not names.skipped:
+        return names, None
+    bad, count = names.skipped_lines, names.skipped
+    shown = ", ".join(map(str, bad)) + (f" and {count - len(bad)} more" if count > len(bad) else "")
+    return names, f"{where}: skipped {count} line(s) that do not parse (line {shown})"
 
 
 # ------------------------------------------------------------------ worker -> parent

@@ -4,9 +4,10 @@ Reading and parsing a list takes time that a packet loop does not have (a
 million names: most of a second; a list replaced by a FIFO: for ever). A
 worker's :class:`ListThread` runs its :class:`~govpass.targeting.ListWatcher`
 on a thread of its own; the loop's timer only swaps in profiles that are
-ready (:meth:`ListThread.take`), which costs a few microseconds. The parse
-itself runs without the GIL (``HostList``/``IpSet``), so the loop keeps
-handling packets meanwhile.
+ready (:meth:`ListThread.take`), which costs a few microseconds. The file's
+bytes go to Rust whole (``HostList.from_bytes``/``IpSet.from_bytes``), which
+splits, checks and builds them without the GIL, so the loop keeps handling
+packets meanwhile.
 """
 
 from __future__ import annotations

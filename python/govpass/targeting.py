@@ -385,36 +385,61 @@ def file_sig(path: Path) -> FileSig:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def read_list(
+    path: Path, kind: str, missing_ok: bool = False, limit: int = MAX_LIST_BYTES
+) -> bytes:
+    """The bytes of a list file (gzip recognised by its magic bytes, and
+    decompressed): a regular file of at most `limit` bytes, also once
+    decompressed (the max-list-bytes setting)."""
+    return read_bounded(path, kind, kind, limit, "max-list-bytes", missing_ok, gunzip=True)
+
+
 def read_lines(
     path: Path, kind: str, missing_ok: bool = False, limit: int = MAX_LIST_BYTES
 ) -> list[str]:
-    """The lines of a list file (gzip recognised by its magic bytes): a regular file
-    of at most `limit` bytes, also once decompressed (the max-list-bytes setting)."""
-    data = read_bounded(path, kind, kind, limit, "max-list-bytes", missing_ok, gunzip=True)
+    """The lines of a list file as text, for the code that rewrites one (the
+    auto list); loading a list goes from the bytes (:func:`parse_list`)."""
+    data = read_list(path, kind, missing_ok, limit)
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(
-            f"{kind} {shown(path)} line {line}: not UTF-8 text (accepted: UTF-8 text)",
-            field=kind,
-        ) from None
+    except UnicodeDecodeError:
+        parse_list(kind, data, f"{kind} {shown(path)}")  # says which line is not UTF-8
+        raise
     # split("\n") rather than splitlines(): line numbers must be the editor's.
     return text.removeprefix("\ufeff").split("\n")
 
 
-def parse_list(kind: str, lines: list[str], where: str, unit: str = "line") -> Any:
-    """A HostList or IpSet from `lines`; a bad entry raises one line naming `where`."""
-    cls = HostList if kind in HOST_KINDS else IpSet
+def parse_list(
+    kind: str,
+    data: bytes | list[str],
+    where: str,
+    unit: str = "line",
+    skip_invalid: bool = False,
+) -> Any:
+    """A HostList or IpSet from a file's bytes or from entries; a bad entry (or
+    data that is not UTF-8 text) raises one line naming `where`. With
+    `skip_invalid` (host lists from bytes only) bad entries are left out and
+    counted in the list's ``skipped``."""
+    hosts = kind in HOST_KINDS
     try:
-        return cls(lines)
+        if isinstance(data, bytes):
+            # Split, checked and built in Rust without the GIL (list threads).
+            if hosts:
+                return HostList.from_bytes(data, skip_invalid=skip_invalid)
+            return IpSet.from_bytes(data)
+        return HostList(data) if hosts else IpSet(data)
     except ConfigError as e:
         m = _ENGINE_LINE.search(str(e))
+        if m and m[2] == _NOT_UTF8:
+            raise ConfigError(
+                f"{where} {unit} {m[1]}: {_NOT_UTF8} (accepted: UTF-8 text)", field=kind
+            ) from None
         detail = f" {unit} {m[1]}: {_cut_entry(m[2])}" if m else f": {escape_text(str(e), 300)}"
-        accepted = _HOSTS_ACCEPTED if cls is HostList else _IPS_ACCEPTED
+        accepted = _HOSTS_ACCEPTED if hosts else _IPS_ACCEPTED
         raise ConfigError(f"{where}{detail} (accepted: {accepted})", field=kind) from None
 
 
+_NOT_UTF8 = "not UTF-8 text"  # the engine's words for it
 _HOSTS_ACCEPTED = "host names, ^name for the name alone, # comments"
 _IPS_ACCEPTED = "IPv4 and IPv6 addresses and CIDR prefixes, # comments"
 
@@ -441,15 +466,15 @@ class ListCache:
         hit = self._items.get((kind, path))
         if hit is not None and sig is not None and hit[0] == sig:
             return hit[1]
-        lines = read_lines(path, kind, missing_ok, self.limit)
+        data = read_list(path, kind, missing_ok, self.limit)
         if kind == "hostlist-auto":  # govpass's own file: a bad line is skipped, not fatal
             from govpass.autolearn import parse_auto_list
 
-            parsed, note = parse_auto_list(lines, f"{kind} {shown(path)}")
+            parsed, note = parse_auto_list(data, f"{kind} {shown(path)}")
             if note:
                 self.notes.append(note)
         else:
-            parsed = parse_list(kind, lines, f"{kind} {shown(path)}")
+            parsed = parse_list(kind, data, f"{kind} {shown(path)}")
         self._items[(kind, path)] = (sig, parsed)
         return parsed
 

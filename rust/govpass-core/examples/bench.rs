@@ -254,6 +254,8 @@ fn expire_stalls(n: u32, collecting: bool) -> String {
     let sweep = expire_calls(&mut e, timeout + 1_100_000, tick, 100_000, |e| {
         e.stats().flows_now == 0
     });
+    // Large emptied tables are freed on a thread of their own: let it run.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let heap_after = live();
     drop(e);
     let mut fields = format!(

@@ -8,11 +8,10 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use hashbrown::HashMap;
-
 use crate::packet::{FlowKey, TcpPacket};
 use crate::reassembly::Assembler;
 use crate::seq::Seq;
+use crate::stepped_map::SteppedMap;
 
 /// A packet the engine holds, with the offsets its view needs.
 #[derive(Debug)]
@@ -183,10 +182,13 @@ pub const SILENCE_BUDGET: usize = 1024;
 /// Below this many slots the table is not shrunk (its memory is negligible).
 const MIN_SHRINK_CAPACITY: usize = 4096;
 
-/// Most flows a shrink rehashes: shrinking moves every flow into a new
-/// table in one go, so it waits until few enough are left for that to take
-/// about a millisecond.
+/// Most flows a shrink of the deadline heap copies (in one go).
 const MAX_SHRINK_LEN: usize = 4096;
+
+/// Buckets of a resize under way that one timer call moves (besides those
+/// every insert moves): a resize ends even when no flow is added, at a cost
+/// of well under a millisecond per call.
+const TIMER_MOVE: usize = 4096;
 
 /// Flows by key, kept in a recency list (least recently seen first) so that
 /// evicting the oldest and forgetting idle flows look only at the flows
@@ -198,7 +200,9 @@ const MAX_SHRINK_LEN: usize = 4096;
 /// in the common case, and a flow idle for the flow timeout is forgotten at
 /// most `requeue_us` late (see [`FlowTable::sweep_idle`]).
 pub struct FlowTable<T> {
-    map: HashMap<FlowKey, Flow<T>, foldhash::fast::RandomState>,
+    /// Grows and shrinks a few flows per call ([`SteppedMap`]): no single
+    /// call rehashes a million flows.
+    map: SteppedMap<FlowKey, Flow<T>>,
     oldest: Option<FlowKey>,
     newest: Option<FlowKey>,
     /// Deadlines by [`Timer`]; entries of flows that are gone or no longer
@@ -240,12 +244,12 @@ impl Ord for FlowKeyOrd {
     }
 }
 
-impl<T> FlowTable<T> {
+impl<T: Send + 'static> FlowTable<T> {
     /// An empty table whose recency list is refreshed at most every
     /// `requeue_us` per flow.
     pub fn new(requeue_us: u64) -> Self {
         FlowTable {
-            map: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            map: SteppedMap::default(),
             oldest: None,
             newest: None,
             deadlines: [BinaryHeap::new(), BinaryHeap::new()],
@@ -432,14 +436,17 @@ impl<T> FlowTable<T> {
         out
     }
 
-    /// Gives memory back after a burst: the table (and the deadline heap)
-    /// shrink to twice what they hold once they hold less than an eighth of
-    /// their room and at most `MAX_SHRINK_LEN` flows. Growth doubles at
-    /// full, so a table shrinks only after losing three quarters of what it
-    /// last grew to: no flapping.
-    pub fn shrink(&mut self) {
+    /// The timer's share of table upkeep: moves part of a resize under way,
+    /// and gives memory back after a burst: the table shrinks to twice what
+    /// it holds once it holds less than an eighth of its room (moving the
+    /// flows over the following calls), the deadline heap likewise once it
+    /// holds at most `MAX_SHRINK_LEN` entries. Growth doubles at full, so a
+    /// table shrinks only after losing three quarters of what it last grew
+    /// to: no flapping.
+    pub fn upkeep(&mut self) {
+        self.map.step(TIMER_MOVE);
         let (len, cap) = (self.map.len(), self.map.capacity());
-        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap && len <= MAX_SHRINK_LEN {
+        if cap > MIN_SHRINK_CAPACITY && len * 8 < cap {
             self.map.shrink_to((len * 2).max(MIN_SHRINK_CAPACITY / 2));
         }
         for heap in &mut self.deadlines {
@@ -490,10 +497,10 @@ mod tests {
         let mut prev: Option<FlowKey> = None;
         let mut cur = t.oldest;
         while let Some(k) = cur {
-            let f = &t.map[&k];
+            let f = &t.map.get(&k).unwrap();
             assert_eq!(f.older, prev);
             if let Some(p) = prev {
-                assert!(t.map[&p].queued <= f.queued);
+                assert!(t.map.get(&p).unwrap().queued <= f.queued);
             }
             assert!(f.last_seen.saturating_sub(f.queued) < t.requeue_us.max(1));
             seen.push(k);

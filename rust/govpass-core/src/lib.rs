@@ -16,6 +16,7 @@ pub mod reassembly;
 pub mod segment;
 pub mod seq;
 pub mod stats;
+pub mod stepped_map;
 pub mod target;
 pub mod tls;
 

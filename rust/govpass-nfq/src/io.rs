@@ -169,7 +169,7 @@ impl Loop {
         actions: &mut Vec<Action<T>>,
     ) -> usize
     where
-        T: QueuedPacket,
+        T: QueuedPacket + Send + 'static,
         F: FnMut(u32, u32) -> T,
     {
         let out = &mut self.out;

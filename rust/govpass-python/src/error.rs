@@ -24,5 +24,10 @@ pub fn bad_value(field: &'static str, got: impl std::fmt::Display, accepted: &st
 
 /// A bad line of a host list or IP set, as `ConfigError(message, field)`.
 pub fn list_error(field: &'static str, err: &govpass_core::target::ListError) -> PyErr {
-    ConfigError::new_err((format!("invalid {field} entry at {err}"), field))
+    use govpass_core::target::Problem;
+    let what = match err.problem {
+        Problem::Entry(_) => "entry",
+        Problem::NotUtf8 => "data",
+    };
+    ConfigError::new_err((format!("invalid {field} {what} at {err}"), field))
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use govpass_core::target::{Family, HostSet, IpSet, Profile, ProfileAction, Strategy};
+use govpass_core::target::{Family, HostSet, IpSet, Profile, ProfileAction, Skipped, Strategy};
 use govpass_core::SplitPos;
 use pyo3::prelude::*;
 
@@ -13,6 +13,8 @@ use crate::error::{bad_value, config_error, list_error};
 #[pyclass(name = "HostList", module = "govpass._core", frozen)]
 pub struct PyHostList {
     pub inner: Arc<HostSet>,
+    /// Lines `from_bytes(..., skip_invalid=True)` left out.
+    skipped: Skipped,
 }
 
 #[pymethods]
@@ -26,7 +28,38 @@ impl PyHostList {
             .map_err(|e| list_error("hostlist", &e))?;
         Ok(PyHostList {
             inner: Arc::new(set),
+            skipped: Skipped::default(),
         })
+    }
+
+    /// A list file's bytes, split into lines, checked and built without the
+    /// GIL: a million names must not stop the packet loop of the worker whose
+    /// list thread reads them. `skip_invalid`: lines that are not host names
+    /// are left out and counted (`skipped`, `skipped_lines`) instead of
+    /// raising.
+    #[staticmethod]
+    #[pyo3(signature = (data, *, skip_invalid = false))]
+    fn from_bytes(py: Python<'_>, data: &[u8], skip_invalid: bool) -> PyResult<Self> {
+        let mut skipped = Skipped::default();
+        let set = py
+            .detach(|| HostSet::from_bytes(data, skip_invalid.then_some(&mut skipped)))
+            .map_err(|e| list_error("hostlist", &e))?;
+        Ok(PyHostList {
+            inner: Arc::new(set),
+            skipped,
+        })
+    }
+
+    /// How many lines `from_bytes(..., skip_invalid=True)` left out.
+    #[getter]
+    fn skipped(&self) -> usize {
+        self.skipped.count
+    }
+
+    /// The first (at most five) of those line numbers.
+    #[getter]
+    fn skipped_lines(&self) -> Vec<usize> {
+        self.skipped.first.clone()
     }
 
     fn __len__(&self) -> usize {
@@ -51,6 +84,17 @@ impl PyIpSet {
     fn new(py: Python<'_>, lines: Vec<String>) -> PyResult<Self> {
         let set = py
             .detach(|| IpSet::parse(lines.iter().map(String::as_str)))
+            .map_err(|e| list_error("ipset", &e))?;
+        Ok(PyIpSet {
+            inner: Arc::new(set),
+        })
+    }
+
+    /// A list file's bytes, split, checked and built without the GIL.
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let set = py
+            .detach(|| IpSet::from_bytes(data))
             .map_err(|e| list_error("ipset", &e))?;
         Ok(PyIpSet {
             inner: Arc::new(set),

@@ -35,7 +35,7 @@ pub struct AutoEvent {
     pub failed: bool,
 }
 
-impl<T> Engine<T> {
+impl<T: Send + 'static> Engine<T> {
     /// The first record is complete: choose the profile (now that the host
     /// name is known) and split, pass, or pass and watch.
     pub(super) fn decide(

@@ -84,7 +84,7 @@ pub struct Engine<T> {
     panic_in_plan: std::sync::atomic::AtomicBool,
 }
 
-impl<T> Engine<T> {
+impl<T: Send + 'static> Engine<T> {
     pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut ports = Box::new([0u64; 1024]);
@@ -620,7 +620,7 @@ impl<T> Engine<T> {
                 release_all(*c, &mut self.stats, out);
             }
         }
-        self.flows.shrink();
+        self.flows.upkeep();
     }
 
     /// Flow-table entries the last `expire` call examined (for tests of its

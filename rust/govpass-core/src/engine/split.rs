@@ -29,7 +29,7 @@ pub(super) struct SplitPlan {
     pub memo: SplitMemo,
 }
 
-impl<T> Engine<T> {
+impl<T: Send + 'static> Engine<T> {
     /// Cuts the first `window` bytes of `stream` (which starts at the flow's
     /// first byte) at `cuts` and into pieces no larger than the flow's own
     /// largest payload, and decides the fate of every held packet. `held`

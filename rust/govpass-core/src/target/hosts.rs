@@ -4,7 +4,7 @@
 
 use hashbrown::HashSet;
 
-use crate::target::ListError;
+use crate::target::{line_count, text_lines, ListError, Skipped};
 
 /// Longest DNS name, in bytes.
 const MAX_NAME: usize = 253;
@@ -65,7 +65,29 @@ impl HostSet {
     /// are skipped; anything after `#` on a line is a comment. A line that is
     /// not a host name is an error naming the line.
     pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<HostSet, ListError> {
-        let mut set = HostSet::default();
+        Self::parse_lines(lines, HostSet::default(), None)
+    }
+
+    /// Builds a set from a list file's bytes (see [`text_lines`]). With
+    /// `skipped`, a line that is not a host name is left out and counted
+    /// there instead of being an error (data that is not UTF-8 still is).
+    pub fn from_bytes(data: &[u8], skipped: Option<&mut Skipped>) -> Result<HostSet, ListError> {
+        let lines = text_lines(data)?;
+        // Room for a name a line up front: a million names are not rehashed
+        // on the way (comments and `^` entries make it an overestimate).
+        let room = line_count(data) + 1;
+        let set = HostSet {
+            suffix: HashSet::with_capacity_and_hasher(room, Default::default()),
+            exact: HashSet::default(),
+        };
+        Self::parse_lines(lines, set, skipped)
+    }
+
+    fn parse_lines<'a>(
+        lines: impl IntoIterator<Item = &'a str>,
+        mut set: HostSet,
+        mut skipped: Option<&mut Skipped>,
+    ) -> Result<HostSet, ListError> {
         for (i, raw) in lines.into_iter().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -77,10 +99,13 @@ impl HostSet {
             };
             let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
             if !valid_label_bytes(name.as_bytes()) {
-                return Err(ListError {
-                    line: i + 1,
-                    text: raw.trim().to_string(),
-                });
+                match skipped.as_deref_mut() {
+                    Some(s) => {
+                        s.add(i + 1);
+                        continue;
+                    }
+                    None => return Err(ListError::entry(i + 1, raw)),
+                }
             }
             let entry = name.into_bytes().into_boxed_slice();
             if exact {
@@ -88,6 +113,9 @@ impl HostSet {
             } else {
                 set.suffix.insert(entry);
             }
+        }
+        if set.suffix.capacity() > 2 * set.suffix.len() + 16 {
+            set.suffix.shrink_to_fit();
         }
         Ok(set)
     }
@@ -181,6 +209,47 @@ mod tests {
         assert!(HostSet::parse(["a..b"]).is_err());
         assert!(HostSet::parse(["*.example.com"]).is_err());
         assert!(HostSet::parse([".example.com"]).is_err());
+    }
+
+    #[test]
+    fn from_bytes_is_parse_of_the_lines() {
+        let s =
+            HostSet::from_bytes(b"\xef\xbb\xbfA.example\r\n# c\n^b.example # x\n", None).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(b"www.a.example") && s.contains(b"b.example"));
+        let err = HostSet::from_bytes(b"ok.example\n\n# c\nbad host\n", None).unwrap_err();
+        assert_eq!(err.to_string(), "line 4: \"bad host\" is not a valid entry");
+        // The UTF-8 check comes first, as for a file decoded whole.
+        let err = HostSet::from_bytes(b"bad host\n\xff\n", None).unwrap_err();
+        assert_eq!(err.to_string(), "line 2: not UTF-8 text");
+    }
+
+    #[test]
+    fn lenient_parse_skips_bad_lines_and_counts_them() {
+        let data: String = (1..=9)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("bad {i}\n")
+                } else {
+                    format!("n{i}.example\n")
+                }
+            })
+            .chain([
+                "x..y\n".to_string(),
+                "# fine\n".to_string(),
+                "^\n".to_string(),
+            ])
+            .collect();
+        let mut skipped = Skipped::default();
+        let s = HostSet::from_bytes(data.as_bytes(), Some(&mut skipped)).unwrap();
+        assert_eq!(s.len(), 5);
+        assert!(s.contains(b"n9.example"));
+        assert_eq!(skipped.count, 6);
+        assert_eq!(skipped.first, [2, 4, 6, 8, 10]);
+        let mut none = Skipped::default();
+        HostSet::from_bytes(b"a.example\n", Some(&mut none)).unwrap();
+        assert_eq!(none, Skipped::default());
+        assert!(HostSet::from_bytes(b"\xff", Some(&mut none)).is_err());
     }
 
     #[test]

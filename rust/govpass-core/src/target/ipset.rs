@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::target::ListError;
+use crate::target::{text_lines, ListError};
 
 #[derive(Debug, Default, Clone)]
 pub struct IpSet {
@@ -45,10 +45,7 @@ impl IpSet {
             if line.is_empty() {
                 continue;
             }
-            let bad = || ListError {
-                line: i + 1,
-                text: raw.trim().to_string(),
-            };
+            let bad = || ListError::entry(i + 1, raw);
             let (addr, len) = match line.split_once('/') {
                 Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
                 None => (line, None),
@@ -82,6 +79,11 @@ impl IpSet {
             v4: merge(v4, |x| x.checked_add(1)),
             v6: merge(v6, |x| x.checked_add(1)),
         })
+    }
+
+    /// Builds a set from a list file's bytes (see [`text_lines`]).
+    pub fn from_bytes(data: &[u8]) -> Result<IpSet, ListError> {
+        Self::parse(text_lines(data)?)
     }
 
     pub fn is_empty(&self) -> bool {
