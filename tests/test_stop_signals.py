@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ def disposition(sig: int, handler: Any) -> Iterator[None]:
 def test_a_stop_sets_the_flag_instead_of_raising() -> None:
     with disposition(signal.SIGTERM, signal.SIG_DFL), stop_on_signals() as stopped:
         assert not stopped()
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         assert stopped()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -36,7 +35,7 @@ def test_an_inherited_ignore_does_not_keep_a_stop_signal_out(sig: int) -> None:
     """nohup, `&` in a script: SIGINT arrives ignored; it must stop all the same."""
     with disposition(sig, signal.SIG_IGN):
         with stop_on_signals() as stopped:
-            os.kill(os.getpid(), sig)
+            signal.raise_signal(sig)
             assert stopped()
         assert signal.getsignal(sig) is signal.SIG_IGN  # given back as it was
 
@@ -45,10 +44,10 @@ def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
     reloads: list[int] = []
     with disposition(signal.SIGHUP, lambda s, f: None):
         with stop_on_signals(lambda: reloads.append(1)) as stopped:
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
             assert reloads == [1] and not stopped()
         with stop_on_signals() as stopped:
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
             assert stopped()
 
 
@@ -56,10 +55,10 @@ def test_sighup_reloads_even_under_nohup_but_does_not_stop_there() -> None:
     reloads: list[int] = []
     with disposition(signal.SIGHUP, signal.SIG_IGN):
         with stop_on_signals(lambda: reloads.append(1)):
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
         assert reloads == [1]
         with stop_on_signals() as stopped:  # nothing to reload: nohup's ignore stands
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
             assert not stopped()
 
 
@@ -67,13 +66,13 @@ def test_signals_raise_turns_every_stop_signal_into_keyboard_interrupt() -> None
     calls: list[str] = []
     with disposition(signal.SIGHUP, lambda s, f: None):
         with signals_raise(lambda: calls.append("reload")):
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
             assert calls == ["reload"]
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with pytest.raises(KeyboardInterrupt):
-                    os.kill(os.getpid(), sig)
+                    signal.raise_signal(sig)
         with pytest.raises(KeyboardInterrupt), signals_raise():  # no reload: SIGHUP stops
-            os.kill(os.getpid(), signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)
 
 
 CHILD = """

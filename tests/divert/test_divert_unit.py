@@ -733,10 +733,10 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
 def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
     reloads: list[int] = []
     with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:
-        os.kill(os.getpid(), signal.SIGHUP)
+        signal.raise_signal(signal.SIGHUP)
         assert reloads == [1] and not stopped()
     with divert_run.stop_on_signals() as stopped:
-        os.kill(os.getpid(), signal.SIGHUP)
+        signal.raise_signal(signal.SIGHUP)
         assert stopped()
 
 

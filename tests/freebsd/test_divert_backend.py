@@ -228,7 +228,7 @@ def test_sigterm_stops_cleanly_and_nothing_queued_is_lost(
         nonlocal polls
         polls += 1
         if polls == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
         return False
 
     freebsd.run_freebsd(
