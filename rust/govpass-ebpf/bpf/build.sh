@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the eBPF objects from their C sources with Debian's clang:
+# Builds the eBPF objects from their C sources with Debian 12's clang (the release
+# named in clang-major; ci/bpf_objects.sh compares the committed objects with it):
 #
 #   bash rust/govpass-ebpf/bpf/build.sh          # rewrites the committed objects
 #   bash rust/govpass-ebpf/bpf/build.sh OUTDIR   # writes them to OUTDIR instead
