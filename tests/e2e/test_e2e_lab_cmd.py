@@ -117,3 +117,16 @@ def test_lab_command_rejects_an_unknown_censor_in_one_line(tmp_path: Path) -> No
     assert len(lines) == 1, proc.stderr
     assert "invalid censor: 'gfw'" in lines[0] and "reassemble" in lines[0], lines
     assert not (tmp_path / "govpass-lab.pcap").exists()
+
+
+def test_lab_command_beats_the_later_segment_dropper_and_names_how(tmp_path: Path) -> None:
+    """The box that reads two packets and then drops the rest in silence: the default
+    split loses (the name is whole in the second packet), the named fix wins."""
+    argv = ["lab", "--censor", "dropsecond", "--clients", "curl", "--family", "4"]
+    proc = govpass(argv, tmp_path)
+    out = proc.stdout + proc.stderr
+    flat = " ".join(out.split())
+    assert proc.returncode == 0, out
+    assert "FAIL" not in out and "Traceback" not in out, out
+    assert "ok censor dropsecond: blocks 1/1 without govpass; 0/1 pass" in flat, out
+    assert "all 1 pass with --split-chunk 2 --split-pos midsld" in flat, out

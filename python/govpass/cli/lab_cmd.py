@@ -67,6 +67,11 @@ FIXES: dict[str, tuple[tuple[str, ...], str]] = {
         "it reassembles the next packets once the first segment looks like a TLS "
         "record header, which 5 bytes do and 1 byte does not",
     ),
+    "dropsecond": (
+        ("--split-chunk", "2", "--split-pos", "midsld"),
+        "it reads the name from the first two packets and then silently drops the rest; "
+        "a 2-byte first segment and a cut inside the name keep it out of those two",
+    ),
     "splitreject": (
         ("--split-chunk", "8"),
         "not a censor: the server resets a first segment under 8 bytes",
