@@ -1,8 +1,9 @@
 """Silence after the hello as a failure, end to end: the lab's ``dropsecond`` box lets
-the first segment through (acknowledged) and silently drops the flow's later data, so
-the client never sees a RST and never resends its hello from the first byte. Only the
-engine's silence timer (``auto-silence``) tells such a flow failed; both auto modes
-must act on it."""
+the first packet through (acknowledged) and silently drops the flow's later data, so
+the client never sees a RST. A hello cut in two has its dropped tail resent, which the
+rules queue for a watched flow (a resend failure); a hello sent whole gets through and
+the server's reply is dropped, and then only the engine's silence timer
+(``auto-silence``) tells the flow failed. Both auto modes must act on it."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def wait_for(pred: Any, timeout: float = 8.0) -> bool:
 
 def test_strategy_auto_moves_on_after_silence_and_converges(host_lab: Lab) -> None:
     """5 (the default), no split and 1 put the whole name in the first two segments:
-    each is met with silence and left; 1,sni puts the name in the third segment and
-    passes. Every failure is a silent one."""
+    each fails and is left; 1,sni puts the name in the third segment and passes. The
+    unsplit step fails in silence (nothing to resend); the split ones by whichever comes
+    first, the resent tail or the silence."""
     state = host_lab.workdir / f"strategies-silence-{time.monotonic_ns()}.json"
     args = ["--strategy", "auto", "--strategy-state", str(state)]
     args += ["--strategy-ladder", "1;1,sni", *SILENCE]
@@ -57,8 +59,8 @@ def test_strategy_auto_moves_on_after_silence_and_converges(host_lab: Lab) -> No
         assert ok, detail
         stats = gp.wait_stats(lambda s: s.get("auto_successes", 0) >= 5)
         assert stats["strategy_changes"] == 3, stats
-        # Every failure was a silent one: no RST came, no hello was resent from byte 0.
-        assert stats["auto_silent"] == stats["auto_failures"] == 3, stats
+        assert stats["auto_failures"] == 3, stats
+        assert 1 <= stats["auto_silent"] <= 3, stats  # the unsplit step, at least
         decisions = host_lab.censor_decisions()
         # The box killed the three failing flows; the rest kept the name past its reach.
         assert [d["verdict"] for d in decisions if d["sni"] == BLOCKED] == ["kill"] * 3
