@@ -40,7 +40,7 @@ ANY_VERSION = "any"  # TLS 1.2 or 1.3, as the server picks: what a browser offer
 # 1.7-2 KB: two segments. A library that offers such a key share by default (OpenSSL
 # 3.5) makes one by itself; for one that does not, ALPN names (each at most 255 bytes)
 # pad the hello to that size. A "classic" hello is one without that key share: where
-# the library's default hello has it, the groups are cut to X25519 alone.
+# the library's default hello has it, the groups are cut to X25519 (or P-256) alone.
 PQ_HELLO_BYTES = 1800
 _PQ_KEY_SHARE_SEEN = 1000  # an unpadded hello longer than this carries a PQ key share
 _ALPN = {CLASSIC: ["http/1.1"], PQ: ["h2", "http/1.1"]}  # http/1.1: what the fetch speaks
@@ -123,7 +123,10 @@ def _has_pq_key_share(version: str) -> bool:
 def tls_context(hello: str, version: str) -> ssl.SSLContext:
     ctx = _plain_context(version, list(_alpn_for(hello, version)))
     if hello == CLASSIC and _has_pq_key_share(version):
-        ctx.set_ecdh_curve("X25519")
+        try:
+            ctx.set_ecdh_curve("X25519")
+        except ssl.SSLError:  # a Python that takes only EC curves here (3.11.2)
+            ctx.set_ecdh_curve("prime256v1")
     return ctx
 
 
