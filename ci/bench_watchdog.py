@@ -186,14 +186,10 @@ def lists_case(lab: Lab, root: Path, names: int, tag: str) -> dict[str, Any]:
     }
 
 
-def stop_markdown(meta: dict[str, Any], stops: list[dict[str, Any]]) -> str:
+def _run_header(meta: dict[str, Any]) -> list[str]:
+    """The machine, date, commit and command lines every section starts with."""
     m = meta["machine"]
-    out = [
-        "## Watchdog",
-        "",
-        "A worker stopped with SIGSTOP for 5 s (`--workers 1 --kernel-split off`, the lab's "
-        "Python TLS server, 8 client threads opening fresh TLS connections).",
-        "",
+    return [
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}; "
         f"{meta['date']}, commit {meta['commit']}.",
         "",
@@ -201,6 +197,17 @@ def stop_markdown(meta: dict[str, Any], stops: list[dict[str, Any]]) -> str:
         meta["command"],
         "```",
         "",
+    ]
+
+
+def stop_markdown(meta: dict[str, Any], stops: list[dict[str, Any]]) -> str:
+    out = [
+        "## Watchdog",
+        "",
+        "A worker stopped with SIGSTOP for 5 s (`--workers 1 --kernel-split off`, the lab's "
+        "Python TLS server, 8 client threads opening fresh TLS connections).",
+        "",
+        *_run_header(meta),
         "| case | connections/s before | started during the stop | completed | "
         "completed within 1.5 s | SIGSTOP until the queue fails open |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -222,7 +229,6 @@ def stop_markdown(meta: dict[str, Any], stops: list[dict[str, Any]]) -> str:
 
 
 def lists_markdown(meta: dict[str, Any], lists: list[dict[str, Any]]) -> str:
-    m = meta["machine"]
     names = f"{lists[0]['names'] / 1e6:g} M" if lists else "?"
     out = [
         "## List reload",
@@ -233,13 +239,7 @@ def lists_markdown(meta: dict[str, Any], lists: list[dict[str, Any]]) -> str:
         "the longest handshake that overlapped the reload, against the median one before "
         "it, shows the stall.",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}; "
-        f"{meta['date']}, commit {meta['commit']}.",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
+        *_run_header(meta),
         "| case | reload latency | median handshake | longest handshake overlapping the reload "
         "| its excess over the median, vs the first case |",
         "| --- | --- | --- | --- | --- |",
