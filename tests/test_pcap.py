@@ -74,6 +74,31 @@ def sll2_header(ip: bytes) -> bytes:
     return struct.pack("!HHIHBB8s", proto, 0, 3, 1, 4, 6, MAC_SRC)
 
 
+def ppp_protocol(ip: bytes) -> bytes:
+    return b"\x00\x57" if ip[0] >> 4 == 6 else b"\x00\x21"
+
+
+def pppoe_header(ip: bytes) -> bytes:
+    """A PPPoE session header whose length covers this packet and its PPP protocol."""
+    return struct.pack("!BBHH", 0x11, 0, 0x2A2A, 2 + len(ip)) + ppp_protocol(ip)
+
+
+def pppoe_eth_header(ip: bytes, *tags: int) -> bytes:
+    stack = b"".join(struct.pack("!HH", tpid, 100 + n) for n, tpid in enumerate(tags))
+    return MAC_DST + MAC_SRC + stack + b"\x88\x64" + pppoe_header(ip)
+
+
+def sll_ppp_header(ip: bytes) -> bytes:
+    """ppp0 in a Linux cooked capture: ARPHRD_PPP, no address, an ethertype."""
+    proto = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    return struct.pack("!HHH8sH", 4, 512, 0, b"", proto)
+
+
+def sll2_ppp_header(ip: bytes) -> bytes:
+    proto = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    return struct.pack("!HHIHBB8s", proto, 0, 5, 512, 4, 0, b"")
+
+
 def null_header(ip: bytes) -> bytes:
     return struct.pack("<I", 30 if ip[0] >> 4 == 6 else 2)  # macOS little-endian AF values
 
@@ -91,6 +116,21 @@ LINKS: dict[str, tuple[int, Any]] = {
     "sll2": (276, sll2_header),
     "null": (0, null_header),
     "loop": (108, loop_header),
+    "pppoe": (1, pppoe_eth_header),
+    "pppoe-vlan": (1, lambda ip: pppoe_eth_header(ip, 0x8100)),
+    "pppoe-qinq": (1, lambda ip: pppoe_eth_header(ip, 0x88A8, 0x8100)),
+    "pppoe-qinq-9100": (1, lambda ip: pppoe_eth_header(ip, 0x9100, 0x8100)),
+    "pppoe-three-tags": (1, lambda ip: pppoe_eth_header(ip, 0x88A8, 0x88A8, 0x8100)),
+    "sll-ppp": (113, sll_ppp_header),
+    "sll2-ppp": (276, sll2_ppp_header),
+    "sll-pppoe": (
+        113,
+        lambda ip: struct.pack("!HHH8sH", 4, 1, 6, MAC_SRC, 0x8864) + pppoe_header(ip),
+    ),
+    "ppp": (9, lambda ip: b"\xff\x03" + ppp_protocol(ip)),
+    "ppp-ether": (51, pppoe_header),
+    "ppp-with-dir": (204, lambda ip: b"\x01\xff\x03" + ppp_protocol(ip)),
+    "ppp-pppd": (166, lambda ip: b"\x01\x03" + ppp_protocol(ip)),
 }
 
 
@@ -160,8 +200,13 @@ def read_output(path: Path, prefix_len: int | None = None) -> tuple[int, list[Ou
 
 def _prefix(linktype: int, frame: bytes) -> int:
     if linktype == 1:
-        return 18 if frame[12:14] == b"\x81\x00" else 14
-    return {101: 0, 12: 0, 113: 16, 276: 20, 0: 4, 108: 4}[linktype]
+        off = 12
+        while frame[off : off + 2] in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
+            off += 4
+        return off + (10 if frame[off : off + 2] == b"\x88\x64" else 2)
+    if linktype == 113 and frame[14:16] == b"\x88\x64":
+        return 24
+    return {101: 0, 12: 0, 113: 16, 276: 20, 0: 4, 108: 4, 9: 4, 51: 8, 204: 5, 166: 4}[linktype]
 
 
 def _checksums_ok(ip_bytes: bytes) -> bool:
@@ -232,6 +277,63 @@ def test_every_link_type_keeps_its_header(tmp_path: Path, link: str, fmt: str) -
     assert data_layout(v6, ISN + 5000) == [(0, 5), (5, 517)]
     assert summary.as_dict()["splits"] == 2
     assert summary.dropped == 3 and summary.sent == 5
+
+
+def check_pppoe_frame(frame: bytes) -> bytes:
+    """Reads an Ethernet frame with dpkt down to PPPoE; the IP bytes it carries
+    after its PPPoE length was checked against them."""
+    eth: Any = dpkt.ethernet.Ethernet(frame)
+    session = eth.data
+    assert isinstance(session, dpkt.pppoe.PPPoE), frame[:30].hex()
+    body = frame[14 + 4 * len(eth.vlan_tags) + 6 :]
+    assert session.len == len(body), (session.len, len(body))
+    ip = body[2:]
+    assert _checksums_ok(ip)
+    return ip
+
+
+def test_pppoe_over_qinq_two_packet_hello_is_split_with_right_lengths(tmp_path: Path) -> None:
+    # PPPoE's 1492-byte MTU: MSS 1452, so a 2000-byte hello takes two packets.
+    packets = [
+        (T0, tcp4(b"", ISN - 1, "S")),
+        (T0 + 0.01, tcp4(CHROMIUM[:1452], ISN, "A")),
+        (T0 + 0.011, tcp4(CHROMIUM[1452:], ISN + 1452)),
+    ]
+    link = lambda ip: pppoe_eth_header(ip, 0x88A8, 0x8100)  # noqa: E731
+    src = write_capture(tmp_path / "in.pcap", [(ts, link(ip) + ip) for ts, ip in packets])
+    dst = tmp_path / "out.pcap"
+    summary = rewrite(src, dst)
+    assert (summary.as_dict()["splits"], summary.non_ip) == (1, 0)
+    with dst.open("rb") as fh:
+        frames = [bytes(f) for _, f in dpkt.pcap.Reader(fh)]
+    ips = [check_pppoe_frame(f) for f in frames]
+    assert all(f[12:14] == b"\x88\xa8" and f[16:18] == b"\x81\x00" for f in frames)
+    data = b"".join(bytes(dpkt.ip.IP(ip).data.data) for ip in ips)
+    assert data == CHROMIUM
+    assert len(frames) > len(packets)
+
+
+def test_pppoe_frames_whose_headers_lie_are_copied_unchanged(tmp_path: Path) -> None:
+    hello = tcp4(OPENSSL)
+    good = pppoe_eth_header(hello, 0x88A8, 0x8100) + hello
+    at = 12 + 8 + 2 + 4  # the PPPoE length field
+    lying = [
+        good[:at] + struct.pack("!H", len(hello) + 40) + good[at + 2 :],
+        good[:at] + struct.pack("!H", len(hello) - 100) + good[at + 2 :],
+        good[:at] + struct.pack("!H", 0xFFFF) + good[at + 2 :],
+        good[:200],  # cut short
+        MAC_DST + MAC_SRC + b"\x81\x00\x00\x01" * 20 + good[12:],  # 21 tags
+    ]
+    frames = [(T0, pppoe_eth_header(tcp4(b"", ISN - 1, "S"), 0x88A8, 0x8100))]
+    frames[0] = (T0, frames[0][1] + tcp4(b"", ISN - 1, "S"))
+    frames += [(T0 + 0.01 * (n + 1), f) for n, f in enumerate(lying)]
+    src = write_capture(tmp_path / "in.pcap", frames)
+    dst = tmp_path / "out.pcap"
+    summary = rewrite(src, dst)
+    with dst.open("rb") as fh:
+        out = [bytes(f) for _, f in dpkt.pcap.Reader(fh)]
+    assert out == [f for _, f in frames]
+    assert (summary.non_ip, summary.sent, summary.as_dict()["splits"]) == (len(lying), 0, 0)
 
 
 def test_segments_keep_the_timestamp_option_and_stay_within_the_largest_payload(

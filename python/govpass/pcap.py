@@ -8,9 +8,11 @@ fire as they would live). The output is a classic pcap with the input's link typ
 * packets it takes are written when it RELEASEs (or ACCEPTs) them, DROPped ones never;
 * new segments (SEND) are written in action order, wrapped in the link header of a
   captured packet between the same two addresses (for Ethernet: the original MAC
-  and VLAN header), for raw IP as bare IP bytes.
+  and VLAN tags; behind PPPoE with the PPPoE length of the new segment), for raw IP
+  as bare IP bytes.
 
-Frames that carry no IP (ARP, LLDP, ...) are copied unchanged. Reading uses dpkt
+Frames that carry no IP (ARP, LLDP, PPPoE discovery, LCP, ...) or whose link
+header does not add up (:mod:`govpass.link_headers`) are copied unchanged. Reading uses dpkt
 (pcap and pcapng; for pcapng the link type of the first interface applies to all
 packets, as in dpkt). Nothing here knows about the command line.
 """
@@ -31,6 +33,7 @@ import dpkt
 from govpass import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
 from govpass._core import Profile
 from govpass.errors import EngineError, GovpassError
+from govpass.link_headers import LINK_NAMES, Located, UnsupportedLinkType, locate, wrap
 
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 # Classic pcap magics as stored in the file (either byte order) -> nanosecond timestamps.
@@ -41,38 +44,6 @@ PCAP_MAGICS: dict[bytes, bool] = {
     b"\x4d\x3c\xb2\xa1": True,
 }
 
-LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW_BSD = 12  # DLT_RAW on most BSDs; seen in files written there
-LINKTYPE_RAW_OPENBSD = 14
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108  # OpenBSD loopback: address family in network byte order
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-
-LINK_NAMES: dict[int, str] = {
-    LINKTYPE_NULL: "null",
-    LINKTYPE_ETHERNET: "ethernet",
-    LINKTYPE_RAW_BSD: "raw",
-    LINKTYPE_RAW_OPENBSD: "raw",
-    LINKTYPE_RAW: "raw",
-    LINKTYPE_LOOP: "loop",
-    LINKTYPE_LINUX_SLL: "linux-sll",
-    LINKTYPE_IPV4: "raw-ipv4",
-    LINKTYPE_IPV6: "raw-ipv6",
-    LINKTYPE_LINUX_SLL2: "linux-sll2",
-}
-
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-ETHERTYPE_VLAN_TAGS = (0x8100, 0x88A8, 0x9100)
-# AF_INET is 2 everywhere; AF_INET6 is 10 (Linux), 24 (NetBSD/OpenBSD), 28 (FreeBSD),
-# 30 (macOS).
-AF_INET_VALUES = (2,)
-AF_INET6_VALUES = (10, 24, 28, 30)
-
 # Large enough for any packet, including GRO/TSO super-packets captured on the host.
 OUT_SNAPLEN = 262144
 NS_PER_S = 1_000_000_000
@@ -82,50 +53,11 @@ class PcapError(GovpassError):
     """The capture cannot be read, is not a capture, or the output cannot be written."""
 
 
-def ip_offset(linktype: int, frame: bytes) -> int | None:
-    """Where the IP header starts in `frame`, or None when the frame carries no IP."""
-    if linktype in (
-        LINKTYPE_RAW,
-        LINKTYPE_RAW_BSD,
-        LINKTYPE_RAW_OPENBSD,
-        LINKTYPE_IPV4,
-        LINKTYPE_IPV6,
-    ):
-        return 0 if frame and frame[0] >> 4 in (4, 6) else None
-    if linktype == LINKTYPE_ETHERNET:
-        off = 12
-        while len(frame) >= off + 2:
-            ethertype = int.from_bytes(frame[off : off + 2], "big")
-            if ethertype in ETHERTYPE_VLAN_TAGS:
-                off += 4
-                continue
-            return _ethertype_ip(ethertype, frame, off + 2)
-        return None
-    if linktype == LINKTYPE_LINUX_SLL:
-        if len(frame) < 16:
-            return None
-        return _ethertype_ip(int.from_bytes(frame[14:16], "big"), frame, 16)
-    if linktype == LINKTYPE_LINUX_SLL2:
-        if len(frame) < 20:
-            return None
-        return _ethertype_ip(int.from_bytes(frame[0:2], "big"), frame, 20)
-    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        if len(frame) < 5:
-            return None
-        families = {int.from_bytes(frame[:4], "big"), int.from_bytes(frame[:4], "little")}
-        version = frame[4] >> 4
-        if version == 4 and families & set(AF_INET_VALUES):
-            return 4
-        if version == 6 and families & set(AF_INET6_VALUES):
-            return 4
-        return None
-    raise PcapError(f"link type {linktype} is not supported")
-
-
-def _ethertype_ip(ethertype: int, frame: bytes, off: int) -> int | None:
-    if ethertype in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) and len(frame) > off:
-        return off
-    return None
+def _locate(linktype: int, frame: bytes) -> Located | None:
+    try:
+        return locate(linktype, frame)
+    except UnsupportedLinkType as e:
+        raise PcapError(str(e)) from e
 
 
 def _address_key(ip: bytes) -> bytes | None:
@@ -335,7 +267,8 @@ class _Rewriter:
         self.linktype = linktype
         self.summary = summary
         self.held: dict[int, bytes] = {}  # handle -> original frame
-        self.links: dict[bytes, bytes] = {}  # address key -> link header
+        # address key -> (link header, offset of its PPPoE length field or None)
+        self.links: dict[bytes, tuple[bytes, int | None]] = {}
         self.next_handle = 0
         self.last_ns: int | None = None
 
@@ -348,13 +281,13 @@ class _Rewriter:
         now = ts_ns / NS_PER_S
         self._carry_out(self.engine.expire(now), ts_ns, None)
         self.summary.packets_in += 1
-        off = ip_offset(self.linktype, frame)
-        if off is None:
+        found = _locate(self.linktype, frame)
+        if found is None:
             self.summary.non_ip += 1
             self._write(frame, ts_ns)
             return
-        ip = frame[off:]
-        link = frame[:off]
+        ip = frame[found.start : found.end]
+        link = (frame[: found.start], found.pppoe_length_at)
         key = _address_key(ip)
         if key is not None:
             self.links[key] = link
@@ -381,7 +314,9 @@ class _Rewriter:
                 f"engine kept {len(self.held)} packet(s) without a verdict after release_all"
             )
 
-    def _carry_out(self, actions: list[Any], ts_ns: int, link: bytes | None) -> None:
+    def _carry_out(
+        self, actions: list[Any], ts_ns: int, link: tuple[bytes, int | None] | None
+    ) -> None:
         for action in actions:
             kind = action.kind
             if kind == SEND:
@@ -390,7 +325,10 @@ class _Rewriter:
                 header = self.links.get(key, link) if key is not None else link
                 if header is None:
                     raise EngineError("engine sent a segment of a flow never captured")
-                self._write(header + packet, ts_ns)
+                try:
+                    self._write(wrap(*header, packet), ts_ns)
+                except ValueError as e:
+                    raise EngineError(f"engine sent a segment the link cannot carry: {e}") from e
                 self.summary.sent += 1
                 continue
             frame = self.held.pop(action.handle, None)

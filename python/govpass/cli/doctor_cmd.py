@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,20 @@ MARKS = {"ok": "[green]ok  [/green]", "warn": "[yellow]warn[/yellow]", "fail": "
 def doctor(
     flags: dict[str, Any],
     config_file: Path | None,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the checks as a JSON array (schema in the README)."
+    ),
 ) -> None:
     """Check privileges, NFQUEUE, the packet loop, firewall backends, pre-filter and kernel
     split, leftover rules, offloads, backends and the strategies strategy auto learned."""
     from govpass.doctor import run_checks
+    from govpass.doctor_json import document, exit_status
     from govpass.safetext import markup
 
     config = config_mod.load(config_file, flags=flags)
     results = run_checks(config)
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in results], indent=2))
+        typer.echo(document(results))
     else:
         # One check per line whatever the width (a pipe counts as 80 columns).
         console = Console(highlight=False, soft_wrap=True)
@@ -59,5 +61,6 @@ def doctor(
             fix = f"  [dim]fix: {markup(r.fix, 400)}[/dim]" if r.fix else ""
             line = f"{markup(r.name, 100)}: {markup(r.detail, 1000)}"
             console.print(f"{MARKS[r.status]} {line}{fix}")
-    if any(r.status == "fail" for r in results):
-        raise typer.Exit(1)
+    code = exit_status(results)
+    if code:
+        raise typer.Exit(code)
