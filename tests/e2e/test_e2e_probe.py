@@ -152,7 +152,9 @@ def test_probe_is_not_touched_by_a_running_daemon(host_lab: Lab) -> None:
     ):
         ok, detail = host_lab.client("curl", BLOCKED, 4, timeout=PASS_TIMEOUT)
         assert ok, f"the daemon itself should get curl through: {detail}"
-        before = all_splits(gp.stats())
+        # The workers write their counters every 0.25 s: wait for curl's split.
+        before = all_splits(gp.wait_stats(lambda s: all_splits(s) >= 1))
+        assert before >= 1, "curl's split was never counted"
         out = probe(host_lab, hosts=(BLOCKED,))
         rec = out["hosts"][BLOCKED]
         assert rec["verdict"] == "fixed", rec

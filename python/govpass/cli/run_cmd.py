@@ -73,6 +73,9 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         # half done and the clean-up to trip over it.
         with stop_on_signals(daemon.reload) as stopped:
             daemon.start()
+            # The state files exist (and replace whatever was planted under their
+            # names) before the daemon says it runs, not one stats interval later.
+            stats = daemon.stats()
             _log(
                 f"running: split-chunk={config.split_chunk} split-pos="
                 f"{','.join(config.split_pos) or '-'} mode={config.mode}"
@@ -80,7 +83,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
             if interactive:
                 from rich.live import Live
 
-                live: Any = Live(table(daemon.stats()), refresh_per_second=2)
+                live: Any = Live(table(stats), refresh_per_second=2)
             else:
                 live = nullcontext()
             changes = ChangeLog()
