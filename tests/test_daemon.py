@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from govpass.config import load
-from govpass.daemon import Daemon, write_json_atomic
+from govpass.daemon import Daemon
 from govpass.errors import GovpassError
-from govpass.run_lock import LOCK_NAME, hold_run_lock, running_daemon
+from govpass.runtime.run_lock import LOCK_NAME, hold_run_lock, running_daemon
+from govpass.runtime.state import write_json_atomic
 
 HOLD = """
 import fcntl, os, sys, time

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from govpass import privileges
-from govpass.daemon import write_json_atomic
 from govpass.privileges import CAP_NET_ADMIN, Account, seccomp_program, status_fields
+from govpass.runtime.state import write_json_atomic
 
 linux = pytest.mark.skipif(platform.system() != "Linux", reason="Linux capabilities")
 seccomp_arch = pytest.mark.skipif(

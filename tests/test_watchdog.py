@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from govpass.config import load
-from govpass.daemon import RETIRED, WORKERS, Daemon, WorkerHandle, aggregate
+from govpass.daemon import Daemon, WorkerHandle
 from govpass.errors import ConfigError
+from govpass.runtime.state import RETIRED, WORKERS, aggregate
 from govpass.watchdog import Heartbeats, check_interval
 
 CTX = mp.get_context("fork")

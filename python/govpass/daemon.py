@@ -33,44 +33,26 @@ from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.queue_counters import BypassCount, read_queue_table
 from govpass.quoting import quote
-from govpass.run_lock import claim_run_lock
-from govpass.watchdog import Heartbeats, check_interval
-
-RUN_DIR_ENV = "GOVPASS_RUN_DIR"
-# Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
-DEFAULT_RUN_DIR = (
-    os.path.join(os.environ.get("PROGRAMDATA", r"C:\ProgramData"), "govpass", "run")
-    if os.name == "nt"
-    else "/run/govpass"
+from govpass.runtime.run_lock import claim_run_lock
+from govpass.runtime.state import (
+    DAEMON_STATE,
+    KERNEL_SPLIT_STATS,
+    LEARNER_STATS,
+    QUEUE_STATS,
+    RETIRED,
+    STATS,
+    STRATEGY_STATS,
+    WORKERS,
+    add_counters,
+    aggregate,
+    jsonable,
+    run_dir,
+    write_json_at,
+    write_json_atomic,
 )
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """A state file of the run directory, replaced in one step (see govpass.safefile).
-    No fsync: counters and the description of a live process are worthless after
-    a crash, and workers rewrite theirs from the packet loop several times a second."""
-    from govpass.safefile import write_atomic
-
-    write_atomic(path, json.dumps(data), sync=False)
-
-
-def write_json_at(dirfd: int, name: str, data: dict[str, Any]) -> None:
-    """Like :func:`write_json_atomic`, in the directory open as `dirfd`: a worker opens
-    its stats directory before it changes user, so the directories above it need not
-    be searchable by that user."""
-    tmp = f".{name}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o640, dir_fd=dirfd)
-    try:
-        os.fchmod(fd, 0o640)
-        os.write(fd, json.dumps(data).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+from govpass.runtime.status import line, running
+from govpass.strategy import config_start
+from govpass.watchdog import Heartbeats, check_interval
 
 
 def _close_quietly(fd: int) -> None:
@@ -341,10 +323,6 @@ def _preload() -> None:
 
 # ---------------------------------------------------------------- parent side
 
-# Subdirectory of the run directory where workers write their counters: owned by the
-# workers' user, so the run directory itself stays writable by its owner only.
-WORKERS = "workers"
-
 
 def make_worker_dir(directory: Path, account: Any) -> Path:
     sub = directory / WORKERS
@@ -370,17 +348,6 @@ class WorkerHandle:
     restarts: int = 0
 
 
-STRATEGY_STATS = "strategy-learner.json"
-QUEUE_STATS = "queues.json"  # the parent's count of packets the queues passed by
-
-
-def config_start(config: Config) -> Any:
-    """The configured split: where --strategy auto starts every host."""
-    from govpass.strategy import Strategy
-
-    return Strategy(config.split_chunk, tuple(config.split_pos))
-
-
 def strategy_starts(config: Config) -> dict[str, Any]:
     """State-file scope -> the split its hosts start with, for every profile that
     learns strategies (strategy_learner.DEFAULT_SCOPE: `--strategy auto` itself)."""
@@ -392,71 +359,6 @@ def strategy_starts(config: Config) -> dict[str, Any]:
     if not specs:
         return {DEFAULT_SCOPE: config_start(config)} if config.strategy == "auto" else {}
     return {s.state_key: Strategy(s.split_chunk, tuple(s.split_pos)) for s in specs if s.learns}
-
-
-# The counters of workers that were replaced, and the parent's restart counts.
-# Named like the workers' files so that a new run's start clears it with them.
-RETIRED = "worker-retired.json"
-
-
-def add_counters(total: dict[str, Any], data: dict[str, Any], gauges: bool = True) -> None:
-    """Adds one worker's counters to `total` (fail-open reasons by reason);
-    `gauges=False` leaves out the values of the moment (``*_now``), which a
-    worker that is gone no longer has."""
-    for key, value in data.items():
-        if key == "queue" or (not gauges and key.endswith("_now")):
-            continue
-        if isinstance(value, dict):
-            bucket = total.setdefault("fail_open", {})
-            for reason, n in value.items():
-                if isinstance(n, int):
-                    bucket[reason] = bucket.get(reason, 0) + n
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
-
-
-def aggregate(directory: Path) -> dict[str, Any]:
-    """Sums the workers' counters (replaced workers' included) and adds kernel queue drops."""
-    from govpass.backends.nfqueue import queue_table
-
-    total: dict[str, Any] = {"fail_open": {}, "workers": 0}
-    queues: list[int] = []
-    with suppress(OSError, ValueError):  # the parent's auto-learning counters
-        learner = json.loads((directory / "learner.json").read_text(encoding="utf-8"))
-        total.update({k: v for k, v in learner.items() if isinstance(v, int)})
-    with suppress(OSError, ValueError):  # the parent's --strategy auto counters
-        learned = json.loads((directory / STRATEGY_STATS).read_text(encoding="utf-8"))
-        total.update({k: v for k, v in learned.items() if isinstance(v, int)})
-        counts = learned.get("counts")
-        if isinstance(counts, dict):
-            total["strategy_counts"] = {str(k): v for k, v in counts.items() if isinstance(v, int)}
-    with suppress(OSError, ValueError):  # the parent's count of what passed the queues by
-        passed = json.loads((directory / QUEUE_STATS).read_text(encoding="utf-8"))
-        if isinstance(passed, dict) and type(passed.get("bypassed")) is int:
-            total["bypassed"] = passed["bypassed"]
-    with suppress(OSError, ValueError):  # the parent's kernel split counters
-        kernel = json.loads((directory / "kernel-split.json").read_text(encoding="utf-8"))
-        total.update({f"kernel_{k}": v for k, v in kernel.items() if isinstance(v, int)})
-        if isinstance(kernel.get("state"), str):
-            total["kernel_split_state"] = kernel["state"]
-    files = [*directory.glob("worker-*.json"), *(directory / WORKERS).glob("worker-*.json")]
-    for path in sorted(files):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        if path.name != RETIRED:
-            total["workers"] += 1
-            queues.append(int(data.get("queue", -1)))
-        add_counters(total, data)
-    nfqueues = [q for q in queues if q >= 0]
-    if nfqueues:  # other backends report their own drop counters
-        table = queue_table()
-        total["queue_dropped"] = sum(table[q]["queue_dropped"] for q in nfqueues if q in table)
-        total["user_dropped"] = sum(table[q]["user_dropped"] for q in nfqueues if q in table)
-    return total
 
 
 class Daemon:
@@ -617,18 +519,18 @@ class Daemon:
             old.unlink(missing_ok=True)
         for old in (make_worker_dir(self.directory, self.account)).glob("worker-*.json"):
             old.unlink(missing_ok=True)
-        (self.directory / "learner.json").unlink(missing_ok=True)
-        (self.directory / "kernel-split.json").unlink(missing_ok=True)
+        (self.directory / LEARNER_STATS).unlink(missing_ok=True)
+        (self.directory / KERNEL_SPLIT_STATS).unlink(missing_ok=True)
         (self.directory / STRATEGY_STATS).unlink(missing_ok=True)
         (self.directory / QUEUE_STATS).unlink(missing_ok=True)
         self._start_targeting()
         self._start_strategies()
         write_json_atomic(
-            self.directory / "daemon.json",
+            self.directory / DAEMON_STATE,
             {
                 "pid": os.getpid(),
                 "started": time.time(),
-                "config": _jsonable(self.config.as_dict()),
+                "config": jsonable(self.config.as_dict()),
             },
         )
         for i in range(self.config.worker_count):
@@ -713,7 +615,7 @@ class Daemon:
 
     def _record_rules(self, backend: str, prefilter: str) -> None:
         """Adds what the rules use to daemon.json, for `govpass stats`."""
-        path = self.directory / "daemon.json"
+        path = self.directory / DAEMON_STATE
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -824,6 +726,26 @@ class Daemon:
     def _set_profiles(self, profiles: list[Any]) -> None:
         self.profiles = profiles
 
+    def reloader(self) -> Callable[[], None]:
+        return self.reload
+
+    def running_line(self) -> str:
+        return running(self.config, f"mode={self.config.mode}")
+
+    def serve(self, stopped: Callable[[], bool], tick: Callable[[], None]) -> None:
+        """The parent's loop: verdicts and list updates as they come (see :meth:`wait`),
+        and every stats interval the workers' health, the interfaces and a status tick."""
+        while not stopped():
+            self.wait(self.config.stats_interval, stopped)
+            if stopped():
+                break
+            self.check_workers()
+            self.refresh_interfaces()
+            tick()
+
+    def status_line(self, stats: dict[str, Any]) -> str:
+        return line(stats)
+
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its lists (and resolves interfaces again)."""
         self.log("SIGHUP: reloading host lists and IP sets")
@@ -872,15 +794,15 @@ class Daemon:
             return {}
         if self.learner is not None:
             with suppress(OSError):
-                write_json_atomic(self.directory / "learner.json", self.learner.stats())
+                write_json_atomic(self.directory / LEARNER_STATS, self.learner.stats())
         if self.strategies is not None:
             with suppress(OSError):
                 write_json_atomic(self.directory / STRATEGY_STATS, self.strategies.stats())
         with suppress(OSError):
-            write_json_atomic(self.directory / "kernel-split.json", self.kernel_split_state())
+            write_json_atomic(self.directory / KERNEL_SPLIT_STATS, self.kernel_split_state())
         self._count_bypassed()
         data = aggregate(self.directory)
-        write_json_atomic(self.directory / "stats.json", {"pid": os.getpid(), **data})
+        write_json_atomic(self.directory / STATS, {"pid": os.getpid(), **data})
         return data
 
     def _count_bypassed(self) -> None:
@@ -914,9 +836,10 @@ class Daemon:
         summary = ks.summary() if ks is not None else self.kernel_split_summary
         return {**counters, "state": summary}
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, Any]:
         """Closes the kernel split's gate and links (hellos go to the workers), removes
-        the rules, then stops workers (they release held packets)."""
+        the rules, then stops workers (they release held packets); returns the last
+        counters (also kept as :attr:`final_stats`)."""
         errors: list[str] = []
         if self._list_thread is not None:
             self._list_thread.close(timeout=0.1)
@@ -944,7 +867,7 @@ class Daemon:
         with suppress(OSError):
             self.final_stats = self.stats()
         if self.owns_run_dir:  # a clean stop leaves no state behind: the log has the counters
-            state = ["daemon.json", "kernel-split.json", "learner.json", "stats.json"]
+            state = [DAEMON_STATE, KERNEL_SPLIT_STATS, LEARNER_STATS, STATS]
             state += [STRATEGY_STATS, QUEUE_STATS]
             for path in [
                 *self.directory.glob("worker-*.json"),
@@ -965,7 +888,4 @@ class Daemon:
             self._events = None
         if errors:
             raise GovpassError("; ".join(errors))
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return self.final_stats

@@ -288,9 +288,9 @@ def check_packet_loop(config: Config) -> Check:
 def check_daemon_privileges() -> list[Check]:
     """What a running daemon's processes hold (uid, capabilities, no_new_privs,
     seccomp), read from /proc: the daemon of the run directory and its children."""
-    from govpass.daemon import run_dir
     from govpass.privileges import describe
-    from govpass.run_lock import running_daemon
+    from govpass.runtime.run_lock import running_daemon
+    from govpass.runtime.state import run_dir
 
     pid = running_daemon(run_dir())
     if pid is None:
@@ -307,9 +307,9 @@ def check_daemon_privileges() -> list[Check]:
 
 
 def _daemon_running() -> bool:
-    from govpass.daemon import run_dir
     from govpass.instance import find
-    from govpass.run_lock import running_daemon
+    from govpass.runtime.run_lock import running_daemon
+    from govpass.runtime.state import run_dir
 
     return find() is not None or running_daemon(run_dir()) is not None
 

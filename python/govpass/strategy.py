@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govpass._core import Profile
-from govpass.config import BY_NAME, DEFAULT_LADDER_TEXT
+from govpass.config import BY_NAME, DEFAULT_LADDER_TEXT, Config
 from govpass.errors import ConfigError
 
 
@@ -92,3 +92,8 @@ def ladder(texts: Sequence[str] = DEFAULT_LADDER_TEXT) -> tuple[Strategy, ...]:
 DEFAULT_LADDER: tuple[Strategy, ...] = ladder()
 # What `govpass run` does without split flags.
 DEFAULT = Strategy(BY_NAME["split-chunk"].default, BY_NAME["split-pos"].default)
+
+
+def config_start(config: Config) -> Strategy:
+    """The configured split: where --strategy auto starts every host."""
+    return Strategy(config.split_chunk, tuple(config.split_pos))

@@ -64,7 +64,7 @@ class GovpassService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
 
             try:
                 from govpass import config as config_mod
-                from govpass.backends.divert_run import run_divert
+                from govpass.runtime.divert_service import run_divert
 
                 config_file = CONFIG_FILE if CONFIG_FILE.exists() else None
                 config = config_mod.load(config_file, flags={"backend": "divert"})

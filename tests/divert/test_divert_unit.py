@@ -19,9 +19,11 @@ from typing import Any
 import pydivert
 import pytest
 from govpass import config as config_mod
-from govpass.backends import divert, divert_run
+from govpass.backends import divert, divert_leftovers
 from govpass.config import BY_NAME, Config
 from govpass.errors import BackendError, ConfigError
+from govpass.runtime import divert_service
+from govpass.runtime.signals import stop_on_signals
 from pydivert import Direction, Packet, Param
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -631,7 +633,7 @@ STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + (
 @pytest.mark.parametrize("signum", STOP_SIGNALS)
 def test_stop_on_signals_sets_a_flag_instead_of_raising(signum: int) -> None:
     before = signal.getsignal(signum)
-    with divert_run.stop_on_signals() as stopped:
+    with stop_on_signals() as stopped:
         assert not stopped()
         # raise_signal, not os.kill: on Windows os.kill terminates the process.
         signal.raise_signal(signum)
@@ -659,7 +661,7 @@ def test_orphaned_filters_are_only_dead_libebpfdivert_programs() -> None:
         ],
         ("lo", "ingress"): [tc_entry(30002, "0x1", "tc_divert_ingre", 137)],
     }
-    assert divert_run.orphaned_filters(filters, {144, 99}) == [
+    assert divert_leftovers.orphaned_filters(filters, {144, 99}) == [
         ("eth0", "egress", 30001, "0x1"),
         ("lo", "ingress", 30002, "0x1"),
     ]
@@ -670,16 +672,16 @@ def test_live_prog_ids_come_from_fdinfo(tmp_path: Path) -> None:
     (tmp_path / "12" / "fdinfo" / "5").write_text("pos:\t0\nprog_type:\t3\nprog_id:\t144\n")
     (tmp_path / "12" / "fdinfo" / "6").write_text("pos:\t0\nflags:\t02\n")
     (tmp_path / "self").mkdir()
-    assert divert_run.live_bpf_prog_ids(tmp_path) == {144}
+    assert divert_leftovers.live_bpf_prog_ids(tmp_path) == {144}
     unreadable = tmp_path / "13" / "fdinfo" / "3"
     unreadable.parent.mkdir(parents=True)
     unreadable.mkdir()  # reading a directory fails like EACCES would: owners unknown
-    assert divert_run.live_bpf_prog_ids(tmp_path) is None
+    assert divert_leftovers.live_bpf_prog_ids(tmp_path) is None
 
 
 def test_status_line_adds_the_handle_counters() -> None:
     stats = {"packets": 4, "splits": 1, "fail_open": {"timeout": 1}, "divert_diverted": 9}
-    text = divert_run.status_line(stats)
+    text = divert_service.status_line(stats)
     assert "packets=4" in text and "fail_open=timeout:1" in text
     assert text.endswith("divert_diverted=9")
 
@@ -729,25 +731,14 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
         divert.DivertWorker(cfg, factory=lambda f, i: FakeHandle())
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
-def test_sighup_reloads_when_asked_and_stops_otherwise() -> None:
-    reloads: list[int] = []
-    with divert_run.stop_on_signals(lambda: reloads.append(1)) as stopped:
-        signal.raise_signal(signal.SIGHUP)
-        assert reloads == [1] and not stopped()
-    with divert_run.stop_on_signals() as stopped:
-        signal.raise_signal(signal.SIGHUP)
-        assert stopped()
-
-
 def test_strategy_auto_is_refused_on_freebsd_in_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(divert_run.sys, "platform", "freebsd14")
+    monkeypatch.setattr(divert_service.sys, "platform", "freebsd14")
     auto = config_mod.with_overrides(
         Config(), strategy="auto", strategy_state=str(tmp_path / "s.json")
     )
     with pytest.raises(ConfigError, match="strategy auto: not supported by the FreeBSD") as info:
-        divert_run.run_divert(auto, lambda _m: None)
+        divert_service.run_divert(auto, lambda _m: None)
     assert info.value.field == "strategy" and "\n" not in str(info.value)
     assert not (tmp_path / "s.json").exists()

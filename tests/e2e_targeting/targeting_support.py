@@ -103,7 +103,7 @@ class Daemon:
     def stats(self) -> dict[str, object]:
         import json
 
-        from govpass.daemon import aggregate
+        from govpass.runtime.state import aggregate
 
         with contextlib.suppress(OSError, ValueError):
             return dict(json.loads((self.run_dir / "stats.json").read_text()))

@@ -24,8 +24,10 @@ from divert_fakes import (
 from govpass import EngineConfig
 from govpass.backends import freebsd
 from govpass.backends.freebsd import DivertWorker, FreeBSDOptions, LoopDetected
+from govpass.cli import freebsd_cmd
 from govpass.config import load
 from govpass.errors import BackendError
+from govpass.runtime import freebsd_service
 
 HELLO = hello()  # 517-byte OpenSSL ClientHello
 
@@ -199,8 +201,13 @@ def test_run_installs_rules_after_binding_and_removes_them_before_closing(
         events.append(f"poll sent={len(sock.sent)}")
         return not sock.script
 
-    final = freebsd.run_freebsd(
-        config, FreeBSDOptions(), events.append, sock=sock, runner=runner, should_stop=stop
+    final = freebsd_service.run_freebsd(
+        config,
+        options=FreeBSDOptions(),
+        log=events.append,
+        sock=sock,
+        runner=runner,
+        should_stop=stop,
     )
 
     adds = [c for c in runner.calls if c[:2] == ("ipfw", "add")]
@@ -231,8 +238,8 @@ def test_sigterm_stops_cleanly_and_nothing_queued_is_lost(
             signal.raise_signal(signal.SIGTERM)
         return False
 
-    freebsd.run_freebsd(
-        load(env={}), FreeBSDOptions(), events.append, sock=sock, runner=fw,
+    freebsd_service.run_freebsd(
+        load(env={}), options=FreeBSDOptions(), log=events.append, sock=sock, runner=fw,
         should_stop=stop_after_first,
     )  # fmt: skip
 
@@ -248,10 +255,10 @@ def test_rules_none_runs_without_touching_the_firewall(
     monkeypatch.setenv("GOVPASS_RUN_DIR", str(tmp_path))
     sock = FakeDivertSocket([(v4(b"hello"), OUT_ADDR)])
     runner = FakeFirewall()
-    freebsd.run_freebsd(
+    freebsd_service.run_freebsd(
         load(env={}),
-        FreeBSDOptions(firewall=None),
-        lambda _m: None,
+        options=FreeBSDOptions(firewall=None),
+        log=lambda _m: None,
         sock=sock,
         runner=runner,
         should_stop=lambda: not sock.script,
@@ -283,14 +290,14 @@ def test_opening_a_divert_socket_elsewhere_is_one_clear_error() -> None:
 
 
 def test_command_line_plans_rules(capsys: pytest.CaptureFixture[str]) -> None:
-    code = freebsd.main(["rules", "plan", "--divert-port", "989", "--ipfw-rule", "200"])
+    code = freebsd_cmd.main(["rules", "plan", "--divert-port", "989", "--ipfw-rule", "200"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[0].startswith("ipfw add 200 divert 989 tcp from any to any 443 out")
 
 
 def test_command_line_rejects_bad_settings_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code = freebsd.main(["rules", "plan", "--split-chunk", "abc"])
+    code = freebsd_cmd.main(["rules", "plan", "--split-chunk", "abc"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("govpass: invalid split-chunk") and err.count("\n") == 1
@@ -299,7 +306,7 @@ def test_command_line_rejects_bad_settings_in_one_line(capsys: pytest.CaptureFix
 def test_run_holds_the_run_lock_and_refuses_a_second_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from govpass.run_lock import claim_run_lock, release_run_lock, running_daemon
+    from govpass.runtime.run_lock import claim_run_lock, release_run_lock, running_daemon
 
     monkeypatch.setenv("GOVPASS_RUN_DIR", str(tmp_path))
     seen: list[int | None] = []
@@ -309,8 +316,9 @@ def test_run_holds_the_run_lock_and_refuses_a_second_run(
         seen.append(running_daemon(tmp_path))
         return not sock.script
 
-    freebsd.run_freebsd(
-        load(env={}), FreeBSDOptions(), lambda _m: None, sock=sock, runner=FakeFirewall(),
+    freebsd_service.run_freebsd(
+        load(env={}), options=FreeBSDOptions(), log=lambda _m: None, sock=sock,
+        runner=FakeFirewall(),
         should_stop=stop,
     )  # fmt: skip
     assert seen and set(seen) == {os.getpid()}
@@ -321,8 +329,12 @@ def test_run_holds_the_run_lock_and_refuses_a_second_run(
         second = FakeDivertSocket([])
         firewall = FakeFirewall()
         with pytest.raises(BackendError, match="already running with run directory"):
-            freebsd.run_freebsd(
-                load(env={}), FreeBSDOptions(), lambda _m: None, sock=second, runner=firewall
+            freebsd_service.run_freebsd(
+                load(env={}),
+                options=FreeBSDOptions(),
+                log=lambda _m: None,
+                sock=second,
+                runner=firewall,
             )
         assert firewall.calls == [] and not second.closed
     finally:

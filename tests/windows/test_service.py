@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from govpass.backends import divert_run
 from govpass.config import Config
+from govpass.runtime import divert_service
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "windows" / "govpass_service.py"
 STOP_PENDING = 3  # win32service.SERVICE_STOP_PENDING
@@ -68,7 +68,7 @@ def test_stop_request_ends_the_run_and_reports_stopped(
             started.wait(0.01)
         log("stopped: held packets released, divert handle closed")
 
-    monkeypatch.setattr(divert_run, "run_divert", fake_run)
+    monkeypatch.setattr(divert_service, "run_divert", fake_run)
     service = module.GovpassService(["govpass"])
     runner = threading.Thread(target=service.SvcDoRun)
     runner.start()
@@ -95,7 +95,7 @@ def test_settings_file_is_read_with_the_backend_forced_to_divert(
         'backend = "nfqueue"\nsplit-chunk = 7\n', encoding="utf-8"
     )
     seen: list[Config] = []
-    monkeypatch.setattr(divert_run, "run_divert", lambda c, log, should_stop: seen.append(c))
+    monkeypatch.setattr(divert_service, "run_divert", lambda c, log, should_stop: seen.append(c))
     module.GovpassService(["govpass"]).SvcDoRun()
     assert [(c.backend, c.split_chunk) for c in seen] == [("divert", 7)]
 
@@ -106,12 +106,12 @@ def test_an_error_is_logged_and_exits_non_zero(
     module, rec = load_service(monkeypatch, tmp_path)
 
     def broken(config: Config, log: Any, should_stop: Any) -> None:
-        raise divert_run.BackendError("cannot open WinDivert: the driver is missing")
+        raise divert_service.BackendError("cannot open WinDivert: the driver is missing")
 
     def exit_now(code: int) -> None:
         raise SystemExit(code)
 
-    monkeypatch.setattr(divert_run, "run_divert", broken)
+    monkeypatch.setattr(divert_service, "run_divert", broken)
     monkeypatch.setattr(module.os, "_exit", exit_now)
     with pytest.raises(SystemExit) as ended:
         module.GovpassService(["govpass"]).SvcDoRun()

@@ -23,7 +23,6 @@ The socket layer is injectable (anything with ``recvfrom``, ``sendto``,
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -33,11 +32,10 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
-from govpass.errors import BackendError, ConfigError, GovpassError
+from govpass.errors import BackendError
 from govpass.rules.bsd import (
     DEFAULT_DIVERT_PORT,
     DEFAULT_IPFW_RULE,
@@ -45,7 +43,6 @@ from govpass.rules.bsd import (
     BsdFirewall,
     BsdRuleSpec,
 )
-from govpass.stop_signals import stop_on_signals
 
 # FreeBSD >= 14 has its own domain, socket(PF_DIVERT = 44, SOCK_RAW, 0), which
 # CPython >= 3.12 can bind (socket.AF_DIVERT); older CPython rejects the family
@@ -345,172 +342,3 @@ def rule_spec(config: Any, options: FreeBSDOptions) -> BsdRuleSpec:
         pf_anchor=options.pf_anchor,
         pf_flavor="openbsd" if sys.platform.startswith("openbsd") else "freebsd",
     )
-
-
-def run_freebsd(
-    config: Any,
-    options: FreeBSDOptions,
-    log: Callable[[str], None],
-    sock: DivertSocket | None = None,
-    runner: Any = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> dict[str, Any]:
-    """`govpass run` on FreeBSD: bind, install rules, run, clean up; returns the
-    final counters. `sock` and `runner` are for tests."""
-    from govpass.daemon import run_dir
-    from govpass.run_lock import claim_run_lock, release_run_lock
-
-    spec = rule_spec(config, options)  # invalid settings fail before anything is opened
-    directory = run_dir()
-    lock = claim_run_lock(
-        directory
-    )  # before the socket and the rules: a second run changes nothing
-    try:
-        return _run_locked(config, options, spec, directory, log, sock, runner, should_stop)
-    finally:
-        release_run_lock(lock)
-
-
-def _run_locked(
-    config: Any,
-    options: FreeBSDOptions,
-    spec: BsdRuleSpec,
-    directory: Path,
-    log: Callable[[str], None],
-    sock: DivertSocket | None,
-    runner: Any,
-    should_stop: Callable[[], bool],
-) -> dict[str, Any]:
-    from govpass.daemon import write_json_atomic
-    from govpass.rules import bsd
-
-    if sock is None:
-        reason = unavailable_reason()
-        if reason:
-            raise BackendError(f"divert backend unusable: {reason}")
-        sock = open_divert_socket(options.divert_port)
-    worker = DivertWorker(sock, config.engine_config())
-    installed = False
-    last_write = 0.0
-
-    def write_stats() -> None:
-        nonlocal last_write
-        now = time.monotonic()
-        if now - last_write >= config.stats_interval:
-            last_write = now
-            with suppress(OSError):
-                write_json_atomic(directory / "worker-0.json", {"queue": -1, **worker.stats()})
-
-    try:
-        with stop_on_signals() as signalled:
-            with suppress(OSError):
-                write_json_atomic(
-                    directory / "daemon.json",
-                    {"pid": os.getpid(), "started": time.time(), "backend": "divert"},
-                )
-            if options.firewall is not None:
-                result = bsd.install(spec, options.firewall, runner)
-                installed = True
-                log(f"{options.firewall} rules installed ({len(result.commands)} commands)")
-            log(f"diverting from port {options.divert_port}")
-            worker.run(lambda: signalled() or should_stop(), write_stats)
-            if signalled():
-                log("stopping")
-    finally:
-        errors: list[str] = []
-        if installed and options.firewall is not None:
-            try:
-                bsd.remove(spec, options.firewall, runner)
-                log("rules removed")
-            except GovpassError as e:
-                errors.append(str(e))
-        try:
-            worker.drain()
-        finally:
-            worker.close()
-        final = worker.stats()
-        with suppress(OSError):
-            write_json_atomic(directory / "worker-0.json", {"queue": -1, **final})
-            (directory / "daemon.json").unlink(missing_ok=True)
-        if errors:
-            raise GovpassError("; ".join(errors))
-    return final
-
-
-# ---------------------------------------------------------------- command line
-#
-#   python -m govpass.backends.freebsd run [--config F] [--<setting> V ...] [BSD options]
-#   python -m govpass.backends.freebsd rules install|remove|show|plan [...]
-#
-# Every shared setting (`govpass run --help`) is accepted as --<name> VALUE; the
-# BSD options below are not settings of the shared configuration (yet).
-
-
-def _parser() -> argparse.ArgumentParser:
-    from govpass.config import SETTINGS
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    for s in SETTINGS:
-        common.add_argument(f"--{s.name}", dest=f"setting_{s.attr}", default=None, help=s.help)
-    # `--rules` is the older spelling of the shared setting `--bsd-firewall`.
-    common.add_argument("--rules", dest="setting_bsd_firewall", help=argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
-        prog="python -m govpass.backends.freebsd",
-        description="govpass on FreeBSD: divert(4) sockets with ipfw or pf rules.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run the daemon (installs and removes rules)")
-    rules = sub.add_parser("rules", parents=[common], help="install, remove or show the rules")
-    rules.add_argument("action", choices=("install", "remove", "show", "plan"))
-    return parser
-
-
-def _log(msg: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print(f"{stamp} govpass: {msg}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from govpass import config as config_mod
-    from govpass.rules import bsd
-
-    args = _parser().parse_args(argv)
-    try:
-        flags = {
-            k.removeprefix("setting_").replace("_", "-"): v
-            for k, v in vars(args).items()
-            if k.startswith("setting_") and v is not None
-        }
-        config = config_mod.load(args.config, flags=flags)
-        options = options_from(config)
-        spec = rule_spec(config, options)
-        if args.command == "run":
-            final = run_freebsd(config, options, _log)
-            _log(
-                f"done: {final.get('divert_received', 0)} packets, "
-                f"{final.get('inject_errors', 0)} write errors"
-            )
-            return 0
-        firewall: BsdFirewall = "pf" if config.bsd_firewall == "pf" else "ipfw"
-        if args.action == "plan":
-            print(bsd.render_plan(spec, firewall), end="")
-        elif args.action == "install":
-            bsd.install(spec, firewall)
-            print(f"installed with {firewall}")
-        elif args.action == "remove":
-            result = bsd.remove(spec, firewall)
-            print("removed" if result.changed else "nothing installed")
-        else:
-            print(bsd.show(spec, firewall), end="")
-        return 0
-    except ConfigError as e:
-        print(f"govpass: {e}", file=sys.stderr)
-        return 2
-    except (GovpassError, ValueError) as e:
-        print(f"govpass: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -335,7 +335,7 @@ def lab_command(
     if not kinds:
         raise GovpassError(f"none of the clients {', '.join(missing)} is installed")
     from govpass.lab import Lab
-    from govpass.stop_signals import signals_raise
+    from govpass.runtime.signals import signals_raise
 
     console = Console(highlight=False)
     families = [4, 6] if family is Family.both else [int(family.value)]

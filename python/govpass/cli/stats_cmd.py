@@ -8,23 +8,23 @@ import typer
 from rich.console import Console
 
 from govpass.cli import app
-from govpass.cli.status import table
 from govpass.errors import GovpassError
+from govpass.runtime.status import table
 from govpass.safetext import markup
 
 
 @app.command("stats")
 def stats(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show the counters of the running daemon."""
-    from govpass.daemon import aggregate, run_dir
-    from govpass.run_lock import running_daemon
+    from govpass.runtime.run_lock import running_daemon
+    from govpass.runtime.state import DAEMON_STATE, aggregate, run_dir
 
     directory = run_dir()
     pid = running_daemon(directory)
     if pid is None:
         raise GovpassError(f"no running govpass daemon with run directory {directory}")
     try:
-        info = json.loads((directory / "daemon.json").read_text(encoding="utf-8"))
+        info = json.loads((directory / DAEMON_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = {}  # starting, or stopping: the counters are still there
     data = {"pid": pid, **aggregate(directory)}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from govpass.config import Config
 from govpass.errors import BackendError, FirewallError
 from govpass.rules.runner import Runner
-from govpass.stop_signals import signals_raise
+from govpass.runtime.signals import signals_raise
 from govpass.strategy import Strategy
 
 CHAIN_PREFIX = "GOVPASS_PROBE_"

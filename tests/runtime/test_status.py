@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from govpass.cli.status import ChangeLog, line
+from govpass.runtime.status import ChangeLog, line
 
 IDLE = {"flows": 3, "splits": 2, "packets": 9, "fail_open": {}}
 

@@ -133,3 +133,9 @@ class ChangeLog:
             return None
         self._last, self._at = rendered, now
         return rendered
+
+
+def running(config: Any, *extra: str) -> str:
+    """The line a service logs once it runs: the split it makes, then its own words."""
+    split = f"split-chunk={config.split_chunk} split-pos={','.join(config.split_pos) or '-'}"
+    return " ".join(["running:", split, *extra])

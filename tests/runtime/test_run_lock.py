@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from govpass import run_lock
 from govpass.errors import BackendError
-from govpass.run_lock import LOCK_NAME, claim_run_lock, hold_run_lock, running_daemon
+from govpass.runtime import run_lock
+from govpass.runtime.run_lock import LOCK_NAME, claim_run_lock, hold_run_lock, running_daemon
 
 
 def test_a_stale_daemon_json_whose_pid_lives_is_no_daemon(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_the_lock_modules_import_where_there_is_no_fcntl() -> None:
     # Windows has no fcntl: the modules its divert backend imports must not need it.
     code = (
         "import sys; sys.modules['fcntl'] = None\n"
-        "import govpass.run_lock, govpass.daemon, govpass.backends.divert_run\n"
+        "import govpass.runtime.run_lock, govpass.daemon, govpass.runtime.divert_service\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -90,8 +90,9 @@ def _file_id(path: Path) -> tuple[int, int]:
 def test_divert_refuses_to_open_while_another_daemon_holds_the_run_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from govpass.backends import divert, divert_run
+    from govpass.backends import divert
     from govpass.config import load
+    from govpass.runtime import divert_service
 
     class Worker:
         def __init__(self, _config: object) -> None:
@@ -107,12 +108,12 @@ def test_divert_refuses_to_open_while_another_daemon_holds_the_run_dir(
     monkeypatch.setattr(divert, "unavailable_reason", lambda: "")
     monkeypatch.setattr(divert, "check_privileges", lambda: None)
     monkeypatch.setattr(divert, "DivertWorker", Worker)
-    monkeypatch.setattr(divert_run, "_clean_leftovers", lambda _log: None)
+    monkeypatch.setattr(divert_service, "clean_leftovers", lambda _log: None)
     if sys.platform.startswith("freebsd"):
         pytest.skip("run_divert hands FreeBSD to its own backend")
     fd = claim_run_lock(tmp_path)
     try:
         with pytest.raises(BackendError, match="already running with run directory"):
-            divert_run.run_divert(load(env={}), lambda _m: None)
+            divert_service.run_divert(load(env={}), lambda _m: None)
     finally:
         run_lock.release_run_lock(fd)

@@ -3,7 +3,7 @@ never as markup or terminal controls; counters that are not numbers show as 0.""
 
 from __future__ import annotations
 
-from govpass.cli.status import line, table
+from govpass.runtime.status import line, table
 from rich.console import Console
 
 HOSTILE = "[red]x[/red]\x1b]0;pwned\x07\nforged"

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from govpass.stop_signals import signals_raise, stop_on_signals
+from govpass.runtime.signals import signals_raise, stop_on_signals
 
 
 @contextmanager
@@ -77,7 +77,7 @@ def test_signals_raise_turns_every_stop_signal_into_keyboard_interrupt() -> None
 
 CHILD = """
 import os, signal, sys, time
-from govpass.stop_signals import signals_raise
+from govpass.runtime.signals import signals_raise
 try:
     with signals_raise():
         print("ready", flush=True)
