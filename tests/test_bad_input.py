@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from govpass.config import SETTINGS
+from govpass.settings import SETTINGS
 
 TIMEOUT = 60  # seconds per case; the machine may be busy, a hang takes forever
 MAX_OUTPUT = 2000  # characters of stderr a case may print

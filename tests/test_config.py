@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from govpass import EngineConfig
-from govpass.config import BY_NAME, SETTINGS, Config, Setting, load
+from govpass.config import Config, load
 from govpass.errors import ConfigError, GovpassError
+from govpass.settings import BY_NAME, SETTINGS, Setting
 
 ENGINE_NAMES = (
     "split-mode",

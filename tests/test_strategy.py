@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from govpass.config import BY_NAME
 from govpass.config import load as load_config
 from govpass.errors import ConfigError
+from govpass.settings import BY_NAME
 from govpass.strategy import DEFAULT, DEFAULT_LADDER, Strategy, ladder
 
 

@@ -19,607 +19,99 @@ from pathlib import Path
 from typing import Any
 
 from govpass._core import EngineConfig
-from govpass.backends import default_name
 from govpass.errors import ConfigError
 from govpass.quoting import escape_text, kind_of, quote
 from govpass.reading import read_bounded
 from govpass.reading import shown as _shown
+from govpass.settings import (
+    BY_NAME,
+    MIN_WORKER_TIMEOUT,
+    SETTINGS,
+    Setting,
+    cpu_count,
+)
+from govpass.strategy import ladder
+from govpass.targeting import Targeting
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-ENV_PREFIX = "GOVPASS_"
-MIN_WORKER_TIMEOUT = 0.5  # an idle worker's loop comes round every 0.25 s
 PROFILE_KEY = "profile"  # [[profile]] tables: see govpass.targeting
-DEFAULT_BACKEND = default_name()  # NFQUEUE on Linux, divert elsewhere
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One configurable value: its name, default, meaning and parser."""
-
-    name: str
-    default: Any
-    help: str
-    kind: str  # "int" | "float" | "str" | "list" | "bool" | "choice"
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    # "choice": (spelling, choice) pairs also taken, e.g. a former bool's true/false
-    aliases: tuple[tuple[str, str], ...] = ()
-    # "list": what separates the items of a string value (a regular expression)
-    separator: str = ","
-
-    @property
-    def attr(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.attr.upper()
-
-    def accepted(self) -> str:
-        if self.kind == "choice":
-            return ", ".join(self.choices)
-        if self.kind == "bool":
-            return "true or false"
-        if self.kind == "list":
-            return "a comma-separated list"
-        if self.kind == "str":
-            return "a string"
-        lo = "" if self.minimum is None else _num(self.minimum)
-        hi = "" if self.maximum is None else _num(self.maximum)
-        what = "an integer" if self.kind == "int" else "a number"
-        return f"{what} in {lo}..={hi}" if lo or hi else what
-
-    def parse(self, value: Any, label: str | None = None) -> Any:
-        """Turns a TOML value or a string from the environment/CLI into the typed value.
-
-        `label` is how the value was given (``GOVPASS_SPLIT_CHUNK``, ``split-chunk
-        in FILE``); an error names it and what is accepted."""
-        what = label or self.name
-        bad = ConfigError(
-            f"invalid {what}: {quote(value)} (accepted: {self.accepted()})", field=self.name
-        )
-        if self.kind == "list":
-            if isinstance(value, str):
-                # A custom separator leaves commas to the items ("1, 2,midsld": "1", "2,midsld").
-                items = re.split(self.separator, value)
-                if self.separator != ",":
-                    items = [i.strip(",") for i in items]
-            elif isinstance(value, list | tuple) and all(_list_item(v) for v in value):
-                items = [str(v) for v in value]
-            else:
-                raise bad
-            out = tuple(v.strip() for v in items if v.strip())
-            _check_text(out, what, self.name)
-            return out
-        if self.kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if not isinstance(value, str | int):
-                raise bad
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise bad
-        if self.kind == "choice":
-            if not isinstance(value, str | bool):
-                raise bad
-            text = str(value)
-            text = dict(self.aliases).get(text.lower(), text)
-            if text not in self.choices:
-                raise bad
-            return text
-        if self.kind == "str":
-            if not isinstance(value, str):
-                raise bad
-            _check_text((value,), what, self.name)
-            return value
-        return self._number(value, bad)
-
-    def _number(self, value: Any, bad: ConfigError) -> float:
-        # A TOML float (inf and nan included) is no integer; bools are no numbers.
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise bad
-        try:
-            if self.kind == "int":
-                if isinstance(value, float):
-                    raise ValueError
-                number: float = int(value, 0) if isinstance(value, str) else value
-            else:
-                number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise bad from None
-        if number != number:  # NaN compares false with everything
-            raise bad
-        if (self.minimum is not None and number < self.minimum) or (
-            self.maximum is not None and number > self.maximum
-        ):
-            raise bad
-        return number
-
-
-def _list_item(v: Any) -> bool:
-    """An array element a list setting takes: a string, or an integer (ports = [443])."""
-    return isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))
-
-
-def _check_text(values: tuple[str, ...], what: str, field: str) -> None:
-    """Refuses control characters (a NUL, a newline, terminal escapes) in text settings:
-    they end up in paths, firewall rules and log lines."""
-    for v in values:
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
-            raise ConfigError(
-                f"invalid {what}: {quote(v)} holds a control character (accepted: printable text)",
-                field=field,
-            )
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-# The ladder of `govpass probe` and `--strategy auto` (govpass.strategy).
-# Cheapest to heaviest: two segments with a small first one, then two segments cut
-# at the name, then three segments (a small first one and a cut at the name).
-DEFAULT_LADDER_TEXT: tuple[str, ...] = (
-    "1",
-    "2",
-    "5",
-    "8",
-    "sni",
-    "midsld",
-    "sniend",
-    "1,sni+1",
-    "2,midsld",
-    "1,midsld",
-    "8,midsld",
-)
-
-
-SETTINGS: tuple[Setting, ...] = (
-    # Engine (checked again, authoritatively, by the engine itself).
-    Setting(
-        "split-mode",
-        "tls-hello",
-        "Which bytes are split: the whole first TLS record "
-        "(tls-hello) or only the first payload packet (immediate)",
-        "choice",
-        choices=("tls-hello", "immediate"),
-    ),
-    Setting(
-        "split-chunk",
-        5,
-        "Size in bytes of the first segment (0: positions only)",
-        "int",
-        minimum=0,
-        maximum=16384,
-    ),
-    Setting(
-        "split-pos",
-        (),
-        "Further cut positions: N, sni, sniend, midsld, each with "
-        "an optional +N/-N (e.g. 'sni+1,midsld')",
-        "list",
-    ),
-    Setting(
-        "strategy",
-        "fixed",
-        "fixed: split-chunk/split-pos for all; auto: learn one per (listed) host name",
-        "choice",
-        choices=("fixed", "auto"),
-    ),
-    Setting(
-        "strategy-ladder",
-        DEFAULT_LADDER_TEXT,
-        "auto: strategies tried after the configured split and no split ('1;2;2,midsld')",
-        "list",
-        separator=r"[\s;]+",
-    ),
-    Setting(
-        "strategy-state",
-        "/var/lib/govpass/strategies.json",
-        "auto: the file keeping learned strategies",
-        "str",
-    ),
-    Setting(
-        "strategy-unfixable-time",
-        3600.0,
-        "auto: seconds a host failing every strategy is left alone",
-        "float",
-        minimum=1,
-        maximum=30 * 86400,
-    ),
-    Setting(
-        "collect-timeout",
-        250.0,
-        "Milliseconds a flow may hold packets while its first record is incomplete",
-        "float",
-        minimum=1,
-        maximum=60000,
-    ),
-    Setting(
-        "max-buffer",
-        65536,
-        "Most bytes of a first record that are buffered",
-        "int",
-        minimum=64,
-        maximum=16 * 1024 * 1024,
-    ),
-    Setting(
-        "max-held-pkts", 32, "Most packets of one flow held at once", "int", minimum=1, maximum=4096
-    ),
-    Setting(
-        "max-seg-payload",
-        1460,
-        "Largest payload of a generated segment",
-        "int",
-        minimum=1,
-        maximum=65475,
-    ),
-    Setting(
-        "flow-timeout",
-        30.0,
-        "Seconds after which an idle flow is forgotten",
-        "float",
-        minimum=1,
-        maximum=86400,
-    ),
-    Setting(
-        "max-flows",
-        131072,
-        "Most flows tracked per worker; the oldest is evicted",
-        "int",
-        minimum=1,
-        maximum=16777216,
-    ),
-    Setting("ports", ("443",), "Destination TCP ports whose flows are reshaped", "list"),
-    # Capture and rules.
-    Setting(
-        "backend",
-        DEFAULT_BACKEND,
-        "Capture backend (default: this platform's own)",
-        "choice",
-        choices=("nfqueue", "divert"),
-    ),
-    Setting(
-        "workers",
-        0,
-        "Worker processes, one queue each (0: one per CPU core); the kernel spreads "
-        "packets over the queues by their address pair (source and destination "
-        "address, not ports), so all connections between two hosts go to one worker",
-        "int",
-        minimum=0,
-        maximum=256,
-    ),
-    Setting(
-        "worker-sched",
-        "batch",
-        "Scheduling of NFQUEUE workers: batch (no wake-up preemption; best throughput "
-        "under load) or normal",
-        "choice",
-        choices=("batch", "normal"),
-    ),
-    Setting(
-        "user",
-        "",
-        "User the NFQUEUE workers become once their sockets are open, when started as "
-        "root (empty: govpass if it exists, else nobody; root: keep uid 0 and every "
-        "capability)",
-        "str",
-    ),
-    Setting(
-        "worker-timeout",
-        1.0,
-        "Seconds a worker's packet loop may go without running before the daemon kills "
-        "and restarts it, so its queue fails open at once (0: off; else at least "
-        f"{MIN_WORKER_TIMEOUT}, twice the idle loop's period)",
-        "float",
-        minimum=0,
-        maximum=3600,
-    ),
-    Setting(
-        "packet-loop",
-        "rust",
-        "NFQUEUE workers: rust (the engine reads the queue's socket itself and sends "
-        "verdicts in batches) or python (a netfilterqueue callback per packet); "
-        "block-quic listed always uses python",
-        "choice",
-        choices=("rust", "python"),
-    ),
-    Setting(
-        "inject",
-        "auto",
-        "How the Rust packet loop sends split segments: auto (the last ones in the "
-        "verdicts of the captured packets they replace, where the kernel allows it: in "
-        "the initial user namespace; the others through raw sockets) or raw (all "
-        "through raw sockets)",
-        "choice",
-        choices=("auto", "raw"),
-    ),
-    Setting(
-        "kernel-split",
-        "auto",
-        "auto: a ClientHello that leaves whole in one packet is split in the kernel "
-        "by a tc egress eBPF program on the covered interfaces (no trip to a worker); "
-        "the others go to the workers. Used with the bpf pre-filter, split-mode "
-        "tls-hello, a split-chunk of 1..64, no split-pos and no host lists or IP sets; "
-        "off: every hello goes to the workers",
-        "choice",
-        choices=("auto", "off"),
-    ),
-    Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
-    Setting(
-        "queue-len",
-        4096,
-        "Kernel queue length (packets) per queue",
-        "int",
-        minimum=16,
-        maximum=1_048_576,
-    ),
-    Setting(
-        "queue-time",
-        2000,
-        "Divert backend: milliseconds a captured packet may wait in the WinDivert queue "
-        "before it is dropped",
-        "int",
-        minimum=100,
-        maximum=16000,
-    ),
-    Setting(
-        "queue-size",
-        32 * 1024 * 1024,
-        "Divert backend: most bytes held in the WinDivert queue",
-        "int",
-        minimum=65535,
-        maximum=32 * 1024 * 1024,
-    ),
-    Setting(
-        "divert-port",
-        4430,
-        "FreeBSD: divert(4) port the ipfw/pf rules send packets to",
-        "int",
-        minimum=1,
-        maximum=65535,
-    ),
-    Setting(
-        "bsd-firewall",
-        "ipfw",
-        "FreeBSD: which firewall carries the divert rules (none: managed by hand)",
-        "choice",
-        choices=("ipfw", "pf", "none"),
-    ),
-    Setting(
-        "ipfw-rule",
-        100,
-        "FreeBSD: ipfw rule number for govpass's rules",
-        "int",
-        minimum=1,
-        maximum=65534,
-    ),
-    Setting("pf-anchor", "govpass", "FreeBSD: pf anchor holding govpass's rules", "str"),
-    Setting(
-        "copy-range",
-        65535,
-        "Bytes of each queued packet copied to govpass (the netfilterqueue binding caps it "
-        "at 4016); a packet cut short is passed untouched",
-        "int",
-        minimum=64,
-        maximum=65535,
-    ),
-    Setting(
-        "mark",
-        0x10000000,
-        "Firewall mark on injected and released packets (the rules skip it)",
-        "int",
-        minimum=1,
-        maximum=0xFFFFFFFF,
-    ),
-    Setting(
-        "prefilter",
-        "auto",
-        "How the rules find a ClientHello's later packets: bpf (an eBPF program in the "
-        "iptables bpf match follows the record; no connection tracking, needs "
-        "iptables-nft and CAP_BPF), conntrack (a connmark bit bounded by connbytes), "
-        "auto (bpf when it loads, else conntrack)",
-        "choice",
-        choices=("auto", "bpf", "conntrack"),
-    ),
-    Setting(
-        "watch-mark",
-        0x20000000,
-        "Conntrack mark bit for flows still watched (prefilter conntrack)",
-        "int",
-        minimum=1,
-        maximum=0xFFFFFFFF,
-    ),
-    Setting(
-        "mode",
-        "host",
-        "host: this machine's own traffic; router: forwarded traffic",
-        "choice",
-        choices=("host", "router"),
-    ),
-    Setting("iface", (), "Interfaces to act on (router mode: the WAN side)", "list"),
-    Setting("exclude-iface", (), "Interfaces never touched", "list"),
-    Setting(
-        "firewall",
-        "auto",
-        "Rule backend",
-        "choice",
-        choices=("auto", "nftables", "iptables", "none"),
-    ),
-    Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
-    Setting(
-        "block-quic",
-        "off",
-        "Outbound QUIC Initial packets (UDP to the ports): all: dropped, so browsers fall "
-        "back to TCP; listed: dropped only for names govpass would split over TCP "
-        "(nfqueue backend); off: untouched",
-        "choice",
-        choices=("off", "all", "listed"),
-        aliases=(("true", "all"), ("false", "off")),
-    ),
-    Setting(
-        "stats-interval",
-        2.0,
-        "Seconds between status updates / log lines",
-        "float",
-        minimum=0.1,
-        maximum=3600,
-    ),
-    # Targeting shortcuts (govpass.targeting): any list given makes the profiles
-    # [listed: split, other: pass]; [[profile]] tables in the config file say more.
-    Setting(
-        "hostlist",
-        (),
-        "Host list files: split only these names (one per line, subdomains match, "
-        "^name exact, # comments, gzip ok)",
-        "list",
-    ),
-    Setting("hosts", (), "Host names to split, inline (like --hostlist)", "list"),
-    Setting("hostlist-exclude", (), "Host list files whose names are never split", "list"),
-    Setting("hosts-exclude", (), "Host names never split, inline", "list"),
-    Setting(
-        "ipset",
-        (),
-        "IP set files: split only flows to these addresses/CIDRs (IPv4 and IPv6)",
-        "list",
-    ),
-    Setting("ips", (), "Addresses/CIDRs to split, inline (like --ipset)", "list"),
-    Setting("ipset-exclude", (), "IP set files whose addresses are never split", "list"),
-    Setting("ips-exclude", (), "Addresses/CIDRs never split, inline", "list"),
-    Setting(
-        "hostlist-auto",
-        "",
-        "Auto host list file: names on no list pass untouched until they fail "
-        "auto-fail-threshold times, are then added here and split",
-        "str",
-    ),
-    Setting(
-        "max-list-bytes",
-        64 * 1024 * 1024,
-        "Largest list file (host list, IP set, auto list) read, in bytes; a gzip file's "
-        "decompressed data too",
-        "int",
-        minimum=1024,
-        maximum=4 * 1024 * 1024 * 1024,
-    ),
-    Setting(
-        "auto-fail-threshold",
-        3,
-        "Failures of a name (within auto-fail-time of each other) that add it to the auto list",
-        "int",
-        minimum=1,
-        maximum=1000,
-    ),
-    Setting(
-        "auto-fail-time",
-        60.0,
-        "Seconds after a failure within which the next one still counts",
-        "float",
-        minimum=1,
-        maximum=86400,
-    ),
-    Setting(
-        "auto-retrans",
-        3,
-        "Resends of a watched ClientHello (any part) that count as one failure",
-        "int",
-        minimum=1,
-        maximum=100,
-    ),
-    Setting(
-        "auto-silence",
-        4.0,
-        "Seconds with no server data after a watched hello that make a failure; 0: off",
-        "float",
-        minimum=0,
-        maximum=600,
-    ),
-)
-
-BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+def _default(name: str) -> Any:
+    """A Config field's default: the setting's own (govpass.settings), stated once."""
+    return BY_NAME[name].default
 
 
 @dataclass(frozen=True)
 class Config:
     """Typed, validated settings. Build with :func:`load`."""
 
-    split_mode: str = "tls-hello"
-    split_chunk: int = 5
-    split_pos: tuple[str, ...] = ()
-    collect_timeout: float = 250.0
-    max_buffer: int = 65536
-    max_held_pkts: int = 32
-    max_seg_payload: int = 1460
-    flow_timeout: float = 30.0
-    max_flows: int = 131072
-    ports: tuple[str, ...] = ("443",)
-    backend: str = DEFAULT_BACKEND
-    workers: int = 0
-    worker_sched: str = "batch"
-    user: str = ""
-    worker_timeout: float = 1.0
-    packet_loop: str = "rust"
-    inject: str = "auto"
-    kernel_split: str = "auto"
-    queue_num: int = 200
-    queue_len: int = 4096
-    queue_time: int = 2000
-    queue_size: int = 32 * 1024 * 1024
-    divert_port: int = 4430
-    bsd_firewall: str = "ipfw"
-    ipfw_rule: int = 100
-    pf_anchor: str = "govpass"
-    copy_range: int = 65535
-    mark: int = 0x10000000
-    watch_mark: int = 0x20000000
-    mode: str = "host"
-    iface: tuple[str, ...] = ()
-    exclude_iface: tuple[str, ...] = ()
-    firewall: str = "auto"
-    ipv6: bool = True
-    block_quic: str = "off"
-    prefilter: str = "auto"
-    stats_interval: float = 2.0
-    hostlist: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-    hostlist_exclude: tuple[str, ...] = ()
-    hosts_exclude: tuple[str, ...] = ()
-    ipset: tuple[str, ...] = ()
-    ips: tuple[str, ...] = ()
-    ipset_exclude: tuple[str, ...] = ()
-    ips_exclude: tuple[str, ...] = ()
-    hostlist_auto: str = ""
-    max_list_bytes: int = 64 * 1024 * 1024
-    auto_fail_threshold: int = 3
-    auto_fail_time: float = 60.0
-    auto_retrans: int = 3
-    auto_silence: float = 4.0
-    strategy: str = "fixed"
-    strategy_ladder: tuple[str, ...] = DEFAULT_LADDER_TEXT
-    strategy_state: str = "/var/lib/govpass/strategies.json"
-    strategy_unfixable_time: float = 3600.0
+    split_mode: str = _default("split-mode")
+    split_chunk: int = _default("split-chunk")
+    split_pos: tuple[str, ...] = _default("split-pos")
+    collect_timeout: float = _default("collect-timeout")
+    max_buffer: int = _default("max-buffer")
+    max_held_pkts: int = _default("max-held-pkts")
+    max_seg_payload: int = _default("max-seg-payload")
+    flow_timeout: float = _default("flow-timeout")
+    max_flows: int = _default("max-flows")
+    ports: tuple[str, ...] = _default("ports")
+    backend: str = _default("backend")
+    workers: int = _default("workers")
+    worker_sched: str = _default("worker-sched")
+    user: str = _default("user")
+    worker_timeout: float = _default("worker-timeout")
+    packet_loop: str = _default("packet-loop")
+    inject: str = _default("inject")
+    kernel_split: str = _default("kernel-split")
+    queue_num: int = _default("queue-num")
+    queue_len: int = _default("queue-len")
+    queue_time: int = _default("queue-time")
+    queue_size: int = _default("queue-size")
+    divert_port: int = _default("divert-port")
+    bsd_firewall: str = _default("bsd-firewall")
+    ipfw_rule: int = _default("ipfw-rule")
+    pf_anchor: str = _default("pf-anchor")
+    copy_range: int = _default("copy-range")
+    mark: int = _default("mark")
+    watch_mark: int = _default("watch-mark")
+    mode: str = _default("mode")
+    iface: tuple[str, ...] = _default("iface")
+    exclude_iface: tuple[str, ...] = _default("exclude-iface")
+    firewall: str = _default("firewall")
+    ipv6: bool = _default("ipv6")
+    block_quic: str = _default("block-quic")
+    prefilter: str = _default("prefilter")
+    stats_interval: float = _default("stats-interval")
+    hostlist: tuple[str, ...] = _default("hostlist")
+    hosts: tuple[str, ...] = _default("hosts")
+    hostlist_exclude: tuple[str, ...] = _default("hostlist-exclude")
+    hosts_exclude: tuple[str, ...] = _default("hosts-exclude")
+    ipset: tuple[str, ...] = _default("ipset")
+    ips: tuple[str, ...] = _default("ips")
+    ipset_exclude: tuple[str, ...] = _default("ipset-exclude")
+    ips_exclude: tuple[str, ...] = _default("ips-exclude")
+    hostlist_auto: str = _default("hostlist-auto")
+    max_list_bytes: int = _default("max-list-bytes")
+    auto_fail_threshold: int = _default("auto-fail-threshold")
+    auto_fail_time: float = _default("auto-fail-time")
+    auto_retrans: int = _default("auto-retrans")
+    auto_silence: float = _default("auto-silence")
+    strategy: str = _default("strategy")
+    strategy_ladder: tuple[str, ...] = _default("strategy-ladder")
+    strategy_state: str = _default("strategy-state")
+    strategy_unfixable_time: float = _default("strategy-unfixable-time")
     # [[profile]] tables of the config file, as read (checked by govpass.targeting).
     profiles: tuple[Mapping[str, Any], ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def worker_count(self) -> int:
-        return self.workers or _cpu_count()
+        return self.workers or cpu_count()
 
     @property
     def port_numbers(self) -> tuple[int, ...]:
@@ -803,8 +295,6 @@ def load(
         config.engine_config()  # the engine's own validation, same messages
     except ConfigError as e:
         raise _from_source(e, sources) from None
-    from govpass.targeting import Targeting
-
     targeting = Targeting.from_config(config)  # profiles and inline lists (files are read later)
     _check_strategy(
         config, targeting.learns or (config.strategy == "auto" and not targeting.active)
@@ -814,8 +304,6 @@ def load(
 
 def _check_strategy(config: Config, learns: bool) -> None:
     """The ladder's strategies parse; a learning setup names a state file."""
-    from govpass.strategy import ladder
-
     try:
         ladder(config.strategy_ladder)
     except ConfigError as e:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from govpass._core import Profile
-from govpass.config import BY_NAME, DEFAULT_LADDER_TEXT, Config
 from govpass.errors import ConfigError
+from govpass.settings import BY_NAME, DEFAULT_LADDER_TEXT
+
+if TYPE_CHECKING:
+    from govpass.config import Config
 
 
 @dataclass(frozen=True)

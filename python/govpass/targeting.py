@@ -36,6 +36,7 @@ from govpass._core import HostList, IpSet, Profile
 from govpass.errors import ConfigError
 from govpass.quoting import LIMIT, escape_text, kind_of, quote
 from govpass.reading import check_path, read_bounded, shown
+from govpass.settings import BY_NAME
 
 if TYPE_CHECKING:
     from govpass.config import Config
@@ -200,8 +201,6 @@ def _ports(value: Any, where: str, allowed: Sequence[int]) -> tuple[int, ...]:
 def _spec_from_table(
     table: Mapping[str, Any], number: int, base: Path, config: Config
 ) -> ProfileSpec:
-    from govpass.config import BY_NAME
-
     name = table.get("name", f"profile-{number}")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
@@ -272,8 +271,6 @@ def _spec_from_table(
 def _profile_strategy(table: Mapping[str, Any], where: str, action: str, config: Config) -> str:
     """A profile's strategy: its own, else the global one (for split profiles: a pass
     profile splits nothing, so it learns nothing)."""
-    from govpass.config import BY_NAME
-
     if "strategy" not in table:
         strategy = config.strategy if action == "split" else "fixed"
         origin = "the global strategy setting"

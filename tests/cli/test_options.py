@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import pytest
 from govpass.cli.options import PANELS, hidden_here
-from govpass.config import SETTINGS
+from govpass.settings import SETTINGS
 
 
 def govpass(*args: str, columns: int = 100, **env: str) -> str:

@@ -20,10 +20,11 @@ import pydivert
 import pytest
 from govpass import config as config_mod
 from govpass.backends import divert, divert_leftovers
-from govpass.config import BY_NAME, Config
+from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
 from govpass.runtime import divert_service
 from govpass.runtime.signals import stop_on_signals
+from govpass.settings import BY_NAME
 from pydivert import Direction, Packet, Param
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6

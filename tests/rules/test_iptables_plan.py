@@ -288,8 +288,8 @@ def test_v6_matches_any_hello_like_head(head: tuple[int, ...], tail: bytes, doff
 def test_router_queues_are_balanced_by_address_pair_and_the_docs_say_so() -> None:
     from pathlib import Path
 
-    from govpass.config import SETTINGS
     from govpass.rules import nftables as nft
+    from govpass.settings import SETTINGS
 
     spec = RuleSpec(mode="router", interfaces=("wan0",), queue_num=10, queue_count=4)
     targets = {tuple(r[r.index("-j") :]) for r in ipt.chain_rules(spec, "ipv4") if "NFQUEUE" in r}

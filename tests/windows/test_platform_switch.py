@@ -8,7 +8,8 @@ import sys
 
 import pytest
 from govpass import backends, doctor, interfaces, privileges
-from govpass.config import BY_NAME, Config, load
+from govpass.config import Config, load
+from govpass.settings import BY_NAME
 
 
 @pytest.mark.parametrize(

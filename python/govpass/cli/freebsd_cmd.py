@@ -17,11 +17,11 @@ from pathlib import Path
 
 from govpass import config as config_mod
 from govpass.backends.freebsd import BsdFirewall, options_from, rule_spec
-from govpass.config import SETTINGS
 from govpass.errors import ConfigError, GovpassError
 from govpass.rules import bsd
 from govpass.runtime.freebsd_service import run_freebsd
 from govpass.safetext import text
+from govpass.settings import SETTINGS
 
 
 def _parser() -> argparse.ArgumentParser:

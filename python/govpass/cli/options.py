@@ -16,8 +16,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from govpass.config import BY_NAME, SETTINGS, Setting
 from govpass.quoting import escape_text
+from govpass.settings import BY_NAME, SETTINGS, Setting
 from govpass.targeting import SHORTCUTS
 
 # The engine's settings: how a hello is cut (capture and rule settings excluded).
