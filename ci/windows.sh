@@ -205,7 +205,7 @@ rm -rf "$work/run/tests/rules" # its conftest puts the source tree on sys.path
 tests=(
     tests/test_engine.py tests/test_engine_properties.py tests/test_config.py
     tests/test_pcap.py tests/test_targeting.py tests/test_interfaces.py
-    tests/divert/test_divert_unit.py tests/runtime/test_service.py tests/windows
+    tests/divert/test_divert_unit.py tests/runtime/test_service.py tests/test_host_os.py tests/windows
 )
 (cd "$work/run" && winpy -m pytest -q -p no:cacheprovider -m "not netns" --durations=5 \
     "${tests[@]}")

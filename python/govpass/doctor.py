@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from govpass import host_os
 from govpass.config import Config
 from govpass.privileges import is_admin, missing_capabilities
 
@@ -33,7 +33,7 @@ class Check:
 
 
 def check_privileges() -> Check:
-    if sys.platform == "win32":
+    if host_os.is_windows():
         if is_admin():
             return Check("privileges", "ok", "running as Administrator (elevated)")
         return Check(
@@ -57,7 +57,7 @@ def check_privileges() -> Check:
 
 
 def check_nfqueue() -> Check:
-    if not sys.platform.startswith("linux"):
+    if not host_os.is_linux():
         return Check("nfqueue", "warn", "not Linux: NFQUEUE unavailable", "use --backend divert")
     if os.path.exists("/proc/net/netfilter/nfnetlink_queue"):
         return Check("nfqueue", "ok", "kernel module nfnetlink_queue loaded")
@@ -388,7 +388,7 @@ def check_interfaces(config: Config) -> list[Check]:
                 "default route",
                 "warn",
                 "no interface holds a default route",
-                ("check `route print`" if sys.platform == "win32" else "check `ip route`")
+                ("check `route print`" if host_os.is_windows() else "check `ip route`")
                 + "; govpass acts on outbound traffic only",
             )
         )
@@ -409,7 +409,7 @@ def check_backends(config: Config) -> list[Check]:
                 "needs root"
             ) else BACKEND_FIXES.get(name, "")  # fmt: skip
             out.append(Check(f"backend {name}", "warn", reason, fix))
-    if importlib.util.find_spec("pydivert") is not None and not sys.platform.startswith("freebsd"):
+    if importlib.util.find_spec("pydivert") is not None and not host_os.is_freebsd():
         from govpass.backends import divert
 
         info = divert.describe(config)
@@ -498,7 +498,7 @@ def _names(names: list[str]) -> str:
 
 def run_checks(config: Config) -> list[Check]:
     checks: list[Callable[[], list[Check]]] = [lambda: [check_privileges()]]
-    linux = sys.platform.startswith("linux")
+    linux = host_os.is_linux()
     if linux:  # NFQUEUE, the Rust packet loop and the firewall exist only there
         checks += [
             check_daemon_privileges,
@@ -507,7 +507,7 @@ def run_checks(config: Config) -> list[Check]:
             lambda: [check_packet_loop(config)],
             lambda: check_firewall(config),
         ]
-    if linux or sys.platform == "win32":  # FreeBSD's divert(4) path reads no interface kinds
+    if linux or host_os.is_windows():  # FreeBSD's divert(4) path reads no interface kinds
         checks.append(lambda: check_interfaces(config))
     if linux:
         checks.append(

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from govpass import host_os
 
 SYS_NET = Path("/sys/class/net")
 
@@ -138,7 +139,7 @@ def detect(
     proc: Path = Path("/proc/net"),
     drivers: dict[str, str] | None = None,
 ) -> Detection:
-    if sys.platform == "win32":
+    if host_os.is_windows():
         return detect_windows()
     try:
         names = sorted(os.listdir(sys_net))

@@ -11,10 +11,11 @@ import ctypes.util
 import os
 import platform
 import struct
-import sys
 from dataclasses import dataclass
 
-if sys.platform != "win32":  # user lookups: only the Linux daemon drops to a user
+from govpass import host_os
+
+if not host_os.is_windows():  # user lookups: only the Linux daemon drops to a user
     import grp
     import pwd
 
@@ -114,7 +115,7 @@ def describe(pid: int | str = "self") -> str:
 def is_admin() -> bool:
     """Root (uid 0) on Linux and FreeBSD; on Windows a token in the Administrators
     group that is elevated (what loading the WinDivert driver needs)."""
-    if sys.platform == "win32":
+    if host_os.is_windows():
         import ctypes
 
         try:
@@ -140,7 +141,7 @@ def missing_capabilities() -> list[str]:
     """Names of the needed Linux capabilities this process lacks. Root counts by its
     capabilities, not its uid: root with an emptied bounding set (a container, or
     ``setpriv --bounding-set=-all``) can neither bind a queue nor open a raw socket."""
-    caps = effective_capabilities() if sys.platform.startswith("linux") else None
+    caps = effective_capabilities() if host_os.is_linux() else None
     if caps is None:
         return [] if is_admin() else [name for name, _ in NEEDED]
     return [name for name, bit in NEEDED if not caps >> bit & 1]
@@ -186,7 +187,7 @@ def group_name(gid: int) -> str:
 
 
 def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
+    if not host_os.is_linux():
         return None
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

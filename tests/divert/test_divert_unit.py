@@ -735,7 +735,7 @@ def test_a_bad_list_stops_the_start(tmp_path: Path) -> None:
 def test_strategy_auto_is_refused_on_freebsd_in_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(divert_service.sys, "platform", "freebsd14")
+    monkeypatch.setattr(sys, "platform", "freebsd14")
     auto = config_mod.with_overrides(
         Config(), strategy="auto", strategy_state=str(tmp_path / "s.json")
     )

@@ -1,26 +1,27 @@
 """Capture backends. Each can say why it is not usable on this machine, so
-``govpass doctor`` can list them; the platform switch lives here and only here:
-which backends a platform has, which one runs by default, and which
-platform-only module answers for a backend."""
+``govpass doctor`` can list them; which backends a platform has, which one runs
+by default, and which platform-only module answers for a backend are decided
+here and only here (which platform this is: govpass.host_os)."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
+
+from govpass import host_os
 
 NAMES = ("nfqueue", "divert")
 
 
-def platform_names(platform: str = sys.platform) -> tuple[str, ...]:
+def platform_names(platform: str | None = None) -> tuple[str, ...]:
     """The backends that exist on `platform`, its own default first: NFQUEUE
     (and pydivert's eBPF divert) on Linux; divert alone elsewhere (WinDivert on
     Windows, divert(4) on FreeBSD)."""
-    if platform.startswith("linux"):
+    if host_os.is_linux(platform):
         return NAMES
     return ("divert",)
 
 
-def default_name(platform: str = sys.platform) -> str:
+def default_name(platform: str | None = None) -> str:
     """The backend `govpass run` uses when none is set: the platform's own."""
     return platform_names(platform)[0]
 
@@ -28,7 +29,7 @@ def default_name(platform: str = sys.platform) -> str:
 def unavailable_reason(name: str) -> str | None:
     """None when backend `name` can run here, else one line saying why not."""
     if name == "nfqueue":
-        if not sys.platform.startswith("linux"):
+        if not host_os.is_linux():
             return "NFQUEUE exists only on Linux"
         if importlib.util.find_spec("netfilterqueue") is None:
             return (
@@ -42,7 +43,7 @@ def unavailable_reason(name: str) -> str | None:
             return f"needs root or CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
         return None
     if name == "divert":
-        if sys.platform.startswith("freebsd"):
+        if host_os.is_freebsd():
             from govpass.backends import freebsd
 
             return freebsd.unavailable_reason()

@@ -54,13 +54,13 @@ import errno
 import importlib.util
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from govpass import host_os
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine
 from govpass.config import Config
 from govpass.errors import BackendError, ConfigError
@@ -69,7 +69,7 @@ from govpass.privileges import is_admin
 # govpass depends on pydivert on Windows; on Linux it is optional (the eBPF port).
 PYDIVERT_HINT = (
     "pip install pydivert; govpass depends on it on Windows"
-    if sys.platform == "win32"
+    if host_os.is_windows()
     else "pip install pydivert, for the eBPF divert backend"
 )
 
@@ -304,7 +304,7 @@ def unavailable_reason() -> str | None:
     """
     if importlib.util.find_spec("pydivert") is None:
         return f"Python package pydivert is missing ({PYDIVERT_HINT})"
-    if sys.platform.startswith("linux"):
+    if host_os.is_linux():
         if _libebpfdivert() is None:
             return (
                 "libebpfdivert cannot be loaded (reinstall pydivert, or point "
@@ -319,7 +319,7 @@ def unavailable_reason() -> str | None:
                 f"(missing {', '.join(missing)})"
             )
         return None
-    if sys.platform == "win32":
+    if host_os.is_windows():
         import pydivert.windivert_dll as wd
 
         folder = os.path.dirname(wd.DLL_PATH)
@@ -329,16 +329,16 @@ def unavailable_reason() -> str | None:
         if not is_admin():
             return "needs Administrator rights (the WinDivert driver loads only for admins)"
         return None
-    return f"divert works only on Windows and Linux, not {sys.platform}"
+    return f"divert works only on Windows and Linux, not {host_os.platform_text()}"
 
 
 def implementation() -> str:
     """Which divert implementation pydivert uses here, with its version."""
-    if sys.platform.startswith("linux"):
+    if host_os.is_linux():
         lib = _libebpfdivert()
         version = lib.ebpfdivert_version().decode() if lib is not None else "not loadable"
         return f"eBPFDivert {version} (libebpfdivert, cls_bpf on clsact)"
-    if sys.platform == "win32":
+    if host_os.is_windows():
         return "WinDivert driver (bundled with pydivert)"
     return "none"
 
@@ -378,14 +378,14 @@ def describe(config: Config | None = None) -> dict[str, Any]:
 
 def check_privileges() -> None:
     """Fail fast, with one line, when this process cannot load the divert programs."""
-    if sys.platform.startswith("linux"):
+    if host_os.is_linux():
         missing = _missing_linux_capabilities()
         if missing:
             raise BackendError(
                 "govpass run --backend divert needs root or CAP_BPF, CAP_PERFMON, "
                 f"CAP_NET_ADMIN and CAP_NET_RAW (missing {', '.join(missing)})"
             )
-    elif sys.platform == "win32" and not is_admin():
+    elif host_os.is_windows() and not is_admin():
         raise BackendError(
             "govpass run --backend divert needs Administrator rights "
             "(right-click > Run as administrator, or install the service)"
@@ -409,7 +409,7 @@ def open_error(e: BaseException) -> BackendError:
         )
     if code == errno.EINVAL and "filter" in str(e):
         return BackendError(f"the divert filter was rejected: {e}")
-    if isinstance(e, OSError) and sys.platform == "win32":
+    if isinstance(e, OSError) and host_os.is_windows():
         return BackendError(f"WinDivert could not start: {e}")
     if isinstance(e, OSError):
         return BackendError(
@@ -444,7 +444,7 @@ def _default_factory(filter_text: str, interfaces: list[str] | None) -> Any:
     import pydivert
 
     kwargs: dict[str, Any] = {}
-    if interfaces is not None and sys.platform.startswith("linux"):
+    if interfaces is not None and host_os.is_linux():
         kwargs["interfaces"] = interfaces
     return pydivert.Divert(filter_text, priority=PRIORITY, **kwargs)
 
@@ -478,7 +478,7 @@ class DivertWorker:
         # Replies reach the engine only for --strategy auto (its verdicts).
         self._reply_ports = frozenset(spec.ports) if spec.replies else frozenset()
         self.queue = queue_params(config)
-        self.interfaces = attach_interfaces(config) if sys.platform.startswith("linux") else None
+        self.interfaces = attach_interfaces(config) if host_os.is_linux() else None
         self.engine = Engine(config.engine_config())
         self.watcher: Any = None
         self._targeting = _targeting(config)
@@ -499,7 +499,7 @@ class DivertWorker:
             "recv_batches": 0,
         }
         self.error: str | None = None
-        self._batched_recv = sys.platform.startswith("linux")
+        self._batched_recv = host_os.is_linux()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -544,7 +544,7 @@ class DivertWorker:
         try:
             if hasattr(h, "shutdown"):  # pydivert's Linux backend
                 h.shutdown(SHUTDOWN_RECV)
-            elif sys.platform == "win32":
+            elif host_os.is_windows():
                 from pydivert import windivert_dll
 
                 windivert_dll.WinDivertShutdown(h._impl._handle, SHUTDOWN_RECV)

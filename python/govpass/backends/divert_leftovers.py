@@ -13,11 +13,12 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+from govpass import host_os
 
 TC_PROGRAM_PREFIX = "tc_divert_"  # libebpfdivert's cls_bpf programs
 
@@ -100,7 +101,7 @@ def sweep_orphans(run: Callable[..., Any] = subprocess.run) -> list[str]:
 
 def clean_leftovers(log: Callable[[str], None]) -> None:
     """Linux: remove what divert handles of crashed runs left attached."""
-    if not sys.platform.startswith("linux"):
+    if not host_os.is_linux():
         return
     try:
         from pydivert import EBPFDivert

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from govpass import host_os
 from govpass._core import ACCEPT, DROP, RELEASE, SEND, Engine, EngineConfig
 from govpass.errors import BackendError
 from govpass.rules.bsd import (
@@ -73,10 +73,11 @@ class LoopDetected(BackendError):
 
 def open_divert_socket(port: int, platform: str | None = None) -> socket.socket:
     """A divert socket bound to divert port `port` (root only)."""
-    platform = sys.platform if platform is None else platform
-    if not platform.startswith("freebsd"):
+    if not host_os.is_freebsd(platform):
         # Linux would even open it: protocol 258 is a valid raw protocol number there.
-        raise BackendError(f"divert sockets exist on FreeBSD only (this is {platform})")
+        raise BackendError(
+            f"divert sockets exist on FreeBSD only (this is {platform or host_os.platform_text()})"
+        )
     sock: socket.socket | None = None
     family = getattr(socket, "AF_DIVERT", None)
     try:
@@ -108,9 +109,9 @@ def unavailable_reason(
     kldstat: Callable[[str], bool] | None = None,
 ) -> str | None:
     """None when divert sockets can be used here, else one line saying why not."""
-    platform = sys.platform if platform is None else platform
-    if not platform.startswith("freebsd"):
-        return f"divert sockets are used on FreeBSD only (this is {platform})"
+    if not host_os.is_freebsd(platform):
+        here = platform or host_os.platform_text()
+        return f"divert sockets are used on FreeBSD only (this is {here})"
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
         return "needs root (divert sockets, ipfw/pfctl)"
@@ -340,5 +341,5 @@ def rule_spec(config: Any, options: FreeBSDOptions) -> BsdRuleSpec:
         ipv6=config.ipv6,
         ipfw_rule=options.ipfw_rule,
         pf_anchor=options.pf_anchor,
-        pf_flavor="openbsd" if sys.platform.startswith("openbsd") else "freebsd",
+        pf_flavor="openbsd" if host_os.is_openbsd() else "freebsd",
     )

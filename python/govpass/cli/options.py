@@ -7,7 +7,6 @@ import functools
 import inspect
 import os
 import re
-import sys
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from govpass import host_os
 from govpass.quoting import escape_text
 from govpass.settings import BY_NAME, SETTINGS, Setting
 from govpass.targeting import SHORTCUTS
@@ -60,10 +60,10 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 # hidden from --help (still accepted, and shown by --help-all).
 NFQUEUE_ONLY = ("workers", "worker-sched", "user", "packet-loop", "inject", "kernel-split",
                 "queue-num", "copy-range", "prefilter", "watch-mark", "firewall")  # fmt: skip
-PLATFORM_SETTINGS: dict[str, tuple[str, ...]] = {
+PLATFORM_SETTINGS: dict[host_os.OsName, tuple[str, ...]] = {
     "linux": PANELS["FreeBSD"],
     "freebsd": (*NFQUEUE_ONLY, *PANELS["Divert backend (Windows, Linux eBPF)"]),
-    "win32": (*NFQUEUE_ONLY, *PANELS["FreeBSD"]),
+    "windows": (*NFQUEUE_ONLY, *PANELS["FreeBSD"]),
 }
 HELP_ALL_ENV = "GOVPASS_HELP_ALL"
 HELP_ALL_HINT = (
@@ -76,9 +76,7 @@ def hidden_here(name: str, platform: str | None = None) -> bool:
     """Whether the flag of setting ``name`` is left out of --help on this platform."""
     if os.environ.get(HELP_ALL_ENV, "") not in ("", "0"):
         return False
-    platform = platform or sys.platform
-    key = next((k for k in PLATFORM_SETTINGS if platform.startswith(k)), "")
-    return name in PLATFORM_SETTINGS.get(key, ())
+    return name in PLATFORM_SETTINGS.get(host_os.os_name(platform), ())
 
 
 def _default_text(s: Setting) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from govpass import host_os
 from govpass.cli import app
 from govpass.errors import BackendError, ConfigError
 
@@ -101,7 +102,7 @@ def probe_command(
                 f"invalid --connect: {connect[:80]!r} (accepted: an IPv4 or IPv6 address)",
                 field="connect",
             ) from None
-    if not sys.platform.startswith("linux"):
+    if not host_os.is_linux():
         raise BackendError("govpass probe runs on Linux only (NFQUEUE)")
     from govpass.privileges import missing_capabilities
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from govpass import config as config_mod
+from govpass import host_os
 from govpass.cli import app
 from govpass.cli.options import HELP_ALL_HINT, with_settings
 from govpass.errors import BackendError, ConfigError
@@ -43,7 +44,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
 
         run_divert(config, _log)
         return
-    if not sys.platform.startswith("linux"):
+    if not host_os.is_linux():
         raise ConfigError(
             "backend nfqueue runs only on Linux (accepted here: divert)", field="backend"
         )

@@ -16,13 +16,13 @@ configured). Stats go where the NFQUEUE daemon puts them (``GOVPASS_RUN_DIR``:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from govpass import host_os
 from govpass.backends import divert
 from govpass.backends.divert_leftovers import clean_leftovers
 from govpass.config import Config
@@ -198,7 +198,7 @@ def run_divert(
             "(the divert backend captures TCP only)",
             field="block-quic",
         )
-    if sys.platform.startswith("freebsd"):
+    if host_os.is_freebsd():
         from govpass.runtime import freebsd_service
 
         if config.strategy == "auto":
@@ -210,9 +210,9 @@ def run_divert(
             )
         freebsd_service.run_freebsd(config, log, should_stop=should_stop)
         return
-    if not (sys.platform.startswith("linux") or sys.platform == "win32"):
+    if not (host_os.is_linux() or host_os.is_windows()):
         raise BackendError(
-            f"backend divert runs on Windows, Linux and FreeBSD only, not {sys.platform}"
+            f"backend divert runs on Windows, Linux and FreeBSD only, not {host_os.platform_text()}"
         )
     reason = divert.unavailable_reason()
     if reason:

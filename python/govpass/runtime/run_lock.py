@@ -26,6 +26,10 @@ _OPEN_FLAGS = (
 )
 
 
+# sys.platform, not govpass.host_os, in this module: mypy narrows on it, and the
+# branches import modules that exist on one platform only (msvcrt, fcntl).
+
+
 def _try_lock(fd: int, exclusive: bool) -> bool:
     """True when taken, False when another process holds it."""
     if sys.platform == "win32":

@@ -16,6 +16,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from govpass import host_os
+
 DAEMON_STATE = "daemon.json"
 STATS = "stats.json"
 LEARNER_STATS = "learner.json"
@@ -32,7 +34,7 @@ RUN_DIR_ENV = "GOVPASS_RUN_DIR"
 # Windows has no /run: the service's folder (scripts/windows/govpass_service.py).
 DEFAULT_RUN_DIR = (
     os.path.join(os.environ.get("PROGRAMDATA", r"C:\ProgramData"), "govpass", "run")
-    if os.name == "nt"
+    if host_os.is_windows()
     else "/run/govpass"
 )
 
