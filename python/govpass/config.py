@@ -27,7 +27,19 @@ from govpass.settings import (
     BY_NAME,
     MIN_WORKER_TIMEOUT,
     SETTINGS,
+    BackendChoice,
+    BsdFirewallChoice,
+    FirewallChoice,
+    Inject,
+    KernelSplit,
+    Mode,
+    PacketLoop,
+    PrefilterChoice,
+    QuicBlock,
     Setting,
+    SplitMode,
+    StrategyMode,
+    WorkerSched,
     cpu_count,
 )
 from govpass.strategy import ladder
@@ -50,7 +62,7 @@ def _default(name: str) -> Any:
 class Config:
     """Typed, validated settings. Build with :func:`load`."""
 
-    split_mode: str = _default("split-mode")
+    split_mode: SplitMode = _default("split-mode")
     split_chunk: int = _default("split-chunk")
     split_pos: tuple[str, ...] = _default("split-pos")
     collect_timeout: float = _default("collect-timeout")
@@ -60,32 +72,32 @@ class Config:
     flow_timeout: float = _default("flow-timeout")
     max_flows: int = _default("max-flows")
     ports: tuple[str, ...] = _default("ports")
-    backend: str = _default("backend")
+    backend: BackendChoice = _default("backend")
     workers: int = _default("workers")
-    worker_sched: str = _default("worker-sched")
+    worker_sched: WorkerSched = _default("worker-sched")
     user: str = _default("user")
     worker_timeout: float = _default("worker-timeout")
-    packet_loop: str = _default("packet-loop")
-    inject: str = _default("inject")
-    kernel_split: str = _default("kernel-split")
+    packet_loop: PacketLoop = _default("packet-loop")
+    inject: Inject = _default("inject")
+    kernel_split: KernelSplit = _default("kernel-split")
     queue_num: int = _default("queue-num")
     queue_len: int = _default("queue-len")
     queue_time: int = _default("queue-time")
     queue_size: int = _default("queue-size")
     divert_port: int = _default("divert-port")
-    bsd_firewall: str = _default("bsd-firewall")
+    bsd_firewall: BsdFirewallChoice = _default("bsd-firewall")
     ipfw_rule: int = _default("ipfw-rule")
     pf_anchor: str = _default("pf-anchor")
     copy_range: int = _default("copy-range")
     mark: int = _default("mark")
     watch_mark: int = _default("watch-mark")
-    mode: str = _default("mode")
+    mode: Mode = _default("mode")
     iface: tuple[str, ...] = _default("iface")
     exclude_iface: tuple[str, ...] = _default("exclude-iface")
-    firewall: str = _default("firewall")
+    firewall: FirewallChoice = _default("firewall")
     ipv6: bool = _default("ipv6")
-    block_quic: str = _default("block-quic")
-    prefilter: str = _default("prefilter")
+    block_quic: QuicBlock = _default("block-quic")
+    prefilter: PrefilterChoice = _default("prefilter")
     stats_interval: float = _default("stats-interval")
     hostlist: tuple[str, ...] = _default("hostlist")
     hosts: tuple[str, ...] = _default("hosts")
@@ -101,7 +113,7 @@ class Config:
     auto_fail_time: float = _default("auto-fail-time")
     auto_retrans: int = _default("auto-retrans")
     auto_silence: float = _default("auto-silence")
-    strategy: str = _default("strategy")
+    strategy: StrategyMode = _default("strategy")
     strategy_ladder: tuple[str, ...] = _default("strategy-ladder")
     strategy_state: str = _default("strategy-state")
     strategy_unfixable_time: float = _default("strategy-unfixable-time")

@@ -33,6 +33,7 @@ from govpass.config import Config
 from govpass.errors import BackendError, ConfigError, GovpassError
 from govpass.queue_counters import BypassCount, read_queue_table
 from govpass.quoting import quote
+from govpass.rules.from_config import firewall_preference, rule_spec
 from govpass.runtime.run_lock import claim_run_lock
 from govpass.runtime.state import (
     DAEMON_STATE,
@@ -65,48 +66,6 @@ def _rules_now() -> tuple[tuple[str, tuple[str, ...]], ...]:
     from govpass.rules import inventory
 
     return tuple((item.where, item.lines) for item in inventory())
-
-
-# Resends of a hello happen after about 0.2, 0.6, 1.4, 3 s: enough for auto_retrans.
-WATCH_RESEND_MS = 5000
-
-
-def rule_spec(config: Config, detection: Any = None, gate: Any = None) -> Any:
-    """The rules for `config`. Detected tunnel and VPN interfaces are added to
-    the exclusions (unless listed in `iface`); pass `detection` to reuse one.
-    `gate` (a KernelSplitGate) leaves whole one-packet hellos to the kernel split."""
-    from govpass import interfaces
-    from govpass.rules import RuleSpec
-    from govpass.targeting import learns_strategies, uses_auto
-
-    if detection is None:
-        detection = interfaces.detect()
-    excluded = interfaces.exclusions(detection, config.iface, config.exclude_iface)
-    # auto-learning and --strategy auto read the first replies
-    watching = uses_auto(config) or learns_strategies(config)
-    # Later packets of a record are queued for twice the collect timeout at most; a
-    # watched flow's for as long as the stack resends an unanswered hello, also from
-    # inside the record (a censor that drops only the segment with the name).
-    age_ms = max(1, int(config.collect_timeout * 2))
-    if watching:
-        age_ms = max(age_ms, WATCH_RESEND_MS)
-    return RuleSpec(
-        queue_num=config.queue_num,
-        queue_count=config.worker_count,
-        mark=config.mark,
-        watch_mark=config.watch_mark,
-        ports=config.port_numbers,
-        mode=config.mode,  # type: ignore[arg-type]
-        interfaces=config.iface,
-        exclude_interfaces=excluded,
-        ipv4=True,
-        ipv6=config.ipv6,
-        inbound=watching,
-        block_quic=config.block_quic,  # type: ignore[arg-type]
-        prefilter=config.prefilter,  # type: ignore[arg-type]
-        prefilter_age_ms=age_ms,
-        kernel_split=gate,
-    )
 
 
 # ---------------------------------------------------------------- worker side
@@ -513,8 +472,7 @@ class Daemon:
         if self.config.firewall != "none":  # a firewall that cannot work: one line, first
             from govpass import rules
 
-            backend = None if self.config.firewall == "auto" else self.config.firewall
-            rules.preflight(rule_spec(self.config), backend=backend)  # type: ignore[arg-type]
+            rules.preflight(rule_spec(self.config), backend=firewall_preference(self.config))
         for old in self.directory.glob("worker-*.json"):
             old.unlink(missing_ok=True)
         for old in (make_worker_dir(self.directory, self.account)).glob("worker-*.json"):
@@ -540,10 +498,9 @@ class Daemon:
         if self.config.firewall != "none":
             from govpass import rules
 
-            backend = None if self.config.firewall == "auto" else self.config.firewall
             gate = self._open_kernel_split()
             self.spec = rule_spec(self.config, gate=gate)
-            result = rules.install(self.spec, backend=backend)  # type: ignore[arg-type]
+            result = rules.install(self.spec, backend=firewall_preference(self.config))
             self.rules_installed = True
             self._installed = result
             self._spec_checked = time.monotonic()
@@ -693,9 +650,8 @@ class Daemon:
     def _reinstall(self, spec: Any) -> None:
         from govpass import rules
 
-        backend = None if self.config.firewall == "auto" else self.config.firewall
         self._count_bypassed()  # what the rules counted until now: reinstalled they restart
-        self._installed = rules.install(spec, backend=backend)  # type: ignore[arg-type]
+        self._installed = rules.install(spec, backend=firewall_preference(self.config))
         self.bypass.rules_replaced()
         self.spec = spec
         if self.kernel_split is not None:

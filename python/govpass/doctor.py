@@ -115,8 +115,8 @@ AS_ROOT_FIX = "run govpass doctor as root to check this"
 
 def check_firewall(config: Config) -> list[Check]:
     from govpass import rules
-    from govpass.daemon import rule_spec
     from govpass.errors import GovpassError
+    from govpass.rules.from_config import rule_spec
 
     if "CAP_NET_ADMIN" in missing_capabilities():
         # Every probe below would fail with a permission error, which reads like a

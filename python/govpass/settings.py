@@ -11,11 +11,26 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from govpass.backends import default_name
 from govpass.errors import ConfigError
 from govpass.quoting import quote
+
+# The values each choice setting accepts, as types (Config's fields) and as the
+# choices the parser checks (typing.get_args of the same type).
+SplitMode = Literal["tls-hello", "immediate"]
+StrategyMode = Literal["fixed", "auto"]
+BackendChoice = Literal["nfqueue", "divert"]
+WorkerSched = Literal["batch", "normal"]
+PacketLoop = Literal["rust", "python"]
+Inject = Literal["auto", "raw"]
+KernelSplit = Literal["auto", "off"]
+BsdFirewallChoice = Literal["ipfw", "pf", "none"]
+PrefilterChoice = Literal["auto", "bpf", "conntrack"]
+Mode = Literal["host", "router"]
+FirewallChoice = Literal["auto", "nftables", "iptables", "none"]
+QuicBlock = Literal["off", "all", "listed"]
 
 ENV_PREFIX = "GOVPASS_"
 MIN_WORKER_TIMEOUT = 0.5  # an idle worker's loop comes round every 0.25 s
@@ -183,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Which bytes are split: the whole first TLS record "
         "(tls-hello) or only the first payload packet (immediate)",
         "choice",
-        choices=("tls-hello", "immediate"),
+        choices=get_args(SplitMode),
     ),
     Setting(
         "split-chunk",
@@ -205,7 +220,7 @@ SETTINGS: tuple[Setting, ...] = (
         "fixed",
         "fixed: split-chunk/split-pos for all; auto: learn one per (listed) host name",
         "choice",
-        choices=("fixed", "auto"),
+        choices=get_args(StrategyMode),
     ),
     Setting(
         "strategy-ladder",
@@ -278,7 +293,7 @@ SETTINGS: tuple[Setting, ...] = (
         DEFAULT_BACKEND,
         "Capture backend (default: this platform's own)",
         "choice",
-        choices=("nfqueue", "divert"),
+        choices=get_args(BackendChoice),
     ),
     Setting(
         "workers",
@@ -296,7 +311,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Scheduling of NFQUEUE workers: batch (no wake-up preemption; best throughput "
         "under load) or normal",
         "choice",
-        choices=("batch", "normal"),
+        choices=get_args(WorkerSched),
     ),
     Setting(
         "user",
@@ -323,7 +338,7 @@ SETTINGS: tuple[Setting, ...] = (
         "verdicts in batches) or python (a netfilterqueue callback per packet); "
         "block-quic listed always uses python",
         "choice",
-        choices=("rust", "python"),
+        choices=get_args(PacketLoop),
     ),
     Setting(
         "inject",
@@ -333,7 +348,7 @@ SETTINGS: tuple[Setting, ...] = (
         "the initial user namespace; the others through raw sockets) or raw (all "
         "through raw sockets)",
         "choice",
-        choices=("auto", "raw"),
+        choices=get_args(Inject),
     ),
     Setting(
         "kernel-split",
@@ -344,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
         "tls-hello, a split-chunk of 1..64, no split-pos and no host lists or IP sets; "
         "off: every hello goes to the workers",
         "choice",
-        choices=("auto", "off"),
+        choices=get_args(KernelSplit),
     ),
     Setting("queue-num", 200, "First NFQUEUE number", "int", minimum=0, maximum=65535),
     Setting(
@@ -385,7 +400,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ipfw",
         "FreeBSD: which firewall carries the divert rules (none: managed by hand)",
         "choice",
-        choices=("ipfw", "pf", "none"),
+        choices=get_args(BsdFirewallChoice),
     ),
     Setting(
         "ipfw-rule",
@@ -421,7 +436,7 @@ SETTINGS: tuple[Setting, ...] = (
         "iptables-nft and CAP_BPF), conntrack (a connmark bit bounded by connbytes), "
         "auto (bpf when it loads, else conntrack)",
         "choice",
-        choices=("auto", "bpf", "conntrack"),
+        choices=get_args(PrefilterChoice),
     ),
     Setting(
         "watch-mark",
@@ -436,7 +451,7 @@ SETTINGS: tuple[Setting, ...] = (
         "host",
         "host: this machine's own traffic; router: forwarded traffic",
         "choice",
-        choices=("host", "router"),
+        choices=get_args(Mode),
     ),
     Setting("iface", (), "Interfaces to act on (router mode: the WAN side)", "list"),
     Setting("exclude-iface", (), "Interfaces never touched", "list"),
@@ -445,7 +460,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "Rule backend",
         "choice",
-        choices=("auto", "nftables", "iptables", "none"),
+        choices=get_args(FirewallChoice),
     ),
     Setting("ipv6", True, "Handle IPv6 as well as IPv4", "bool"),
     Setting(
@@ -455,7 +470,7 @@ SETTINGS: tuple[Setting, ...] = (
         "back to TCP; listed: dropped only for names govpass would split over TCP "
         "(nfqueue backend); off: untouched",
         "choice",
-        choices=("off", "all", "listed"),
+        choices=get_args(QuicBlock),
         aliases=(("true", "all"), ("false", "off")),
     ),
     Setting(

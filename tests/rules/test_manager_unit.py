@@ -208,3 +208,20 @@ def test_render_plan_is_pure_text() -> None:
     assert sum(ln.startswith("ip6tables-legacy ") for ln in lines) == len(lines) // 2
     assert "'4&0x1FFF=0&&" in text  # shell-quoted u32 expression
     assert render_plan(RuleSpec(), "nftables").startswith("table inet govpass\n")
+
+
+@pytest.mark.parametrize(
+    ("plain", "chosen"), [("legacy", "iptables-legacy"), ("nf_tables", "iptables-nft")]
+)
+def test_firewall_iptables_means_the_variant_the_plain_command_uses(
+    plain: str, chosen: str
+) -> None:
+    def plain_version(call: tuple[str, ...], _i: str | None) -> tuple[int, str, str] | None:
+        if call == ("iptables", "-V"):
+            return 0, f"iptables v1.8.9 ({plain})\n", ""
+        return None
+
+    runner = FakeRunner(ALL, [plain_version, version])
+    detection = detect(RuleSpec(), runner, prefer="iptables")
+    assert [s.name for s in detection.statuses] == [chosen]
+    assert detection.chosen is not None and detection.chosen.name == chosen

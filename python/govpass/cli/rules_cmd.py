@@ -54,14 +54,13 @@ def install(
 ) -> None:
     """Install the rules (idempotent: replaces what govpass installed before)."""
     from govpass import rules
-    from govpass.daemon import rule_spec
     from govpass.instance import refuse_if_running
+    from govpass.rules.from_config import firewall_preference, rule_spec
 
     config = config_mod.load(config_file, flags=flags)
     _need_root()
     refuse_if_running("replace", force)
-    backend = None if config.firewall in ("auto", "none") else config.firewall
-    result = rules.install(rule_spec(config), backend=backend)  # type: ignore[arg-type]
+    result = rules.install(rule_spec(config), backend=firewall_preference(config))
     typer.echo(f"installed with {result.backend} ({', '.join(result.families)}): {result.reason}")
     typer.echo(f"pre-filter: {result.prefilter_summary}")
 

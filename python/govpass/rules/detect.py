@@ -19,6 +19,9 @@ from govpass.rules.spec import Family, RuleSpec
 BackendName = Literal["nftables", "iptables-legacy", "iptables-nft"]
 Variant = Literal["legacy", "nft"]
 BACKENDS: tuple[BackendName, ...] = ("nftables", "iptables-legacy", "iptables-nft")
+# What a user may ask for: a backend, or "iptables": the variant the plain
+# `iptables` command uses (what the admin's other tools see), nft where unknown.
+Preference = BackendName | Literal["iptables"]
 _PERMISSION = re.compile(r"permission denied|operation not permitted|must be root", re.I)
 
 
@@ -155,7 +158,7 @@ def probe_iptables(spec: RuleSpec, variant: Variant, runner: Runner) -> BackendS
     return BackendStatus(name, usable, reason, binaries.get("ipv4"), binaries.get("ipv6"))
 
 
-def detect(spec: RuleSpec, runner: Runner, prefer: BackendName | None = None) -> Detection:
+def detect(spec: RuleSpec, runner: Runner, prefer: Preference | None = None) -> Detection:
     """Probe backends in preference order and stop at the first usable one.
 
     Order: ``prefer`` if given (only that one), else nftables, then the iptables
@@ -165,9 +168,12 @@ def detect(spec: RuleSpec, runner: Runner, prefer: BackendName | None = None) ->
         if prefer == "nftables":
             status = probe_nftables(spec, runner)
         else:
-            status = probe_iptables(
-                spec, "legacy" if prefer == "iptables-legacy" else "nft", runner
-            )
+            variant: Variant
+            if prefer == "iptables":
+                variant = default_iptables_variant(runner) or "nft"
+            else:
+                variant = "legacy" if prefer == "iptables-legacy" else "nft"
+            status = probe_iptables(spec, variant, runner)
         return Detection(status if status.usable else None, (status,))
 
     statuses: list[BackendStatus] = []

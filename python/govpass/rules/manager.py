@@ -28,6 +28,7 @@ from govpass.rules.detect import (
     BackendName,
     BackendStatus,
     Detection,
+    Preference,
     default_iptables_variant,
     detect,
     is_permission_error,
@@ -292,7 +293,7 @@ def _install_with_bpf(
 
 
 def install(
-    spec: RuleSpec, runner: Runner | None = None, backend: BackendName | None = None
+    spec: RuleSpec, runner: Runner | None = None, backend: Preference | None = None
 ) -> InstallResult:
     """Install the rules for `spec`; installing again replaces, never duplicates."""
     runner = runner or Runner()
@@ -304,7 +305,7 @@ def install(
 
 
 def preflight(
-    spec: RuleSpec, runner: Runner | None = None, backend: BackendName | None = None
+    spec: RuleSpec, runner: Runner | None = None, backend: Preference | None = None
 ) -> None:
     """Raises what :func:`install` would raise when no backend can carry `spec`,
     without installing anything: the daemon asks before it binds its queues, so
@@ -317,7 +318,7 @@ def preflight(
         tables.release(runner)
 
 
-def _chosen(detection: Detection, backend: BackendName | None) -> BackendStatus:
+def _chosen(detection: Detection, backend: Preference | None) -> BackendStatus:
     """The backend that carries the rules, or one line saying why there is none."""
     if detection.chosen is not None:
         return detection.chosen
@@ -332,7 +333,7 @@ def _chosen(detection: Detection, backend: BackendName | None) -> BackendStatus:
     )
 
 
-def _install(spec: RuleSpec, runner: Runner, backend: BackendName | None) -> InstallResult:
+def _install(spec: RuleSpec, runner: Runner, backend: Preference | None) -> InstallResult:
     spec = replace(spec, prefilter_pin="")
     detection = detect(spec, runner, prefer=backend)
     chosen = _chosen(detection, backend)
