@@ -23,7 +23,7 @@ from divert_fakes import (
 )
 from govpass import EngineConfig
 from govpass.backends import freebsd
-from govpass.backends.freebsd import DivertWorker, FreeBSDOptions, LoopDetected
+from govpass.backends.freebsd import DivertSocketWorker, FreeBSDOptions, LoopDetected
 from govpass.cli import freebsd_cmd
 from govpass.config import load
 from govpass.errors import BackendError
@@ -32,8 +32,8 @@ from govpass.runtime import freebsd_service
 HELLO = hello()  # 517-byte OpenSSL ClientHello
 
 
-def worker_for(sock: FakeDivertSocket, clock: FakeClock, **engine: object) -> DivertWorker:
-    return DivertWorker(sock, EngineConfig(**engine), clock=clock)  # type: ignore[arg-type]
+def worker_for(sock: FakeDivertSocket, clock: FakeClock, **engine: object) -> DivertSocketWorker:
+    return DivertSocketWorker(sock, EngineConfig(**engine), clock=clock)  # type: ignore[arg-type]
 
 
 def test_client_hello_is_reinjected_as_split_segments_with_its_address() -> None:

@@ -135,7 +135,7 @@ def _kldstat(module: str) -> bool:
     return proc.returncode == 0
 
 
-class DivertWorker:
+class DivertSocketWorker:
     """Runs the engine over one divert socket: receive, decide, write back."""
 
     def __init__(

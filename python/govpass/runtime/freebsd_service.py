@@ -15,7 +15,7 @@ from typing import Any
 
 from govpass.backends.freebsd import (
     DivertSocket,
-    DivertWorker,
+    DivertSocketWorker,
     FreeBSDOptions,
     open_divert_socket,
     options_from,
@@ -49,7 +49,7 @@ class FreeBSDService:
         self.directory = run_dir()
         self.runner = runner
         self._sock = sock
-        self.worker: DivertWorker | None = None
+        self.worker: DivertSocketWorker | None = None
         self._installed = False
         self._lock: int | None = None
         self._final: dict[str, Any] | None = None
@@ -65,7 +65,7 @@ class FreeBSDService:
             if reason:
                 raise BackendError(f"divert backend unusable: {reason}")
             sock = open_divert_socket(self.options.divert_port)
-        self.worker = DivertWorker(sock, self.config.engine_config())
+        self.worker = DivertSocketWorker(sock, self.config.engine_config())
         with suppress(OSError):
             write_json_atomic(
                 self.directory / DAEMON_STATE,
