@@ -73,8 +73,18 @@ if [ "$tiers" = light ]; then
     exit 0
 fi
 
-step "python: pytest (unit, properties, pcap, rules, lab, end-to-end)"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests
+# The three tiers partition the suite by marker (tests/conftest.py marks whole
+# end-to-end directories netns), fastest first, each with its own time.
+tier() {
+    local name="$1" marker="$2" begun
+    begun="$(seconds)"
+    step "python: pytest, $name (-m \"$marker\")"
+    "$PYTHON" -m pytest -q -p no:cacheprovider -m "$marker" tests
+    echo "ci/test.sh: $name took $(($(seconds) - begun)) s"
+}
+tier "unit (no root)" "not netns and not root"
+tier "root, no namespaces (bpf loads, chown)" "root and not netns"
+tier "end-to-end in network namespaces" "netns"
 
 step "windows: cross-built wheel in Windows CPython under wine (ci/windows.sh)"
 bash ci/windows.sh
