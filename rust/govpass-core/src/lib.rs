@@ -17,7 +17,7 @@ pub mod segment;
 pub mod seq;
 pub mod stats;
 pub mod stepped_map;
-pub mod target;
+pub mod targeting;
 pub mod tls;
 
 pub use config::{EngineConfig, SplitMode, SplitPos};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use govpass_core::engine::Disposition;
-use govpass_core::target::{HostSet, IpSet, Profile, ProfileAction, Strategy};
+use govpass_core::targeting::{HostSet, IpSet, Profile, ProfileAction, Strategy};
 use govpass_core::{Action, EngineConfig, SplitPos};
 
 const ISN: u32 = 7_000;

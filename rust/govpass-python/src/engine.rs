@@ -1,7 +1,7 @@
 //! `govpass._core.Engine` and `Action`: a thin wrapper over the core engine.
 
 use govpass_core::engine::Disposition;
-use govpass_core::target::{choose_for_destination, Choice};
+use govpass_core::targeting::{choose_for_destination, Choice};
 use govpass_core::{Action, Engine, FailReason};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};

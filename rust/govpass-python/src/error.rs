@@ -23,8 +23,8 @@ pub fn bad_value(field: &'static str, got: impl std::fmt::Display, accepted: &st
 }
 
 /// A bad line of a host list or IP set, as `ConfigError(message, field)`.
-pub fn list_error(field: &'static str, err: &govpass_core::target::ListError) -> PyErr {
-    use govpass_core::target::Problem;
+pub fn list_error(field: &'static str, err: &govpass_core::targeting::ListError) -> PyErr {
+    use govpass_core::targeting::Problem;
     let what = match err.problem {
         Problem::Entry(_) => "entry",
         Problem::NotUtf8 => "data",

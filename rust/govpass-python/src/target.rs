@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use govpass_core::target::{Family, HostSet, IpSet, Profile, ProfileAction, Skipped, Strategy};
+use govpass_core::targeting::{Family, HostSet, IpSet, Profile, ProfileAction, Skipped, Strategy};
 use govpass_core::SplitPos;
 use pyo3::prelude::*;
 

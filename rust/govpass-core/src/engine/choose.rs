@@ -10,7 +10,7 @@ use crate::flow::{FlowState, HeldPacket, WatchMemo};
 use crate::packet::{flags, FlowKey, TcpPacket};
 use crate::plan;
 use crate::stats::FailReason;
-use crate::target::{select, Choice, FlowFacts, ProfileAction};
+use crate::targeting::{select, Choice, FlowFacts, ProfileAction};
 
 /// What to do with a flow whose first record is complete.
 pub(super) enum Outcome {

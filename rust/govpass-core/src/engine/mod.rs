@@ -18,7 +18,7 @@ use crate::packet::{self, flags, FlowKey, Skip, TcpPacket};
 use crate::reassembly::{Added, Assembler};
 use crate::seq::Seq;
 use crate::stats::{FailReason, Stats};
-use crate::target::{preselect, FlowFacts, Pre, Profile, ProfileAction, Strategy};
+use crate::targeting::{preselect, FlowFacts, Pre, Profile, ProfileAction, Strategy};
 use crate::tls::{self, Detect};
 
 mod choose;

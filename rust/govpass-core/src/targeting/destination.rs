@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use crate::packet::FlowKey;
-use crate::target::{select, Choice, FlowFacts, Profile};
+use crate::targeting::{select, Choice, FlowFacts, Profile};
 
 impl FlowFacts {
     /// Facts of an outbound flow known by its destination only. The source
@@ -53,7 +53,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::target::{Family, HostSet, IpSet, ProfileAction, Strategy};
+    use crate::targeting::{Family, HostSet, IpSet, ProfileAction, Strategy};
 
     fn split() -> ProfileAction {
         ProfileAction::Split(Strategy {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::target::{text_lines, ListError};
+use crate::targeting::{text_lines, ListError};
 
 #[derive(Debug, Default, Clone)]
 pub struct IpSet {

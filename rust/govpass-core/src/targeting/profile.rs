@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::SplitPos;
 use crate::packet::FlowKey;
-use crate::target::{HostSet, IpSet};
+use crate::targeting::{HostSet, IpSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -4,7 +4,7 @@
 
 use hashbrown::HashSet;
 
-use crate::target::{line_count, text_lines, ListError, Skipped};
+use crate::targeting::{line_count, text_lines, ListError, Skipped};
 
 /// Longest DNS name, in bytes.
 const MAX_NAME: usize = 253;
