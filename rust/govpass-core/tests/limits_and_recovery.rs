@@ -81,3 +81,22 @@ fn a_new_connection_on_a_reused_tuple_is_split_again() {
         "S S D4"
     );
 }
+
+/// A second ClientHello right after the first record (a client answering a
+/// HelloRetryRequest) is a later record of the same connection: it passes
+/// untouched, whether it starts a packet or not.
+#[test]
+fn a_second_hello_after_the_first_record_is_not_split() {
+    let hello = fixture("openssl_default.bin");
+    let flow = V4::port(7400);
+    let mut d = Driver::new(EngineConfig::default());
+    assert_eq!(
+        shape(&d.take(&flow.packet(1_000, PSH, &hello), 1)),
+        "S S D0"
+    );
+    let next = 1_000 + u32::try_from(hello.len()).unwrap();
+    d.pass(&flow.packet(next, PSH, &hello), 2);
+    d.pass(&flow.packet(next + 6, PSH, &hello), 3); // after a ChangeCipherSpec record
+    let s = d.engine.stats();
+    assert_eq!((s.flows, s.splits), (1, 1));
+}

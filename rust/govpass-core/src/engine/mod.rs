@@ -656,11 +656,21 @@ impl<T: Send + 'static> Engine<T> {
 /// collecting are never restarted.
 fn restarts<T>(flow: &Flow<T>, p: &TcpPacket<'_>, max_buffer: u32) -> bool {
     let offset = p.seq.offset_from(flow.first_seq);
-    let same_connection = match &flow.state {
+    let buffer = i64::from(max_buffer);
+    // How far ahead of the flow's first byte a ClientHello is still this
+    // connection's: a split or watched flow's stream goes on after its first
+    // record, and a second ClientHello there (the answer to a
+    // HelloRetryRequest, right after the first record) is a later record of
+    // the same connection, which is never touched. A new connection reusing
+    // the tuple starts at a random sequence number, so it lands in this range
+    // with a chance of about (window + max_buffer) / 2^32.
+    let ahead = match &flow.state {
         FlowState::Collecting(_) => return false,
-        FlowState::Injected(memo) => (0..i64::from(memo.window)).contains(&offset),
-        _ => offset == 0,
-    } || (-i64::from(max_buffer)..0).contains(&offset);
+        FlowState::Injected(memo) => i64::from(memo.window) + buffer,
+        FlowState::Watching(_) => 2 * buffer,
+        FlowState::PassThrough => 1,
+    };
+    let same_connection = (-buffer..ahead).contains(&offset);
     !same_connection && matches!(tls::detect_client_hello(p.payload()), Detect::Match { .. })
 }
 
