@@ -2,8 +2,7 @@
 //! without a TLS record around it (QUIC carries the handshake message itself
 //! in CRYPTO frames).
 
-use govpass_core::quic::ServerName;
-use govpass_core::tls::{find_handshake_sni, SniScan};
+use govpass_core::quic::{handshake_server_name, ServerName};
 use pyo3::prelude::*;
 
 /// Server name of the ClientHello handshake message `handshake` starts with
@@ -15,17 +14,7 @@ use pyo3::prelude::*;
 /// with U+FFFD in place of the bad bytes.
 #[pyfunction]
 pub fn client_hello_sni(handshake: &[u8]) -> (&'static str, Option<String>) {
-    let answer = match find_handshake_sni(handshake) {
-        SniScan::Found(sni) => handshake
-            .get(sni.offset..sni.offset + sni.len)
-            .map_or(ServerName::Malformed, |name| {
-                ServerName::Found(name.to_vec())
-            }),
-        SniScan::Absent => ServerName::Absent,
-        SniScan::NeedMore => ServerName::NeedMore,
-        SniScan::Malformed => ServerName::Malformed,
-    };
-    server_name_tuple(answer)
+    server_name_tuple(handshake_server_name(handshake))
 }
 
 /// `(status, host)` of a server name answer, as `client_hello_sni` gives it.

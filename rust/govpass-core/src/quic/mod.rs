@@ -21,7 +21,7 @@ mod stream;
 
 pub use crypto::InitialKeys;
 pub use frames::{crypto_frames, varint, CryptoFrame};
-pub use stream::{CryptoStream, ServerName, DEFAULT_MAX_PIECES};
+pub use stream::{handshake_server_name, CryptoStream, ServerName, DEFAULT_MAX_PIECES};
 
 /// QUIC version 1 (RFC 9000).
 pub const QUIC_V1: u32 = 0x0000_0001;

@@ -105,16 +105,22 @@ impl CryptoStream {
 
     /// The server name of the ClientHello the contiguous data starts with.
     pub fn server_name(&self) -> ServerName {
-        let prefix = self.prefix();
-        match find_handshake_sni(&prefix) {
-            SniScan::Found(sni) => prefix
-                .get(sni.offset..sni.offset + sni.len)
-                .map_or(ServerName::Malformed, |name| {
-                    ServerName::Found(name.to_vec())
-                }),
-            SniScan::Absent => ServerName::Absent,
-            SniScan::NeedMore => ServerName::NeedMore,
-            SniScan::Malformed => ServerName::Malformed,
-        }
+        handshake_server_name(&self.prefix())
+    }
+}
+
+/// The server name of the ClientHello handshake message (no TLS record
+/// header) that `handshake` starts with: [`find_handshake_sni`], the name
+/// copied out.
+pub fn handshake_server_name(handshake: &[u8]) -> ServerName {
+    match find_handshake_sni(handshake) {
+        SniScan::Found(sni) => handshake
+            .get(sni.offset..sni.offset + sni.len)
+            .map_or(ServerName::Malformed, |name| {
+                ServerName::Found(name.to_vec())
+            }),
+        SniScan::Absent => ServerName::Absent,
+        SniScan::NeedMore => ServerName::NeedMore,
+        SniScan::Malformed => ServerName::Malformed,
     }
 }
