@@ -115,12 +115,14 @@ pub fn unprotect_initial(
         *n ^= p;
     }
 
-    let mut aad = Vec::with_capacity(pn_offset - header.start + pn_len);
+    // The header as sent, with the first byte and the packet number unmasked.
+    let rest_of_header = buf
+        .get(header.start..pn_offset)
+        .and_then(|head| head.get(1..))
+        .ok_or(QuicError::NotLongHeader)?;
+    let mut aad = Vec::with_capacity(1 + rest_of_header.len() + pn_len);
     aad.push(first);
-    aad.extend_from_slice(
-        buf.get(header.start + 1..pn_offset)
-            .ok_or(QuicError::NotLongHeader)?,
-    );
+    aad.extend_from_slice(rest_of_header);
     aad.extend_from_slice(&pn_bytes[..pn_len]);
 
     let sealed = buf

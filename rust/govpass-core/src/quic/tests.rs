@@ -405,6 +405,30 @@ fn headers_that_are_not_initials() {
 }
 
 #[test]
+fn headers_not_from_the_parser_are_refused_not_panicked_on() {
+    let rfc = unhex(RFC_V1_HEX);
+    let keys = InitialKeys::derive(&RFC_DCID, Version::V1);
+    let good = parse_long_header(&rfc, 0).unwrap();
+    for (start, pn_offset, end) in [
+        (30, 18, 1200),
+        (18, 18, 1200),
+        (0, 18, 5000),
+        (0, usize::MAX - 3, usize::MAX),
+        (usize::MAX, 18, 1200),
+        (0, 1190, 1200),
+    ] {
+        let forged = LongHeader {
+            start,
+            pn_offset,
+            end,
+            ..good
+        };
+        assert!(crypto::unprotect_initial(&rfc, &forged, &keys).is_err());
+        assert!(initial_frames(&rfc, &forged).is_err());
+    }
+}
+
+#[test]
 fn every_truncation_and_byte_flip_of_an_initial_is_an_answer() {
     let rfc = unhex(RFC_V1_HEX);
     for n in 0..rfc.len() {
