@@ -10,14 +10,18 @@ __all__ = [
     "RELEASE",
     "SEND",
     "Action",
+    "CryptoStream",
     "Engine",
     "EngineConfig",
     "HostList",
     "IpSet",
     "Profile",
+    "QuicHeader",
     "__version__",
     "client_hello_sni",
     "prefilter_load",
+    "quic_initial_sni",
+    "quic_long_header",
 ]
 
 RELEASE: Final[int]
@@ -210,6 +214,53 @@ def client_hello_sni(
     """Server name of the ClientHello handshake message (no TLS record header)
     that ``handshake`` starts with: ``("found", name)``, ``("absent", None)``,
     ``("needmore", None)`` for a prefix too short to tell, ``("malformed", None)``."""
+
+@final
+class QuicHeader:
+    """The unprotected part of the QUIC long header at the start of a UDP payload."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def dcid(self) -> bytes: ...
+    @property
+    def kind(self) -> Literal["initial", "0rtt", "handshake", "retry"] | None:
+        """None for a version other than 1 and 2."""
+    def initial_frames(self) -> list[tuple[int, bytes]] | str:
+        """``(offset, data)`` of every CRYPTO frame of this Initial (RFC 9001
+        protection removed) and of the Initials of the same connection coalesced
+        after it, in packet order; or, when the first packet gives none (not an
+        Initial, does not decrypt, a frame an Initial cannot hold), the reason."""
+
+def quic_long_header(datagram: bytes) -> QuicHeader | str:
+    """The long header at the start of ``datagram``, or the reason it is none."""
+
+def quic_initial_sni(
+    datagram: bytes,
+) -> tuple[Literal["found", "absent", "needmore", "malformed", "error"], str | None]:
+    """Server name of the ClientHello in the Initial packets of one datagram, as
+    :func:`client_hello_sni` answers; ``("error", reason)`` when the datagram gives
+    no CRYPTO data."""
+
+@final
+class CryptoStream:
+    """The CRYPTO data of one connection, keyed by offset (frames come in any
+    order, repeated, overlapping). Bounded: data past ``limit``, more than
+    ``max_pieces`` pieces or more than 2 x ``limit`` bytes stored make :meth:`add`
+    answer False."""
+
+    def __new__(cls, limit: int, max_pieces: int = 64) -> CryptoStream: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def max_pieces(self) -> int: ...
+    @property
+    def stored(self) -> int: ...
+    def add(self, offset: int, data: bytes) -> bool: ...
+    def prefix(self) -> bytes:
+        """The contiguous data from offset 0 (where pieces overlap, the first wins)."""
+    def sni(self) -> tuple[Literal["found", "absent", "needmore", "malformed"], str | None]:
+        """:func:`client_hello_sni` of :meth:`prefix`."""
 
 def prefilter_load(
     family: Literal["ipv4", "ipv6"],

@@ -12,6 +12,7 @@ pub mod error;
 pub mod flow;
 pub mod packet;
 pub mod plan;
+pub mod quic;
 pub mod reassembly;
 pub mod segment;
 pub mod seq;

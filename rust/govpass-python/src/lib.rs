@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod hello;
 mod nfqueue;
+mod quic;
 mod target;
 
 #[pymodule]
@@ -19,7 +20,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<target::PyHostList>()?;
     m.add_class::<target::PyIpSet>()?;
     m.add_class::<target::PyProfile>()?;
+    m.add_class::<quic::PyQuicHeader>()?;
+    m.add_class::<quic::PyCryptoStream>()?;
     m.add_function(wrap_pyfunction!(hello::client_hello_sni, m)?)?;
+    m.add_function(wrap_pyfunction!(quic::quic_long_header, m)?)?;
+    m.add_function(wrap_pyfunction!(quic::quic_initial_sni, m)?)?;
     m.add_function(wrap_pyfunction!(bpf::prefilter_load, m)?)?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;

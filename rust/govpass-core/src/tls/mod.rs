@@ -16,6 +16,8 @@ const EXT_SERVER_NAME: u16 = 0x0000;
 const NAME_TYPE_HOST_NAME: u8 = 0x00;
 
 const RECORD_HEADER_LEN: usize = 5;
+/// `msg_type` (1) + `length` (3).
+const HANDSHAKE_HEADER_LEN: usize = 4;
 /// The largest record any TLS version admits (TLS 1.2 `TLSCiphertext`,
 /// RFC 5246 §6.2.3). A larger length field means the bytes are not TLS.
 const MAX_RECORD_PAYLOAD: usize = (1 << 14) + 2048;
@@ -118,17 +120,53 @@ pub fn find_sni(record: &[u8]) -> SniScan {
 /// `Err` carries an early answer (`NeedMore` or `Malformed`) up through `?`.
 type Step<T> = Result<T, SniScan>;
 
+/// [`find_sni`] for a ClientHello handshake message that comes without a
+/// TLS record around it (QUIC carries the message itself in CRYPTO frames):
+/// `handshake` starts with the handshake type byte, and the offset of a
+/// `Found` name counts from there. The same rules apply as inside a record,
+/// including the record's size limit: a message longer than one TLS record
+/// could hold is `Malformed`.
+pub fn find_handshake_sni(handshake: &[u8]) -> SniScan {
+    match scan_handshake(handshake) {
+        Ok(answer) | Err(answer) => answer,
+    }
+}
+
+fn scan_handshake(data: &[u8]) -> Step<SniScan> {
+    if data.first().is_some_and(|&t| t != HANDSHAKE_CLIENT_HELLO) {
+        return Err(SniScan::Malformed);
+    }
+    let Some(&[_, hi, mid, lo]) = data.get(..HANDSHAKE_HEADER_LEN) else {
+        return Err(SniScan::NeedMore);
+    };
+    let body_len = (usize::from(hi) << 16) | (usize::from(mid) << 8) | usize::from(lo);
+    let message_len = HANDSHAKE_HEADER_LEN + body_len;
+    if message_len > MAX_RECORD_PAYLOAD {
+        return Err(SniScan::Malformed);
+    }
+    scan_hello(Reader {
+        data,
+        pos: 1, // past the handshake type checked above
+        end: message_len,
+    })
+}
+
 fn scan_client_hello(data: &[u8]) -> Step<SniScan> {
     let record_len = match detect_client_hello(data) {
         Detect::Match { record_len } => record_len,
         Detect::NeedMore => return Err(SniScan::NeedMore),
         Detect::Mismatch => return Err(SniScan::Malformed),
     };
-    let mut hello = Reader {
+    scan_hello(Reader {
         data,
         pos: RECORD_HEADER_LEN + 1, // past the handshake type checked by detect
         end: record_len,
-    };
+    })
+}
+
+/// The ClientHello from its 24-bit length on; `hello.end` is the end of what
+/// holds it (the record, or the handshake message itself).
+fn scan_hello(mut hello: Reader<'_>) -> Step<SniScan> {
     let body_len = hello.u24()?;
     hello.end = hello.bound(body_len)?;
 
