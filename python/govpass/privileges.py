@@ -44,14 +44,23 @@ CAP_NAMES = {
 # The packet loop answers nfnetlink, which checks CAP_NET_ADMIN on every message
 # (verdicts too); sending on raw sockets already open needs nothing.
 WORKER_CAPS = frozenset({CAP_NET_ADMIN})
-# The parent re-installs rules (iptables/nft run as root with these), loads and
-# pins the eBPF pre-filter and kernel split (bpf, bpffs), kills and re-forks workers
-# that then change uid and drop their own bounding set, and reads the lists.
+# What the daemon's own process needs once it is running, each one found by running
+# the lab without it (tests/e2e/test_e2e_privileges.py). Not kept: CAP_FOWNER (nothing
+# failed), CAP_BPF (CAP_SYS_ADMIN covers bpf()), CAP_SYS_RESOURCE (no rlimit raised).
 PARENT_CAPS = frozenset(
-    {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_KILL, CAP_SETGID,
-     CAP_SETUID, CAP_SETPCAP, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_SYS_RESOURCE,
-     CAP_BPF}
-)  # fmt: skip
+    {
+        CAP_CHOWN,  # a rewritten auto list keeps its owner (another user)
+        CAP_DAC_OVERRIDE,  # removes a dead worker's counter file from the workers' directory
+        CAP_DAC_READ_SEARCH,  # a restarted worker whose user cannot read the lists keeps it
+        CAP_KILL,  # SIGHUP, SIGTERM and the watchdog's SIGKILL to workers of another uid
+        CAP_SETGID,  # a restarted worker changes group
+        CAP_SETUID,  # and user
+        CAP_SETPCAP,  # and empties its bounding set
+        CAP_NET_ADMIN,  # iptables/nft, a restarted worker's queue, tcx attach
+        CAP_NET_RAW,  # a restarted worker's raw sockets with a mark
+        CAP_SYS_ADMIN,  # the private bpf file system each rule install mounts; bpf()
+    }
+)
 
 PR_SET_KEEPCAPS = 8
 PR_SET_SECCOMP = 22

@@ -362,6 +362,43 @@ def running(
     assert not left, f"govpass rules left after SIGTERM: {left}"
 
 
+# -- the kernel split's program ---------------------------------------------------------
+
+# BPF_PROG_QUERY on an interface's tcx egress hook, then each program's name
+# (BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD): run in the namespace to ask.
+_TCX_QUERY = r"""
+import ctypes, json, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280}[os.uname().machine]
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 160)
+    fd = libc.syscall(NR, cmd, buf, 160)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), f"bpf command {cmd}")
+    return fd, buf.raw
+ids = (ctypes.c_uint32 * 64)()
+query = struct.pack("=IIIIQI", socket.if_nametoindex(sys.argv[1]), 47, 0, 0,
+                    ctypes.addressof(ids), 64)  # BPF_TCX_EGRESS
+count = struct.unpack_from("=I", bpf(16, query)[1], 24)[0]
+names = []
+for prog_id in ids[:count]:
+    fd = bpf(13, struct.pack("=I", prog_id))[0]
+    info = ctypes.create_string_buffer(256)
+    bpf(15, struct.pack("=IIQ", fd, 256, ctypes.addressof(info)))
+    names.append(info.raw[64:80].split(b"\0")[0].decode())
+    os.close(fd)
+print(json.dumps(names))
+"""
+
+
+def tcx_egress_programs(lab: Lab, role: str, iface: str) -> list[str]:
+    """Names of the programs attached to ``iface``'s tcx egress hook, per the kernel."""
+    proc = lab.exec(role, [sys.executable, "-c", _TCX_QUERY, iface], check=False)
+    assert proc.returncode == 0, f"tcx query on {role}/{iface}: {proc.stderr}"
+    names: list[str] = json.loads(proc.stdout)
+    return names
+
+
 # -- wire checks ----------------------------------------------------------------------------
 
 

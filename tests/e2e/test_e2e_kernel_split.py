@@ -18,7 +18,6 @@ Which programs sit on an interface's tcx egress hook is asked from the kernel it
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -47,6 +46,7 @@ from e2e_support import (
     mangle_rules,
     run_matrix,
     running,
+    tcx_egress_programs,
 )
 from govpass.lab import FlowReport, Lab
 
@@ -112,41 +112,6 @@ def wait_log(gp: Govpass, text: str, timeout: float = 5.0, start: int = 0) -> st
 def kernel_lines(log: str) -> list[str]:
     """The daemon's kernel split log lines, without their time stamps."""
     return [ln.split("govpass: ", 1)[-1] for ln in log.splitlines() if "kernel split:" in ln]
-
-
-# BPF_PROG_QUERY on an interface's tcx egress hook, then each program's name
-# (BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD): run in the namespace to ask.
-_TCX_QUERY = r"""
-import ctypes, json, os, socket, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280}[os.uname().machine]
-def bpf(cmd, attr):
-    buf = ctypes.create_string_buffer(attr, 160)
-    fd = libc.syscall(NR, cmd, buf, 160)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), f"bpf command {cmd}")
-    return fd, buf.raw
-ids = (ctypes.c_uint32 * 64)()
-query = struct.pack("=IIIIQI", socket.if_nametoindex(sys.argv[1]), 47, 0, 0,
-                    ctypes.addressof(ids), 64)  # BPF_TCX_EGRESS
-count = struct.unpack_from("=I", bpf(16, query)[1], 24)[0]
-names = []
-for prog_id in ids[:count]:
-    fd = bpf(13, struct.pack("=I", prog_id))[0]
-    info = ctypes.create_string_buffer(256)
-    bpf(15, struct.pack("=IIQ", fd, 256, ctypes.addressof(info)))
-    names.append(info.raw[64:80].split(b"\0")[0].decode())
-    os.close(fd)
-print(json.dumps(names))
-"""
-
-
-def tcx_egress_programs(lab: Lab, role: str, iface: str) -> list[str]:
-    """Names of the programs attached to ``iface``'s tcx egress hook, per the kernel."""
-    proc = lab.exec(role, [sys.executable, "-c", _TCX_QUERY, iface], check=False)
-    assert proc.returncode == 0, f"tcx query on {role}/{iface}: {proc.stderr}"
-    names: list[str] = json.loads(proc.stdout)
-    return names
 
 
 def bpf_link_fds(pid: int | str) -> list[str]:
