@@ -23,8 +23,8 @@ from bench_common import run_meta, write_section
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-from govpass.daemon import signals_raise  # noqa: E402
 from govpass.lab import Lab  # noqa: E402
+from govpass.runtime.signals import signals_raise  # noqa: E402
 
 BLOCKED, ALLOWED = "blocked.example", "allowed.example"
 CENSORS = ("firstpacket", "string", "tspu", "reassemble", "address")

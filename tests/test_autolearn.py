@@ -19,8 +19,8 @@ from govpass.autolearn import (
     send_events,
 )
 from govpass.config import load
-from govpass.daemon import Daemon
 from govpass.errors import GovpassError
+from govpass.runtime.nfqueue_service import NfqueueService
 
 
 def learner(tmp_path: Path, threshold: int = 3, fail_time: float = 60.0) -> AutoLearner:
@@ -166,7 +166,7 @@ def test_daemon_parent_learns_from_worker_verdicts(
     )
     assert learner_for(load(env={})) is None
     logs: list[str] = []
-    daemon = Daemon(config, logs.append)
+    daemon = NfqueueService(config, logs.append)
     daemon.directory.mkdir(parents=True)
     daemon.owns_run_dir = True  # as start() once the directory is checked and locked
     daemon._start_targeting()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from govpass import SEND, Engine, EngineConfig
 from govpass.config import load
-from govpass.daemon import Daemon, WorkerHandle
+from govpass.runtime.nfqueue_service import NfqueueService, WorkerHandle
 from govpass.targeting import ListWatcher, Targeting
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
@@ -217,7 +217,7 @@ def test_daemon_forwards_sighup_to_every_worker(tmp_path: Path) -> None:
         "time.sleep(30)\n"
     )
     logs: list[str] = []
-    daemon = Daemon(load(env={}), logs.append)
+    daemon = NfqueueService(load(env={}), logs.append)
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -252,14 +252,14 @@ def test_worker_profiles_follow_the_file(tmp_path: Path) -> None:
 def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
     tmp_path: Path,
 ) -> None:
-    from govpass.daemon import worker_targeting
     from govpass.errors import ConfigError
+    from govpass.runtime.nfqueue_worker import worker_targeting
 
     path = tmp_path / "hosts.txt"
     path.write_text("blocked.example\n")
     config = load(env={}, flags={"hostlist": str(path)})
     logs: list[str] = []
-    daemon = Daemon(config, logs.append)
+    daemon = NfqueueService(config, logs.append)
     daemon._start_targeting()
     good = daemon.profiles
     assert good is not None and daemon._events is None  # no auto profile: no pipe
@@ -289,7 +289,7 @@ def test_restarted_worker_keeps_the_previous_lists_while_a_file_is_broken(
     daemon._list_thread.close()
 
 
-def until(daemon: Daemon, done: Callable[[], bool], seconds: float = 5.0) -> None:
+def until(daemon: NfqueueService, done: Callable[[], bool], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not done():
         assert time.monotonic() < deadline, "the parent's list thread did not get there"

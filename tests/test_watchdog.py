@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from govpass.config import load
-from govpass.daemon import Daemon, WorkerHandle
 from govpass.errors import ConfigError
+from govpass.runtime.nfqueue_service import NfqueueService, WorkerHandle
 from govpass.runtime.state import RETIRED, WORKERS, aggregate
 from govpass.watchdog import Heartbeats, check_interval
 
@@ -64,13 +64,13 @@ def _stuck(beats: Heartbeats) -> None:
 
 
 class Restarts:
-    """A Daemon whose workers are real forked processes that beat once and hang."""
+    """A NfqueueService whose workers are real forked processes that beat once and hang."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timeout: str) -> None:
         monkeypatch.setenv("GOVPASS_RUN_DIR", str(tmp_path))
         self.logs: list[str] = []
         config = load(env={}, flags={"workers": "1", "worker-timeout": timeout})
-        self.daemon = Daemon(config, self.logs.append)
+        self.daemon = NfqueueService(config, self.logs.append)
         self.started: list[Any] = []
         monkeypatch.setattr(self.daemon, "_start_worker", self.start)
 

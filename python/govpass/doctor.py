@@ -466,7 +466,7 @@ def check_strategies(config: Config) -> list[Check]:
         ]
     if data is None:
         return [Check("strategies", "ok", f"nothing learned yet (no state file {path})")]
-    from govpass.daemon import strategy_starts
+    from govpass.runtime.nfqueue_service import strategy_starts
 
     wanted = set(strategy_starts(config)) | {k for k, v in scopes.items() if v}
     now = time.time()

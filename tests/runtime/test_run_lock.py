@@ -39,7 +39,8 @@ def test_the_lock_modules_import_where_there_is_no_fcntl() -> None:
     # Windows has no fcntl: the modules its divert backend imports must not need it.
     code = (
         "import sys; sys.modules['fcntl'] = None\n"
-        "import govpass.runtime.run_lock, govpass.daemon, govpass.runtime.divert_service\n"
+        "import govpass.runtime.run_lock, govpass.runtime.nfqueue_service\n"
+        "import govpass.runtime.divert_service\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

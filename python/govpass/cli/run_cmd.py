@@ -50,7 +50,7 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
         )
     require_privileges()
     from govpass.backends import unavailable_reason
-    from govpass.daemon import Daemon
+    from govpass.runtime.nfqueue_service import NfqueueService
     from govpass.runtime.service import run
 
     reason = unavailable_reason("nfqueue")
@@ -63,4 +63,4 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     from govpass.interfaces import check_listed
 
     check_listed(config.iface)
-    run(Daemon(config, _log), _log, config.stats_interval)
+    run(NfqueueService(config, _log), _log, config.stats_interval)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from govpass.config import load
-from govpass.daemon import Daemon
 from govpass.errors import GovpassError
+from govpass.runtime.nfqueue_service import NfqueueService
 from govpass.runtime.run_lock import LOCK_NAME, hold_run_lock, running_daemon
 from govpass.runtime.state import write_json_atomic
 
@@ -97,7 +97,9 @@ def test_start_refuses_a_run_directory_others_can_write(
     run.mkdir()
     run.chmod(mode)
     monkeypatch.setenv("GOVPASS_RUN_DIR", str(run))
-    daemon = Daemon(load(env={}, flags={"firewall": "none", "workers": "1"}), lambda m: None)
+    daemon = NfqueueService(
+        load(env={}, flags={"firewall": "none", "workers": "1"}), lambda m: None
+    )
     with pytest.raises(GovpassError, match=f"^run directory {run}: writable by"):
         daemon.start()
     assert daemon.workers == [] and not daemon.rules_installed
