@@ -42,6 +42,7 @@ LO, ETH0, WG0, DOCKER0 = (
         ({"split_chunk": 65}, "split-chunk 65"),
         ({"hosts": ("blocked.example",)}, "host lists"),
         ({"split_chunk": 1, "max_seg_payload": 1}, "max-seg-payload 1"),
+        ({"ports": tuple(str(p) for p in range(1, 18))}, "17 ports"),
     ],
 )
 def test_settings_that_rule_it_out_say_why(changes: dict[str, Any], words: str) -> None:

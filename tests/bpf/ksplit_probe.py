@@ -1,4 +1,4 @@
-"""Runs the kernel split program (:mod:`govpass.bpf.ksplit`) through
+"""Runs the kernel split program (:mod:`govpass.bpf.ksplit`, C) through
 BPF_PROG_TEST_RUN inside a network namespace of its own, and reports what came
 out: the program's return value, the packet as it left the program, the copies
 it sent with ``bpf_clone_redirect`` and the program's counters.

@@ -1,4 +1,5 @@
-"""The kernel split program of ``govpass.bpf.ksplit``, run in the kernel through
+"""The kernel split program (C: ``rust/govpass-ebpf/bpf/ksplit.bpf.c``, loaded by
+``govpass.bpf.ksplit``), run in the kernel through
 BPF_PROG_TEST_RUN on hand-built Ethernet frames.
 
 The runs happen in a network namespace of their own (``ksplit_probe.py`` under

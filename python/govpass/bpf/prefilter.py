@@ -21,7 +21,7 @@ the packet, without connection tracking:
 With a kernel split gate (:class:`~govpass.rules.spec.KernelSplitGate`), a
 ClientHello record that is whole in one packet (not GSO, its size within the
 gate's bounds) does not match either while the gate's map says "on": the
-kernel split program (:mod:`govpass.bpf.ksplit`) on the egress interface cuts
+kernel split program (:mod:`govpass.bpf.ksplit`, C) on the egress interface cuts
 it instead. The gate is "on" only while that program is attached to every
 interface the rules cover.
 

@@ -24,6 +24,20 @@ static __always_inline bool gp_hello_start(const __u8 head[GP_HELLO_HEAD])
 	return head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01;
 }
 
+/* The kernel split's limits: the first segment is at most GP_CHUNK_MAX bytes
+ * (it is summed from the stack), the whole record at most GP_PAYLOAD_MAX (one
+ * Ethernet MTU). */
+#define GP_CHUNK_MAX 64
+#define GP_PAYLOAD_MAX 1500
+
+/* The smallest payload the kernel split cuts at `chunk`: a record header and
+ * its handshake type, and more than the first segment. The pre-filter's gate
+ * gets the same bound from the loader. */
+static __always_inline __u32 gp_split_min_payload(__u32 chunk)
+{
+	return chunk + 1 > GP_HELLO_HEAD ? chunk + 1 : GP_HELLO_HEAD;
+}
+
 /* The record's size with its 5-byte header, from the header's length field. */
 static __always_inline __u32 gp_record_size(const __u8 head[GP_HELLO_HEAD])
 {

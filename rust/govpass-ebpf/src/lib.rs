@@ -6,6 +6,7 @@
 #![cfg(target_os = "linux")]
 
 mod error;
+pub mod ksplit;
 pub mod prefilter;
 
 pub use error::LoadError;

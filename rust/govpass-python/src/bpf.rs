@@ -20,14 +20,46 @@ pub fn prefilter_load(
     imp::prefilter_load(family, max_age_ns, &pin_dir, gate)
 }
 
+/// Loads the kernel split for these parameters (checked again here: a bad
+/// one raises ValueError); returns the program's, its scratch map's and its
+/// counter map's file descriptors. Raises BpfError.
+#[pyfunction]
+#[pyo3(signature = (*, chunk, max_payload, ports, mark, local, l2))]
+pub fn ksplit_load(
+    chunk: u32,
+    max_payload: u32,
+    ports: Vec<u16>,
+    mark: u32,
+    local: bool,
+    l2: u32,
+) -> PyResult<(i32, i32, i32)> {
+    imp::ksplit_load(chunk, max_payload, ports, mark, local, l2)
+}
+
+/// Attaches the kernel split program `prog_fd` to the egress of interface
+/// `ifindex` (a tcx bpf link); returns the link's file descriptor, which
+/// keeps it there while open. Raises BpfError (ENODEV: no such interface).
+#[pyfunction]
+pub fn ksplit_attach(prog_fd: i32, ifindex: u32) -> PyResult<i32> {
+    imp::ksplit_attach(prog_fd, ifindex)
+}
+
+/// The kernel split's counters (split, unsplit, first_only, dropped), each
+/// summed over the CPUs, from its counter map `counters_fd`. Raises BpfError.
+#[pyfunction]
+pub fn ksplit_counters(counters_fd: i32) -> PyResult<(u64, u64, u64, u64)> {
+    imp::ksplit_counters(counters_fd)
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use super::BpfError;
+    use govpass_ebpf::ksplit;
     use govpass_ebpf::prefilter::{self, Family, Gate};
     use govpass_ebpf::LoadError;
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
     use std::path::Path;
 
     pub fn prefilter_load(
@@ -58,6 +90,44 @@ mod imp {
         Ok((loaded.program.into_raw_fd(), loaded.flows.into_raw_fd()))
     }
 
+    pub fn ksplit_load(
+        chunk: u32,
+        max_payload: u32,
+        ports: Vec<u16>,
+        mark: u32,
+        local: bool,
+        l2: u32,
+    ) -> PyResult<(i32, i32, i32)> {
+        let params = ksplit::Params {
+            chunk,
+            max_payload,
+            ports,
+            mark,
+            local,
+            l2,
+        };
+        params.check().map_err(PyValueError::new_err)?;
+        let loaded = ksplit::load(&params).map_err(|e| bpf_error(&e))?;
+        Ok((
+            loaded.program.into_raw_fd(),
+            loaded.scratch.into_raw_fd(),
+            loaded.counters.into_raw_fd(),
+        ))
+    }
+
+    pub fn ksplit_attach(prog_fd: i32, ifindex: u32) -> PyResult<i32> {
+        let program = dup(prog_fd).map_err(|e| bpf_error(&LoadError::io("program fd", &e)))?;
+        let link =
+            ksplit::attach_tcx_egress(program.as_fd(), ifindex).map_err(|e| bpf_error(&e))?;
+        Ok(link.into_raw_fd())
+    }
+
+    pub fn ksplit_counters(counters_fd: i32) -> PyResult<(u64, u64, u64, u64)> {
+        let map = dup(counters_fd).map_err(|e| bpf_error(&LoadError::io("counters fd", &e)))?;
+        let [a, b, c, d] = ksplit::counters(map.as_fd()).map_err(|e| bpf_error(&e))?;
+        Ok((a, b, c, d))
+    }
+
     /// A close-on-exec duplicate of a descriptor the caller keeps; an fd that
     /// is not open fails here (EBADF), not in the kernel.
     fn dup(fd: i32) -> std::io::Result<OwnedFd> {
@@ -86,6 +156,25 @@ mod imp {
         _pin_dir: &std::path::Path,
         _gate: Option<(i32, u32, u32)>,
     ) -> PyResult<(i32, i32)> {
+        Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
+    }
+
+    pub fn ksplit_load(
+        _chunk: u32,
+        _max_payload: u32,
+        _ports: Vec<u16>,
+        _mark: u32,
+        _local: bool,
+        _l2: u32,
+    ) -> PyResult<(i32, i32, i32)> {
+        Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
+    }
+
+    pub fn ksplit_attach(_prog_fd: i32, _ifindex: u32) -> PyResult<i32> {
+        Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
+    }
+
+    pub fn ksplit_counters(_counters_fd: i32) -> PyResult<(u64, u64, u64, u64)> {
         Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
     }
 }

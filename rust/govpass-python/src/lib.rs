@@ -21,6 +21,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<target::PyProfile>()?;
     m.add_function(wrap_pyfunction!(hello::client_hello_sni, m)?)?;
     m.add_function(wrap_pyfunction!(bpf::prefilter_load, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_load, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_attach, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_counters, m)?)?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;
