@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -126,6 +127,15 @@ def probe(
             )
         late = [c.hex() for c in drain(sock, LATE_WAIT)]
     return {"runs": results, "late": late}
+
+
+def missing_needs() -> str | None:
+    """What :func:`run_isolated` needs and this process lacks, or None."""
+    if os.geteuid() != 0:
+        return "eBPF tests need root (bpf(2) program loads, a network namespace)"
+    if shutil.which("unshare") is None:
+        return "the kernel split tests need unshare(1) (util-linux)"
+    return None
 
 
 def run_isolated(

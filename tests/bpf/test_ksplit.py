@@ -18,8 +18,6 @@ namespace per group); each test then checks its own case's results.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -52,12 +50,9 @@ from scapy.packet import Raw
 def _root() -> None:
     # As with the pre-filter tests: without root this is a failure to report,
     # not a reason to pass quietly (CI runs as root).
-    if os.geteuid() != 0:
-        pytest.fail(
-            "eBPF tests need root (bpf(2) program loads, a network namespace)", pytrace=False
-        )
-    if shutil.which("unshare") is None:
-        pytest.fail("the kernel split tests need unshare(1) (util-linux)", pytrace=False)
+    lacking = ksplit_probe.missing_needs()
+    if lacking:
+        pytest.fail(lacking, pytrace=False)
 
 
 MARK = 0x40000000  # govpass's mark in these tests

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,9 @@ IP_OPTIONS = [IPOption(b"\x01\x01\x01\x01"), IPOption(b"\x01" * 40)]
 
 @pytest.fixture(scope="module", autouse=True)
 def _root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail(
-            "eBPF tests need root (bpf(2) program loads, a network namespace)", pytrace=False
-        )
-    if shutil.which("unshare") is None:
-        pytest.fail("the kernel split tests need unshare(1) (util-linux)", pytrace=False)
+    lacking = ksplit_probe.missing_needs()
+    if lacking:
+        pytest.fail(lacking, pytrace=False)
 
 
 def settings_for(chunk: int, max_seg_payload: int) -> Config:

@@ -41,7 +41,7 @@ could not be made right: TCP sends it again).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from govpass import _core
 
@@ -92,14 +92,8 @@ class Loaded:
 
     def __init__(self, params: Params) -> None:
         self.params = params
-        self.prog_fd, self.scratch_fd, self.counters_fd = _core.ksplit_load(
-            chunk=params.chunk,
-            max_payload=params.max_payload,
-            ports=list(params.ports),
-            mark=params.mark,
-            local=params.local,
-            l2=params.l2,
-        )
+        fields = {**asdict(params), "ports": list(params.ports)}
+        self.prog_fd, self.scratch_fd, self.counters_fd = _core.ksplit_load(**fields)
 
     def attach(self, ifindex: int) -> int:
         """Attaches to ``ifindex``'s egress (tcx); returns the link's descriptor."""

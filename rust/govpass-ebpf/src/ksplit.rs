@@ -10,13 +10,13 @@
 //! `BPF_LINK_CREATE`, as the program's Python loader made it before. Nothing
 //! is pinned: the descriptors are the only references.
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::SchedClassifier;
 use aya::{include_bytes_aligned, EbpfLoader};
 
-use crate::LoadError;
+use crate::{object, LoadError};
 
 static OBJECT: &[u8] = include_bytes_aligned!("../bpf/ksplit.bpf.o");
 
@@ -116,20 +116,11 @@ pub fn load(params: &Params) -> Result<Ksplit, LoadError> {
         .set_global("ports", &ports, true)
         .load(OBJECT)
         .map_err(|e| LoadError::new("object load", &e))?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| missing(PROGRAM))?
-        .try_into()
-        .map_err(|e| LoadError::new("program type", &e))?;
+    let program: &mut SchedClassifier = object::program(&mut ebpf, PROGRAM)?;
     program
         .load()
         .map_err(|e| LoadError::new("program load", &e))?;
-    let program = program
-        .fd()
-        .map_err(|e| LoadError::new("program load", &e))?
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::io("program fd", &e))?;
+    let program = object::program_fd(program.fd())?;
     let scratch = per_cpu_array_fd(&ebpf, SCRATCH_MAP)?;
     let counters = per_cpu_array_fd(&ebpf, COUNTERS_MAP)?;
     Ok(Ksplit {
@@ -141,12 +132,8 @@ pub fn load(params: &Params) -> Result<Ksplit, LoadError> {
 
 fn per_cpu_array_fd(ebpf: &aya::Ebpf, name: &str) -> Result<OwnedFd, LoadError> {
     match ebpf.map(name) {
-        Some(Map::PerCpuArray(data)) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| LoadError::io("map fd", &e)),
-        _ => Err(missing(name)),
+        Some(Map::PerCpuArray(data)) => object::map_fd(data),
+        _ => Err(object::missing(name)),
     }
 }
 
@@ -220,14 +207,6 @@ pub fn attach_tcx_egress(program: BorrowedFd<'_>, ifindex: u32) -> Result<OwnedF
     })?;
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn missing(name: &str) -> LoadError {
-    let err = std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!("{name} is not in the embedded object"),
-    );
-    LoadError::new("object", &err)
 }
 
 #[cfg(test)]

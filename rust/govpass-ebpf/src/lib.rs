@@ -7,6 +7,7 @@
 
 mod error;
 pub mod ksplit;
+mod object;
 pub mod prefilter;
 
 pub use error::LoadError;

@@ -8,14 +8,14 @@
 //! program keeps its own reference). Without a gate the loader creates an
 //! empty one there (it reads "off") and removes that pin the same way.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use aya::maps::{Map, MapData};
 use aya::programs::SocketFilter;
 use aya::{include_bytes_aligned, EbpfLoader};
 
-use crate::LoadError;
+use crate::{object, LoadError};
 
 static OBJECT: &[u8] = include_bytes_aligned!("../bpf/prefilter.bpf.o");
 
@@ -111,37 +111,16 @@ fn load_pinned(
         .set_max_entries(family.other().flows(), 1)
         .load(OBJECT)
         .map_err(|e| LoadError::new("object load", &e))?;
-    let program: &mut SocketFilter = ebpf
-        .program_mut(family.program())
-        .ok_or_else(|| missing(family.program()))?
-        .try_into()
-        .map_err(|e| LoadError::new("program type", &e))?;
+    let program: &mut SocketFilter = object::program(&mut ebpf, family.program())?;
     program
         .load()
         .map_err(|e| LoadError::new("program load", &e))?;
-    let program = program
-        .fd()
-        .map_err(|e| LoadError::new("program load", &e))?
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::io("program fd", &e))?;
+    let program = object::program_fd(program.fd())?;
     let flows = match ebpf.map(family.flows()) {
-        Some(Map::LruHashMap(data)) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| LoadError::io("flow map fd", &e))?,
-        _ => return Err(missing(family.flows())),
+        Some(Map::LruHashMap(data)) => object::map_fd(data)?,
+        _ => return Err(object::missing(family.flows())),
     };
     Ok(Prefilter { program, flows })
-}
-
-fn missing(name: &str) -> LoadError {
-    let err = std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!("{name} is not in the embedded object"),
-    );
-    LoadError::new("object", &err)
 }
 
 fn remove_pin(pin: &Path) -> Result<(), LoadError> {

@@ -33,7 +33,22 @@ pub fn ksplit_load(
     local: bool,
     l2: u32,
 ) -> PyResult<(i32, i32, i32)> {
-    imp::ksplit_load(chunk, max_payload, ports, mark, local, l2)
+    #[cfg(target_os = "linux")]
+    {
+        imp::ksplit_load(govpass_ebpf::ksplit::Params {
+            chunk,
+            max_payload,
+            ports,
+            mark,
+            local,
+            l2,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (chunk, max_payload, ports, mark, local, l2);
+        imp::ksplit_load()
+    }
 }
 
 /// Attaches the kernel split program `prog_fd` to the egress of interface
@@ -90,22 +105,7 @@ mod imp {
         Ok((loaded.program.into_raw_fd(), loaded.flows.into_raw_fd()))
     }
 
-    pub fn ksplit_load(
-        chunk: u32,
-        max_payload: u32,
-        ports: Vec<u16>,
-        mark: u32,
-        local: bool,
-        l2: u32,
-    ) -> PyResult<(i32, i32, i32)> {
-        let params = ksplit::Params {
-            chunk,
-            max_payload,
-            ports,
-            mark,
-            local,
-            l2,
-        };
+    pub fn ksplit_load(params: ksplit::Params) -> PyResult<(i32, i32, i32)> {
         params.check().map_err(PyValueError::new_err)?;
         let loaded = ksplit::load(&params).map_err(|e| bpf_error(&e))?;
         Ok((
@@ -159,14 +159,7 @@ mod imp {
         Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
     }
 
-    pub fn ksplit_load(
-        _chunk: u32,
-        _max_payload: u32,
-        _ports: Vec<u16>,
-        _mark: u32,
-        _local: bool,
-        _l2: u32,
-    ) -> PyResult<(i32, i32, i32)> {
+    pub fn ksplit_load() -> PyResult<(i32, i32, i32)> {
         Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
     }
 
