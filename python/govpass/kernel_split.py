@@ -71,6 +71,7 @@ def params_for(config: Config, l2: int) -> ksplit.Params:
     return ksplit.Params(
         chunk=chunk,
         max_payload=min(ksplit.PAYLOAD_MAX, config.max_seg_payload + chunk),
+        max_seg_payload=config.max_seg_payload,
         ports=config.port_numbers,
         mark=config.mark,
         local=config.mode == "host",
@@ -148,7 +149,13 @@ class KernelSplit:
             self.close()
             raise
         params = self._programs[14].params
-        self.gate = KernelSplitGate(self._gate_fd, params.min_payload, params.max_payload)
+        self.gate = KernelSplitGate(
+            self._gate_fd,
+            params.min_payload,
+            params.max_payload,
+            params.chunk,
+            params.max_seg_payload,
+        )
         return self.gate
 
     def _drop_in_child(self) -> None:

@@ -11,7 +11,7 @@ the host and lets an AF_PACKET socket on its ``lo`` catch it.
 :func:`run_isolated` (for tests) starts ``unshare -n python3 ksplit_probe.py``,
 which reads a request (JSON) on stdin and writes the answer (JSON) on stdout::
 
-    {"params": {"chunk": 5, "max_payload": 1500, "ports": [443],
+    {"params": {"chunk": 5, "max_payload": 1500, "max_seg_payload": 1460, "ports": [443],
                 "mark": 1073741824, "local": true, "l2": 14},
      "runs": [{"frame": "<hex>", "mark": 0, "gso_segs": 0}, ...],
      "lo_is_up": true}
@@ -97,6 +97,7 @@ def probe(
     p = ksplit.Params(
         chunk=params["chunk"],
         max_payload=params["max_payload"],
+        max_seg_payload=params["max_seg_payload"],
         ports=tuple(params["ports"]),
         mark=params["mark"],
         local=params["local"],

@@ -92,6 +92,9 @@ class Knobs:
 
     chunk: int = 5
     max_payload: int = 1500
+    # Past every header size here: the engine's cap (headers over 40 bytes take
+    # their size off max-seg-payload) has cases of its own.
+    max_seg_payload: int = 1600
     ports: tuple[int, ...] = (DPORT,)
     local: bool = True
 
@@ -99,6 +102,7 @@ class Knobs:
         return {
             "chunk": self.chunk,
             "max_payload": self.max_payload,
+            "max_seg_payload": self.max_seg_payload,
             "ports": list(self.ports),
             "mark": MARK,
             "local": self.local,
@@ -221,6 +225,16 @@ def _split_shapes() -> dict[str, Case]:
     cases["ipv4-ip-and-tcp-options-largest"] = split_case(
         "ipv4", 1405, 5, ip={"options": [IP_OPTION_40]}, tcp_options=TCP_OPTS_40
     )
+    # The engine's cap: max-seg-payload 1000 less the headers' bytes over 40.
+    seg = Knobs(max_payload=1005, max_seg_payload=1000)
+    cases["ipv4-at-the-engine-cap"] = split_case("ipv4", 1005, 5, knobs=seg)
+    cases["ipv6-at-the-engine-cap"] = split_case("ipv6", 985, 5, knobs=seg)
+    cases["ipv4-timestamps-at-the-engine-cap"] = split_case(
+        "ipv4", 993, 5, knobs=seg, tcp_options=TS_OPTS
+    )
+    cases["ipv4-first-segment-at-the-engine-cap"] = split_case(
+        "ipv4", 50, 30, knobs=Knobs(chunk=30, max_payload=70, max_seg_payload=40)
+    )
     cases["ipv4-dont-fragment"] = split_case("ipv4", 305, 5, ip={"flags": "DF", "id": 0x1234})
     cases["ipv4-tos-ttl"] = split_case("ipv4", 306, 5, ip={"tos": 0xB8, "ttl": 3})
     cases["ipv6-flow-label"] = split_case("ipv6", 306, 5, ip={"fl": 0xABCDE, "tc": 0x28})
@@ -273,6 +287,21 @@ def _untouched() -> dict[str, Case]:
         # The IP length says more than the frame holds: the rest cannot be read.
         add("truncated-frame", frame(family, hello(305))[:-10],
             counters=(("unsplit", 1),))  # fmt: skip
+    # Past the engine's cap (see _split_shapes): the engine cuts these into more
+    # than two segments, so the kernel split leaves them to it.
+    seg = Knobs(max_payload=1005, max_seg_payload=1000)
+    cases["ipv6-over-the-engine-cap"] = Case("ipv6", frame("ipv6", hello(986)), knobs=seg)
+    cases["ipv4-timestamps-over-the-engine-cap"] = Case(
+        "ipv4", frame("ipv4", hello(994), tcp_options=TS_OPTS), knobs=seg
+    )
+    cases["ipv4-ip-options-over-the-engine-cap"] = Case(
+        "ipv4", frame("ipv4", hello(1002), ip=ip_layer("ipv4", options=[IP_OPTION_4])), knobs=seg
+    )
+    cases["ipv6-first-segment-over-the-engine-cap"] = Case(
+        "ipv6",
+        frame("ipv6", hello(50), tcp_options=TS_OPTS),
+        knobs=Knobs(chunk=30, max_payload=70, max_seg_payload=40),
+    )
     for fields in ({"flags": "MF"}, {"frag": 1}, {"flags": "MF", "frag": 8}):
         name = "-".join(f"{k}{v}" for k, v in fields.items())
         cases[f"ipv4-fragment-{name}"] = Case(
@@ -405,7 +434,14 @@ def test_probe_refuses_a_namespace_with_interfaces() -> None:
 
 @pytest.fixture
 def params_kw() -> dict[str, Any]:
-    return {"chunk": 5, "max_payload": 1500, "ports": (443,), "mark": MARK, "local": True}
+    return {
+        "chunk": 5,
+        "max_payload": 1500,
+        "max_seg_payload": 1460,
+        "ports": (443,),
+        "mark": MARK,
+        "local": True,
+    }
 
 
 @pytest.mark.parametrize("l2", [0, 14])
@@ -431,6 +467,7 @@ def test_program_loads(l2: int, local: bool, params_kw: dict[str, Any]) -> None:
         ({"ports": (0,)}, "ports"),
         ({"ports": (443, 65536)}, "ports"),
         ({"ports": (-443,)}, "ports"),
+        ({"max_seg_payload": 0}, "max_seg_payload"),
         ({"mark": 0}, "mark"),
         ({"mark": 2**32}, "mark"),
         ({"mark": -1}, "mark"),

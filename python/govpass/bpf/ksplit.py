@@ -28,7 +28,10 @@ A packet is split when all of these hold (anything else goes on untouched):
   whole too);
 * the payload is exactly one ClientHello record (``16 03 .. LL LL 01``,
   record length + 5 = payload length), longer than ``chunk`` and at most
-  ``max_payload`` bytes.
+  ``max_payload`` bytes;
+* the engine, too, would cut it into two segments only: it puts at most
+  ``max_seg_payload`` bytes in a segment with 40 bytes of IP and TCP headers,
+  and as many fewer as the headers have more (IPv6, options).
 
 The first segment leaves as a copy (``bpf_clone_redirect``); the packet itself
 becomes the rest, its sequence number moved on by ``chunk``; PSH is only on the
@@ -62,6 +65,9 @@ class Params:
 
     chunk: int  # first segment's size
     max_payload: int  # largest record split (≤ PAYLOAD_MAX)
+    # The engine's max-seg-payload: a record it would cut into more than two
+    # segments (headers over 40 bytes take their size off it) is left alone.
+    max_seg_payload: int
     ports: tuple[int, ...]  # destination ports
     mark: int  # govpass's mark: packets carrying any of its bits are left alone
     local: bool  # host mode (packets with a socket) or router mode (without)
@@ -74,6 +80,8 @@ class Params:
             raise ValueError(f"max_payload must be in {self.min_payload}..{PAYLOAD_MAX}")
         if not 1 <= len(self.ports) <= PORTS_MAX or any(not 1 <= p <= 0xFFFF for p in self.ports):
             raise ValueError(f"ports must be 1 to {PORTS_MAX} ports in 1..65535, got {self.ports}")
+        if self.max_seg_payload < 1:
+            raise ValueError(f"max_seg_payload must be at least 1, got {self.max_seg_payload}")
         if not 0 < self.mark <= 0xFFFFFFFF:
             raise ValueError(f"mark must be a non-zero 32-bit value, got {self.mark:#x}")
         if self.l2 not in (0, 14):

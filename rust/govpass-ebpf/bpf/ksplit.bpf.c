@@ -11,7 +11,9 @@
  * - IPv4 without fragmentation, or IPv6 whose next header is TCP;
  * - TCP to one of `ports`, no SYN, FIN, RST or URG flag;
  * - the payload is exactly one ClientHello record (common.h), longer than
- *   `chunk` and at most `max_payload` bytes.
+ *   `chunk` and at most `max_payload` bytes, and the engine too would cut it
+ *   into two segments only (gp_split_max: with `max_seg` bytes of payload in a
+ *   segment of 40 header bytes, less what the headers have more).
  *
  * How: the bytes after the first `chunk` are copied to a per-CPU scratch map,
  * the packet is cut to the first `chunk` bytes and a copy of it leaves
@@ -63,6 +65,7 @@ _Static_assert(SCRATCH_SIZE >= GP_PAYLOAD_MAX + 4, "scratch too small");
 /* Set by the loader before the program is verified (read-only at run time). */
 const volatile __u32 chunk = 1; /* the first segment's payload bytes, 1..GP_CHUNK_MAX */
 const volatile __u32 max_payload = GP_HELLO_HEAD; /* the largest record split */
+const volatile __u32 max_seg = 1; /* the engine's max-seg-payload */
 const volatile __u32 mark = 0; /* packets with any of these bits are left alone */
 const volatile __u32 local = 1; /* host mode: packets with a socket; else without */
 const volatile __u32 l2 = 14; /* link header bytes before the IP header: 14 or 0 */
@@ -297,7 +300,9 @@ static __always_inline int split(struct __sk_buff *skb, bool v4)
 	if (bpf_skb_load_bytes(skb, w.payload, head, sizeof(head)))
 		return TCX_NEXT;
 	if (!gp_hello_start(head) ||
-	    !gp_whole_record(head, len, gp_split_min_payload(n), max_payload, skb->gso_segs))
+	    !gp_whole_record(head, len, gp_split_min_payload(n),
+			     gp_split_max(n, max_payload, max_seg, w.payload - link),
+			     skb->gso_segs))
 		return TCX_NEXT;
 	w.len = len;
 

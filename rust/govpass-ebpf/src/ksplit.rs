@@ -40,6 +40,10 @@ pub struct Params {
     pub chunk: u32,
     /// The largest record split, min_payload()..=PAYLOAD_MAX.
     pub max_payload: u32,
+    /// The engine's max-seg-payload: with more than 40 bytes of IP and TCP
+    /// headers, records it would cut into more than two segments are left
+    /// alone (`gp_split_max` in common.h). At least 1.
+    pub max_seg_payload: u32,
     /// Destination ports, 1..=PORTS_MAX of them, none 0.
     pub ports: Vec<u16>,
     /// Packets carrying any of these bits are left alone (not 0).
@@ -77,6 +81,9 @@ impl Params {
                 self.ports
             ));
         }
+        if self.max_seg_payload == 0 {
+            return Err("max_seg_payload must be at least 1".to_owned());
+        }
         if self.mark == 0 {
             return Err("mark must be a non-zero 32-bit value".to_owned());
         }
@@ -109,6 +116,7 @@ pub fn load(params: &Params) -> Result<Ksplit, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .set_global("chunk", &params.chunk, true)
         .set_global("max_payload", &params.max_payload, true)
+        .set_global("max_seg", &params.max_seg_payload, true)
         .set_global("mark", &params.mark, true)
         .set_global("local", &local, true)
         .set_global("l2", &params.l2, true)
@@ -217,6 +225,7 @@ mod tests {
         Params {
             chunk: 5,
             max_payload: 1500,
+            max_seg_payload: 1460,
             ports: vec![443],
             mark: 0x4000_0000,
             local: true,
@@ -284,6 +293,10 @@ mod tests {
             },
             Params {
                 mark: 0,
+                ..params()
+            },
+            Params {
+                max_seg_payload: 0,
                 ..params()
             },
             Params { l2: 4, ..params() },

@@ -7,15 +7,16 @@ pyo3::import_exception!(govpass.bpf.syscall, BpfError);
 
 /// Loads the pre-filter for `family` ("ipv4" or "ipv6"); returns the
 /// program's and its flow map's file descriptors. `gate` is the kernel split's
-/// gate as (map fd, min payload, max payload); `pin_dir` a directory on a bpf
-/// file system, used during the load only. Raises BpfError.
+/// gate as (map fd, min payload, max payload, split chunk, max seg payload);
+/// `pin_dir` a directory on a bpf file system, used during the load only.
+/// Raises BpfError.
 #[pyfunction]
 #[pyo3(signature = (family, max_age_ns, pin_dir, gate=None))]
 pub fn prefilter_load(
     family: &str,
     max_age_ns: u64,
     pin_dir: std::path::PathBuf,
-    gate: Option<(i32, u32, u32)>,
+    gate: Option<(i32, u32, u32, u32, u32)>,
 ) -> PyResult<(i32, i32)> {
     imp::prefilter_load(family, max_age_ns, &pin_dir, gate)
 }
@@ -24,10 +25,11 @@ pub fn prefilter_load(
 /// one raises ValueError); returns the program's, its scratch map's and its
 /// counter map's file descriptors. Raises BpfError.
 #[pyfunction]
-#[pyo3(signature = (*, chunk, max_payload, ports, mark, local, l2))]
+#[pyo3(signature = (*, chunk, max_payload, max_seg_payload, ports, mark, local, l2))]
 pub fn ksplit_load(
     chunk: u32,
     max_payload: u32,
+    max_seg_payload: u32,
     ports: Vec<u16>,
     mark: u32,
     local: bool,
@@ -38,6 +40,7 @@ pub fn ksplit_load(
         imp::ksplit_load(govpass_ebpf::ksplit::Params {
             chunk,
             max_payload,
+            max_seg_payload,
             ports,
             mark,
             local,
@@ -46,7 +49,7 @@ pub fn ksplit_load(
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (chunk, max_payload, ports, mark, local, l2);
+        let _ = (chunk, max_payload, max_seg_payload, ports, mark, local, l2);
         imp::ksplit_load()
     }
 }
@@ -81,7 +84,7 @@ mod imp {
         family: &str,
         max_age_ns: u64,
         pin_dir: &Path,
-        gate: Option<(i32, u32, u32)>,
+        gate: Option<(i32, u32, u32, u32, u32)>,
     ) -> PyResult<(i32, i32)> {
         let family = match family {
             "ipv4" => Family::Ipv4,
@@ -93,10 +96,12 @@ mod imp {
             }
         };
         let gate = match gate {
-            Some((fd, min_payload, max_payload)) => Some(Gate {
+            Some((fd, min_payload, max_payload, chunk, max_seg_payload)) => Some(Gate {
                 map: dup(fd).map_err(|e| bpf_error(&LoadError::io("gate map", &e)))?,
                 min_payload,
                 max_payload,
+                chunk,
+                max_seg_payload,
             }),
             None => None,
         };
@@ -154,7 +159,7 @@ mod imp {
         _family: &str,
         _max_age_ns: u64,
         _pin_dir: &std::path::Path,
-        _gate: Option<(i32, u32, u32)>,
+        _gate: Option<(i32, u32, u32, u32, u32)>,
     ) -> PyResult<(i32, i32)> {
         Err(PyOSError::new_err((38, "eBPF programs need Linux"))) // ENOSYS
     }
