@@ -212,6 +212,10 @@ def _split_shapes() -> dict[str, Case]:
         # The engine's flags: PSH only on the last segment, also when the original had none.
         cases[f"{family}-without-psh"] = split_case(family, 305, 5, flags="A")
         cases[f"{family}-with-ece"] = split_case(family, 305, 5, flags="PAE")
+        # CWR only on the first segment (the engine's: it marks the first data sent
+        # after the window was reduced).
+        cases[f"{family}-with-cwr"] = split_case(family, 305, 5, flags="PAC")
+        cases[f"{family}-with-cwr-and-ece"] = split_case(family, 305, 5, flags="AEC")
         cases[f"{family}-gso-segs-1"] = replace(split_case(family, 305, 5), gso_segs=1)
         cases[f"{family}-max-payload-exactly"] = split_case(
             family, 1000, 5, knobs=Knobs(max_payload=1000)

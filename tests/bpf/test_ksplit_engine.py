@@ -190,7 +190,7 @@ def packets(draw: st.DrawFn, config: Config) -> bytes:
         draw(st.integers(0, 2**32 - 1)),
         sport=draw(st.integers(1024, 65535)),
         dport=DPORT,
-        flags=draw(st.sampled_from(["PA", "A", "PAE"])),
+        flags=draw(st.sampled_from(["PA", "A", "PAE", "PAC"])),
         tcp_options=options,
         ip=ip,
     )

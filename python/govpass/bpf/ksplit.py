@@ -35,10 +35,10 @@ A packet is split when all of these hold (anything else goes on untouched):
 
 The first segment leaves as a copy (``bpf_clone_redirect``); the packet itself
 becomes the rest, its sequence number moved on by ``chunk``; PSH is only on the
-rest, as on the engine's last segment. Counters: "split"; "unsplit" (a step
-failed before the packet changed: it goes on whole); "first_only" (the copy
-could not be sent: TCP sends the rest again); "dropped" (cut, but a header
-could not be made right: TCP sends it again).
+rest and CWR only on the first segment, as on the engine's segments. Counters:
+"split"; "unsplit" (a step failed before the packet changed: it goes on whole);
+"first_only" (the copy could not be sent: TCP sends the rest again); "dropped"
+(cut, but a header could not be made right: TCP sends it again).
 """
 
 from __future__ import annotations

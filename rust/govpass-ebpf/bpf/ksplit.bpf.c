@@ -20,7 +20,7 @@
  * (bpf_clone_redirect to the same interface; the copy meets this program again
  * and goes on, being no whole record any more); then the packet grows back,
  * takes the rest, and its sequence number moves on by `chunk`. PSH is only on
- * the rest, as on the engine's last segment. IP lengths, the IPv4 header
+ * the rest and CWR only on the first segment, as on the engine's segments. IP lengths, the IPv4 header
  * checksum and the TCP checksum are updated in place.
  *
  * Checksums: the TCP checksum field of this host's own packets
@@ -61,6 +61,7 @@ _Static_assert(SCRATCH_SIZE >= GP_PAYLOAD_MAX + 4, "scratch too small");
 #define TCP_RST 0x04
 #define TCP_PSH 0x08
 #define TCP_URG 0x20
+#define TCP_CWR 0x80
 
 /* Set by the loader before the program is verified (read-only at run time). */
 const volatile __u32 chunk = 1; /* the first segment's payload bytes, 1..GP_CHUNK_MAX */
@@ -358,7 +359,9 @@ static __always_inline int split(struct __sk_buff *skb, bool v4)
 		return count(DROPPED, TCX_DROP);
 	if (bpf_l4_csum_replace(skb, w.l4 + 16, 0, d2, 0))
 		return count(DROPPED, TCX_DROP);
-	if (tcp_flags(skb, &w, tcp.doff, tcp.flags & ~TCP_PSH, tcp.flags | TCP_PSH))
+	/* As the engine's last segment: PSH; CWR only on the first (it marks the
+	 * first data sent after the window was reduced). */
+	if (tcp_flags(skb, &w, tcp.doff, tcp.flags & ~TCP_PSH, (tcp.flags | TCP_PSH) & ~TCP_CWR))
 		return count(DROPPED, TCX_DROP);
 	seq = bpf_htonl(bpf_ntohl(tcp.seq) + n);
 	if (bpf_l4_csum_replace(skb, w.l4 + 16, tcp.seq, seq, 4))
