@@ -268,6 +268,9 @@ def _untouched() -> dict[str, Case]:
         add("application-data", frame(family, record(300, content=0x17)))
         add("alert", frame(family, record(300, content=0x15)))
         add("record-version-not-3", frame(family, b"\x16\x02" + hello(305)[2:]))
+        # The engine takes record versions 3.1 to 3.4 only: it passes these whole.
+        add("record-version-3-0", frame(family, b"\x16\x03\x00" + hello(305)[3:]))
+        add("record-version-3-5", frame(family, b"\x16\x03\x05" + hello(305)[3:]))
         add("wrong-port", frame(family, hello(305), dport=8443))
         add("source-port-only", frame(family, hello(305), dport=40001),
             knobs=Knobs(ports=(SPORT,)))  # fmt: skip

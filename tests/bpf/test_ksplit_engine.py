@@ -183,7 +183,8 @@ def packets(draw: st.DrawFn, config: Config) -> bytes:
     size = draw(st.integers(params.min_payload, high))
     body = b"\x01" + draw(st.binary(min_size=size - 6, max_size=size - 6))
     announced = size - 5 + draw(st.sampled_from([0, 0, 0, 1, 300]))
-    rec = b"\x16\x03" + draw(st.sampled_from([b"\x01", b"\x03"])) + announced.to_bytes(2, "big")
+    minor = draw(st.sampled_from([b"\x01", b"\x03", b"\x04", b"\x00", b"\x05"]))
+    rec = b"\x16\x03" + minor + announced.to_bytes(2, "big")
     return frame(
         family,
         rec + body,

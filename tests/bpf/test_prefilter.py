@@ -504,6 +504,18 @@ def test_gate_on_whole_record_the_engine_cuts_in_more_than_two_matches(
         assert end_of(lo.entry(key(family))) == ISN + largest + 1
 
 
+@pytest.mark.parametrize("minor", [0x00, 0x05])
+def test_gate_on_record_version_the_engine_passes_matches(
+    family: str, gated: prefilter.Loaded, gate_fd: int, minor: int
+) -> None:
+    # The engine splits record versions 3.1 to 3.4 only; the kernel split leaves
+    # the others alone, so they go to the queue as without the gate.
+    set_gate(gate_fd, 1)
+    hello = record(512, version=bytes([3, minor]))
+    assert run(gated, frame(family, hello)) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
+
+
 def test_gate_on_two_records_in_one_packet_match(
     family: str, gated: prefilter.Loaded, gate_fd: int
 ) -> None:

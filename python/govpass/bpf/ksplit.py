@@ -26,9 +26,9 @@ A packet is split when all of these hold (anything else goes on untouched):
 * IPv4 without fragmentation, or IPv6 whose next header is TCP;
 * TCP to one of the ports, no SYN, FIN, RST or URG flag (the engine leaves those
   whole too);
-* the payload is exactly one ClientHello record (``16 03 .. LL LL 01``,
-  record length + 5 = payload length), longer than ``chunk`` and at most
-  ``max_payload`` bytes;
+* the payload is exactly one ClientHello record (``16 03 VV LL LL 01``,
+  VV 01 to 04 as the engine takes them, record length + 5 = payload length),
+  longer than ``chunk`` and at most ``max_payload`` bytes;
 * the engine, too, would cut it into two segments only: it puts at most
   ``max_seg_payload`` bytes in a segment with 40 bytes of IP and TCP headers,
   and as many fewer as the headers have more (IPv6, options).

@@ -63,12 +63,14 @@ static __always_inline __u32 gp_record_size(const __u8 head[GP_HELLO_HEAD])
 }
 
 /* The record announced by `head` is exactly this packet's payload, its size is
- * within [min_payload, max_payload] and the packet is not a GSO super-packet
- * (the kernel split cuts one real packet). */
+ * within [min_payload, max_payload], its version one the engine splits
+ * (0x0301 to 0x0304; the engine passes others whole) and the packet is not a
+ * GSO super-packet (the kernel split cuts one real packet). */
 static __always_inline bool gp_whole_record(const __u8 head[GP_HELLO_HEAD], __u64 payload_len,
 					    __u32 min_payload, __u32 max_payload, __u32 gso_segs)
 {
-	return gp_record_size(head) == payload_len && payload_len >= min_payload &&
+	return head[2] >= 0x01 && head[2] <= 0x04 && gp_record_size(head) == payload_len &&
+	       payload_len >= min_payload &&
 	       payload_len <= max_payload && gso_segs <= 1;
 }
 
