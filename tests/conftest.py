@@ -11,7 +11,13 @@ import pytest
 # Modules whose every test needs root and network namespaces, marked here by
 # place so that a new module there cannot slip into the root-free tier
 # (`pytest -m "not netns and not root"`); elsewhere modules mark themselves.
-NETNS_PLACES = ("e2e/", "e2e_targeting/", "bpf/test_ksplit.py", "bpf/test_prefilter.py")
+NETNS_PLACES = (
+    "e2e/",
+    "e2e_targeting/",
+    "bpf/test_ksplit.py",
+    "bpf/test_ksplit_engine.py",
+    "bpf/test_prefilter.py",
+)
 _TESTS = Path(__file__).resolve().parent
 
 

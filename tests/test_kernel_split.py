@@ -42,6 +42,7 @@ LO, ETH0, WG0, DOCKER0 = (
         ({"split_chunk": 65}, "split-chunk 65"),
         ({"hosts": ("blocked.example",)}, "host lists"),
         ({"split_chunk": 1, "max_seg_payload": 1}, "max-seg-payload 1"),
+        ({"ports": tuple(str(p) for p in range(1, 18))}, "17 ports"),
     ],
 )
 def test_settings_that_rule_it_out_say_why(changes: dict[str, Any], words: str) -> None:
@@ -67,6 +68,7 @@ def test_params_follow_the_settings() -> None:
     assert params.max_payload == 1460 + 7  # max-seg-payload + chunk: the rest fits one segment
     small = kernel_split.params_for(replace(Config(), max_seg_payload=100), 14)
     assert small.max_payload == 105 and small.local
+    assert (params.max_seg_payload, small.max_seg_payload) == (1460, 100)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +162,7 @@ def test_gate_opens_once_every_covered_interface_is_attached(world: list[Link]) 
     gate = ks.open()
     try:
         assert gate_value(ks) == 0 and (gate.min_payload, gate.max_payload) == (6, 1465)
+        assert (gate.chunk, gate.max_seg_payload) == (5, 1460)  # the engine's cap, as the program's
         ks.sync(RuleSpec())
         assert gate_value(ks) == 1 and ks.on and ks.interfaces() == ["eth0"]
         assert FakeProgram.attached == [ETH0.index]

@@ -19,6 +19,9 @@ __all__ = [
     "QuicHeader",
     "__version__",
     "client_hello_sni",
+    "ksplit_attach",
+    "ksplit_counters",
+    "ksplit_load",
     "prefilter_load",
     "quic_initial_sni",
     "quic_long_header",
@@ -266,10 +269,37 @@ def prefilter_load(
     family: Literal["ipv4", "ipv6"],
     max_age_ns: int,
     pin_dir: str,
-    gate: tuple[int, int, int] | None = None,
+    gate: tuple[int, int, int, int, int] | None = None,
 ) -> tuple[int, int]:
     """Load the pre-filter (rust/govpass-ebpf/bpf/prefilter.bpf.c) for ``family``:
     ``(program fd, flow map fd)``, both owned by the caller. ``gate`` is the kernel
-    split's gate as ``(map fd, min payload, max payload)``; ``pin_dir`` a directory
-    on a bpf file system, used during the load only. Raises
-    :class:`govpass.bpf.syscall.BpfError` (ValueError for an unknown family)."""
+    split's gate as ``(map fd, min payload, max payload, split chunk, max seg
+    payload)``; ``pin_dir`` a directory on a bpf file system, used during the load
+    only. Raises :class:`govpass.bpf.syscall.BpfError` (ValueError for an unknown
+    family)."""
+
+def ksplit_load(
+    *,
+    chunk: int,
+    max_payload: int,
+    max_seg_payload: int,
+    ports: list[int],
+    mark: int,
+    local: bool,
+    l2: int,
+) -> tuple[int, int, int]:
+    """Load the kernel split (rust/govpass-ebpf/bpf/ksplit.bpf.c) with these
+    parameters: ``(program fd, scratch map fd, counter map fd)``, owned by the
+    caller. Raises ValueError for parameters the program cannot take (chunk
+    1..64, max_payload up to 1500 and above chunk and 5, max_seg_payload from 1,
+    1..16 non-zero ports, a non-zero mark, l2 0 or 14) and :class:`govpass.bpf.syscall.BpfError`."""
+
+def ksplit_attach(prog_fd: int, ifindex: int) -> int:
+    """Attach the kernel split program ``prog_fd`` to interface ``ifindex``'s
+    egress as a tcx bpf link: the link's file descriptor, owned by the caller; the
+    program stays there while it is open. Raises
+    :class:`govpass.bpf.syscall.BpfError` (ENODEV: no such interface)."""
+
+def ksplit_counters(counters_fd: int) -> tuple[int, int, int, int]:
+    """The kernel split's counters (split, unsplit, first_only, dropped), each summed
+    over the CPUs, from its counter map. Raises :class:`govpass.bpf.syscall.BpfError`."""

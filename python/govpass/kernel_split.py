@@ -1,6 +1,7 @@
 """The daemon's kernel split: the tc egress program of :mod:`govpass.bpf.ksplit`
-on every interface the rules cover, and the gate that tells the rules'
-pre-filter to leave it the hellos it splits.
+(C, loaded and attached by the Rust extension) on every interface the rules
+cover, and the gate that tells the rules' pre-filter to leave it the hellos it
+splits.
 
 A ClientHello record that leaves whole in one packet (curl, OpenSSL, Python,
 most browsers) is then split on the interface's egress path, with no trip to a
@@ -55,6 +56,9 @@ def config_reason(config: Config) -> str | None:
         return "split-pos is set (cut positions need the engine)"
     if not 1 <= config.split_chunk <= ksplit.CHUNK_MAX:
         return f"split-chunk {config.split_chunk} (the kernel split takes 1..{ksplit.CHUNK_MAX})"
+    if len(config.port_numbers) > ksplit.PORTS_MAX:
+        n = len(config.port_numbers)
+        return f"{n} ports (the kernel split takes at most {ksplit.PORTS_MAX})"
     if config.max_seg_payload + config.split_chunk < max(6, config.split_chunk + 1):
         return f"max-seg-payload {config.max_seg_payload} (too small for a whole hello)"
     if Targeting.from_config(config).active:
@@ -67,6 +71,7 @@ def params_for(config: Config, l2: int) -> ksplit.Params:
     return ksplit.Params(
         chunk=chunk,
         max_payload=min(ksplit.PAYLOAD_MAX, config.max_seg_payload + chunk),
+        max_seg_payload=config.max_seg_payload,
         ports=config.port_numbers,
         mark=config.mark,
         local=config.mode == "host",
@@ -144,7 +149,13 @@ class KernelSplit:
             self.close()
             raise
         params = self._programs[14].params
-        self.gate = KernelSplitGate(self._gate_fd, params.min_payload, params.max_payload)
+        self.gate = KernelSplitGate(
+            self._gate_fd,
+            params.min_payload,
+            params.max_payload,
+            params.chunk,
+            params.max_seg_payload,
+        )
         return self.gate
 
     def _drop_in_child(self) -> None:

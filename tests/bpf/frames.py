@@ -1,8 +1,10 @@
-"""Ethernet frames of outbound TCP packets for the eBPF program tests (scapy)."""
+"""Ethernet frames of outbound TCP packets for the eBPF program tests (scapy), and
+the reading of the frames the programs give back (headers, checksums)."""
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -51,3 +53,72 @@ def frame(
     if payload:
         pkt = pkt / Raw(payload)
     return bytes(pkt)
+
+
+# ------------------------------------------------------------- reading outputs
+
+
+@dataclass(frozen=True)
+class Parsed:
+    family: str
+    ip: bytes  # the IP header (IPv4 with options)
+    tcp: bytes  # the TCP header with options
+    payload: bytes
+    frame: bytes
+
+    @property
+    def seq(self) -> int:
+        return int(struct.unpack_from("!I", self.tcp, 4)[0])
+
+    @property
+    def tcp_checksum_offset(self) -> int:
+        return 14 + len(self.ip) + 16
+
+
+def parse(data: bytes) -> Parsed:
+    """The frame's headers and payload, by hand; the IP length must cover the frame exactly."""
+    ethertype = struct.unpack_from("!H", data, 12)[0]
+    if ethertype == 0x0800:
+        ihl = (data[14] & 0x0F) * 4
+        total = struct.unpack_from("!H", data, 16)[0]
+        assert len(data) == 14 + total, "IPv4 total length does not match the frame"
+        ip, seg, family = data[14 : 14 + ihl], data[14 + ihl :], "ipv4"
+    else:
+        assert ethertype == 0x86DD
+        plen = struct.unpack_from("!H", data, 18)[0]
+        assert len(data) == 14 + 40 + plen, "IPv6 payload length does not match the frame"
+        ip, seg, family = data[14:54], data[54:], "ipv6"
+    doff = (seg[12] >> 4) * 4
+    return Parsed(family, ip, seg[:doff], seg[doff:], data)
+
+
+def ones_sum(data: bytes) -> int:
+    """The 16-bit one's complement sum of ``data`` (zero padded to even length)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def checksums_ok(p: Parsed) -> tuple[bool, bool]:
+    """(IP header checksum right, TCP checksum right), each a full sum over the data."""
+    segment = p.tcp + p.payload
+    if p.family == "ipv4":
+        ip_ok = ones_sum(p.ip) == 0xFFFF
+        pseudo = p.ip[12:20] + struct.pack("!BBH", 0, 6, len(segment))
+    else:
+        ip_ok = True  # no IPv6 header checksum
+        pseudo = p.ip[8:40] + struct.pack("!I3xB", len(segment), 6)
+    return ip_ok, ones_sum(pseudo + segment) == 0xFFFF
+
+
+def without_checksums(p: Parsed) -> bytes:
+    """The frame with its IPv4 header and TCP checksums zeroed (a right checksum
+    may be written as 0x0000 or 0xFFFF; :func:`checksums_ok` checks them)."""
+    out = bytearray(p.frame)
+    if p.family == "ipv4":
+        out[24:26] = b"\0\0"
+    out[p.tcp_checksum_offset : p.tcp_checksum_offset + 2] = b"\0\0"
+    return bytes(out)

@@ -1,4 +1,4 @@
-"""Runs the kernel split program (:mod:`govpass.bpf.ksplit`) through
+"""Runs the kernel split program (:mod:`govpass.bpf.ksplit`, C) through
 BPF_PROG_TEST_RUN inside a network namespace of its own, and reports what came
 out: the program's return value, the packet as it left the program, the copies
 it sent with ``bpf_clone_redirect`` and the program's counters.
@@ -11,7 +11,7 @@ the host and lets an AF_PACKET socket on its ``lo`` catch it.
 :func:`run_isolated` (for tests) starts ``unshare -n python3 ksplit_probe.py``,
 which reads a request (JSON) on stdin and writes the answer (JSON) on stdout::
 
-    {"params": {"chunk": 5, "max_payload": 1500, "ports": [443],
+    {"params": {"chunk": 5, "max_payload": 1500, "max_seg_payload": 1460, "ports": [443],
                 "mark": 1073741824, "local": true, "l2": 14},
      "runs": [{"frame": "<hex>", "mark": 0, "gso_segs": 0}, ...],
      "lo_is_up": true}
@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -96,6 +97,7 @@ def probe(
     p = ksplit.Params(
         chunk=params["chunk"],
         max_payload=params["max_payload"],
+        max_seg_payload=params["max_seg_payload"],
         ports=tuple(params["ports"]),
         mark=params["mark"],
         local=params["local"],
@@ -126,6 +128,15 @@ def probe(
             )
         late = [c.hex() for c in drain(sock, LATE_WAIT)]
     return {"runs": results, "late": late}
+
+
+def missing_needs() -> str | None:
+    """What :func:`run_isolated` needs and this process lacks, or None."""
+    if os.geteuid() != 0:
+        return "eBPF tests need root (bpf(2) program loads, a network namespace)"
+    if shutil.which("unshare") is None:
+        return "the kernel split tests need unshare(1) (util-linux)"
+    return None
 
 
 def run_isolated(

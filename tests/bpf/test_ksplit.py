@@ -1,4 +1,5 @@
-"""The kernel split program of ``govpass.bpf.ksplit``, run in the kernel through
+"""The kernel split program (C: ``rust/govpass-ebpf/bpf/ksplit.bpf.c``, loaded by
+``govpass.bpf.ksplit``), run in the kernel through
 BPF_PROG_TEST_RUN on hand-built Ethernet frames.
 
 The runs happen in a network namespace of their own (``ksplit_probe.py`` under
@@ -17,9 +18,6 @@ namespace per group); each test then checks its own case's results.
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -27,7 +25,19 @@ from typing import Any
 
 import ksplit_probe
 import pytest
-from frames import DPORT, ETH, FAMILIES, ISN, SPORT, frame, ip_layer, record
+from frames import (
+    DPORT,
+    ETH,
+    FAMILIES,
+    ISN,
+    SPORT,
+    checksums_ok,
+    frame,
+    ip_layer,
+    parse,
+    record,
+    without_checksums,
+)
 from govpass import SEND, Engine, EngineConfig
 from govpass.bpf import ksplit
 from scapy.layers.inet import UDP, IPOption
@@ -40,12 +50,9 @@ from scapy.packet import Raw
 def _root() -> None:
     # As with the pre-filter tests: without root this is a failure to report,
     # not a reason to pass quietly (CI runs as root).
-    if os.geteuid() != 0:
-        pytest.fail(
-            "eBPF tests need root (bpf(2) program loads, a network namespace)", pytrace=False
-        )
-    if shutil.which("unshare") is None:
-        pytest.fail("the kernel split tests need unshare(1) (util-linux)", pytrace=False)
+    lacking = ksplit_probe.missing_needs()
+    if lacking:
+        pytest.fail(lacking, pytrace=False)
 
 
 MARK = 0x40000000  # govpass's mark in these tests
@@ -62,72 +69,6 @@ def hello(payload: int) -> bytes:
 
 
 # ------------------------------------------------------------- reading outputs
-
-
-@dataclass(frozen=True)
-class Parsed:
-    family: str
-    ip: bytes  # the IP header (IPv4 with options)
-    tcp: bytes  # the TCP header with options
-    payload: bytes
-    frame: bytes
-
-    @property
-    def seq(self) -> int:
-        return int(struct.unpack_from("!I", self.tcp, 4)[0])
-
-    @property
-    def tcp_checksum_offset(self) -> int:
-        return 14 + len(self.ip) + 16
-
-
-def parse(data: bytes) -> Parsed:
-    """The frame's headers and payload, by hand; the IP length must cover the frame exactly."""
-    ethertype = struct.unpack_from("!H", data, 12)[0]
-    if ethertype == 0x0800:
-        ihl = (data[14] & 0x0F) * 4
-        total = struct.unpack_from("!H", data, 16)[0]
-        assert len(data) == 14 + total, "IPv4 total length does not match the frame"
-        ip, seg, family = data[14 : 14 + ihl], data[14 + ihl :], "ipv4"
-    else:
-        assert ethertype == 0x86DD
-        plen = struct.unpack_from("!H", data, 18)[0]
-        assert len(data) == 14 + 40 + plen, "IPv6 payload length does not match the frame"
-        ip, seg, family = data[14:54], data[54:], "ipv6"
-    doff = (seg[12] >> 4) * 4
-    return Parsed(family, ip, seg[:doff], seg[doff:], data)
-
-
-def ones_sum(data: bytes) -> int:
-    """The 16-bit one's complement sum of ``data`` (zero padded to even length)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def checksums_ok(p: Parsed) -> tuple[bool, bool]:
-    """(IP header checksum right, TCP checksum right), each a full sum over the data."""
-    segment = p.tcp + p.payload
-    if p.family == "ipv4":
-        ip_ok = ones_sum(p.ip) == 0xFFFF
-        pseudo = p.ip[12:20] + struct.pack("!BBH", 0, 6, len(segment))
-    else:
-        ip_ok = True  # no IPv6 header checksum
-        pseudo = p.ip[8:40] + struct.pack("!I3xB", len(segment), 6)
-    return ip_ok, ones_sum(pseudo + segment) == 0xFFFF
-
-
-def without_checksums(p: Parsed) -> bytes:
-    """The frame with its IPv4 header and TCP checksums zeroed (a right checksum
-    may be written as 0x0000 or 0xFFFF; :func:`checksums_ok` checks them)."""
-    out = bytearray(p.frame)
-    if p.family == "ipv4":
-        out[24:26] = b"\0\0"
-    out[p.tcp_checksum_offset : p.tcp_checksum_offset + 2] = b"\0\0"
-    return bytes(out)
 
 
 def test_checksum_reader_accepts_scapy_frames_and_rejects_a_changed_byte() -> None:
@@ -151,6 +92,9 @@ class Knobs:
 
     chunk: int = 5
     max_payload: int = 1500
+    # Past every header size here: the engine's cap (headers over 40 bytes take
+    # their size off max-seg-payload) has cases of its own.
+    max_seg_payload: int = 1600
     ports: tuple[int, ...] = (DPORT,)
     local: bool = True
 
@@ -158,6 +102,7 @@ class Knobs:
         return {
             "chunk": self.chunk,
             "max_payload": self.max_payload,
+            "max_seg_payload": self.max_seg_payload,
             "ports": list(self.ports),
             "mark": MARK,
             "local": self.local,
@@ -267,6 +212,10 @@ def _split_shapes() -> dict[str, Case]:
         # The engine's flags: PSH only on the last segment, also when the original had none.
         cases[f"{family}-without-psh"] = split_case(family, 305, 5, flags="A")
         cases[f"{family}-with-ece"] = split_case(family, 305, 5, flags="PAE")
+        # CWR only on the first segment (the engine's: it marks the first data sent
+        # after the window was reduced).
+        cases[f"{family}-with-cwr"] = split_case(family, 305, 5, flags="PAC")
+        cases[f"{family}-with-cwr-and-ece"] = split_case(family, 305, 5, flags="AEC")
         cases[f"{family}-gso-segs-1"] = replace(split_case(family, 305, 5), gso_segs=1)
         cases[f"{family}-max-payload-exactly"] = split_case(
             family, 1000, 5, knobs=Knobs(max_payload=1000)
@@ -279,6 +228,16 @@ def _split_shapes() -> dict[str, Case]:
                 )
     cases["ipv4-ip-and-tcp-options-largest"] = split_case(
         "ipv4", 1405, 5, ip={"options": [IP_OPTION_40]}, tcp_options=TCP_OPTS_40
+    )
+    # The engine's cap: max-seg-payload 1000 less the headers' bytes over 40.
+    seg = Knobs(max_payload=1005, max_seg_payload=1000)
+    cases["ipv4-at-the-engine-cap"] = split_case("ipv4", 1005, 5, knobs=seg)
+    cases["ipv6-at-the-engine-cap"] = split_case("ipv6", 985, 5, knobs=seg)
+    cases["ipv4-timestamps-at-the-engine-cap"] = split_case(
+        "ipv4", 993, 5, knobs=seg, tcp_options=TS_OPTS
+    )
+    cases["ipv4-first-segment-at-the-engine-cap"] = split_case(
+        "ipv4", 50, 30, knobs=Knobs(chunk=30, max_payload=70, max_seg_payload=40)
     )
     cases["ipv4-dont-fragment"] = split_case("ipv4", 305, 5, ip={"flags": "DF", "id": 0x1234})
     cases["ipv4-tos-ttl"] = split_case("ipv4", 306, 5, ip={"tos": 0xB8, "ttl": 3})
@@ -309,6 +268,9 @@ def _untouched() -> dict[str, Case]:
         add("application-data", frame(family, record(300, content=0x17)))
         add("alert", frame(family, record(300, content=0x15)))
         add("record-version-not-3", frame(family, b"\x16\x02" + hello(305)[2:]))
+        # The engine takes record versions 3.1 to 3.4 only: it passes these whole.
+        add("record-version-3-0", frame(family, b"\x16\x03\x00" + hello(305)[3:]))
+        add("record-version-3-5", frame(family, b"\x16\x03\x05" + hello(305)[3:]))
         add("wrong-port", frame(family, hello(305), dport=8443))
         add("source-port-only", frame(family, hello(305), dport=40001),
             knobs=Knobs(ports=(SPORT,)))  # fmt: skip
@@ -332,6 +294,21 @@ def _untouched() -> dict[str, Case]:
         # The IP length says more than the frame holds: the rest cannot be read.
         add("truncated-frame", frame(family, hello(305))[:-10],
             counters=(("unsplit", 1),))  # fmt: skip
+    # Past the engine's cap (see _split_shapes): the engine cuts these into more
+    # than two segments, so the kernel split leaves them to it.
+    seg = Knobs(max_payload=1005, max_seg_payload=1000)
+    cases["ipv6-over-the-engine-cap"] = Case("ipv6", frame("ipv6", hello(986)), knobs=seg)
+    cases["ipv4-timestamps-over-the-engine-cap"] = Case(
+        "ipv4", frame("ipv4", hello(994), tcp_options=TS_OPTS), knobs=seg
+    )
+    cases["ipv4-ip-options-over-the-engine-cap"] = Case(
+        "ipv4", frame("ipv4", hello(1002), ip=ip_layer("ipv4", options=[IP_OPTION_4])), knobs=seg
+    )
+    cases["ipv6-first-segment-over-the-engine-cap"] = Case(
+        "ipv6",
+        frame("ipv6", hello(50), tcp_options=TS_OPTS),
+        knobs=Knobs(chunk=30, max_payload=70, max_seg_payload=40),
+    )
     for fields in ({"flags": "MF"}, {"frag": 1}, {"flags": "MF", "frag": 8}):
         name = "-".join(f"{k}{v}" for k, v in fields.items())
         cases[f"ipv4-fragment-{name}"] = Case(
@@ -464,7 +441,14 @@ def test_probe_refuses_a_namespace_with_interfaces() -> None:
 
 @pytest.fixture
 def params_kw() -> dict[str, Any]:
-    return {"chunk": 5, "max_payload": 1500, "ports": (443,), "mark": MARK, "local": True}
+    return {
+        "chunk": 5,
+        "max_payload": 1500,
+        "max_seg_payload": 1460,
+        "ports": (443,),
+        "mark": MARK,
+        "local": True,
+    }
 
 
 @pytest.mark.parametrize("l2", [0, 14])
@@ -490,6 +474,7 @@ def test_program_loads(l2: int, local: bool, params_kw: dict[str, Any]) -> None:
         ({"ports": (0,)}, "ports"),
         ({"ports": (443, 65536)}, "ports"),
         ({"ports": (-443,)}, "ports"),
+        ({"max_seg_payload": 0}, "max_seg_payload"),
         ({"mark": 0}, "mark"),
         ({"mark": 2**32}, "mark"),
         ({"mark": -1}, "mark"),

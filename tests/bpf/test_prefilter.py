@@ -367,7 +367,7 @@ def test_a_stale_gate_pin_is_not_taken_for_the_given_gate(family: str, gate_fd: 
         with bpffs() as directory:
             before = set(os.listdir(directory))
             sc.obj_pin(stale, f"{directory}/gp_gate")
-            gate = KernelSplitGate(map_fd=gate_fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+            gate = make_gate(gate_fd)
             with prefilter.Loaded(family, AGE, gate, directory) as lo:
                 assert set(os.listdir(directory)) == before
                 assert run(lo, frame(family, record(512))) == 1
@@ -380,7 +380,7 @@ def test_a_stale_gate_pin_is_not_taken_for_the_given_gate(family: str, gate_fd: 
 def test_a_closed_gate_fd_is_a_bpf_error(family: str) -> None:
     fd = sc.map_create(sc.MAP_TYPE_ARRAY, 4, 4, 1)
     os.close(fd)
-    gate = KernelSplitGate(map_fd=fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+    gate = make_gate(fd)
     with pytest.raises(sc.BpfError) as err:
         prefilter.Loaded(family, AGE, gate)
     assert err.value.errno == errno.EBADF
@@ -401,6 +401,12 @@ def test_unavailable_reason_is_none_as_root() -> None:
 # ------------------------------------------------------------- kernel split gate
 
 GATE_MIN, GATE_MAX = 64, 1000  # the whole records left to the kernel split, by payload size
+GATE_CHUNK = GATE_MIN - 1
+GATE_SEG = 2000  # no header size here makes the engine cut a record within GATE_MAX in three
+
+
+def make_gate(fd: int, max_seg_payload: int = GATE_SEG) -> KernelSplitGate:
+    return KernelSplitGate(fd, GATE_MIN, GATE_MAX, GATE_CHUNK, max_seg_payload)
 
 
 @pytest.fixture
@@ -418,7 +424,7 @@ def set_gate(fd: int, value: int) -> None:
 
 @pytest.fixture
 def gated(family: str, gate_fd: int) -> Iterator[prefilter.Loaded]:
-    gate = KernelSplitGate(map_fd=gate_fd, min_payload=GATE_MIN, max_payload=GATE_MAX)
+    gate = make_gate(gate_fd)
     with prefilter.Loaded(family, AGE, gate) as lo:
         yield lo
 
@@ -476,6 +482,38 @@ def test_gate_on_whole_record_outside_its_sizes_matches(
     assert len(hello) == payload
     assert run(gated, frame(family, hello)) == 1
     assert end_of(gated.entry(key(family))) == ISN + payload
+
+
+@pytest.mark.parametrize(
+    ("shape", "largest"),
+    [("ipv4", 963), ("ipv6", 943), ("ipv4-timestamps", 951)],
+)
+def test_gate_on_whole_record_the_engine_cuts_in_more_than_two_matches(
+    shape: str, largest: int, gate_fd: int
+) -> None:
+    # max-seg-payload 900: the engine's segments carry at most 900 bytes less the
+    # headers' bytes over 40, so a record cut at GATE_CHUNK is the kernel split's
+    # up to GATE_CHUNK + that, and the engine's past it (as in ksplit.bpf.c).
+    family = shape.split("-")[0]
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (7, 8))] if "-" in shape else None
+    set_gate(gate_fd, 1)
+    with prefilter.Loaded(family, AGE, make_gate(gate_fd, 900)) as lo:
+        assert run(lo, frame(family, record(largest - 5), tcp_options=options)) == 0
+        assert lo.entry(key(family)) is None
+        assert run(lo, frame(family, record(largest - 4), tcp_options=options)) == 1
+        assert end_of(lo.entry(key(family))) == ISN + largest + 1
+
+
+@pytest.mark.parametrize("minor", [0x00, 0x05])
+def test_gate_on_record_version_the_engine_passes_matches(
+    family: str, gated: prefilter.Loaded, gate_fd: int, minor: int
+) -> None:
+    # The engine splits record versions 3.1 to 3.4 only; the kernel split leaves
+    # the others alone, so they go to the queue as without the gate.
+    set_gate(gate_fd, 1)
+    hello = record(512, version=bytes([3, minor]))
+    assert run(gated, frame(family, hello)) == 1
+    assert end_of(gated.entry(key(family))) == ISN + len(hello)
 
 
 def test_gate_on_two_records_in_one_packet_match(

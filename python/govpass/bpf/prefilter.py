@@ -20,8 +20,8 @@ the packet, without connection tracking:
 
 With a kernel split gate (:class:`~govpass.rules.spec.KernelSplitGate`), a
 ClientHello record that is whole in one packet (not GSO, its size within the
-gate's bounds) does not match either while the gate's map says "on": the
-kernel split program (:mod:`govpass.bpf.ksplit`) on the egress interface cuts
+gate's bounds for the packet's headers) does not match either while the gate's map says "on": the
+kernel split program (:mod:`govpass.bpf.ksplit`, C) on the egress interface cuts
 it instead. The gate is "on" only while that program is attached to every
 interface the rules cover.
 
@@ -107,7 +107,9 @@ def _family(family: str) -> Family:
 def _load(
     family: Family, max_age_ns: int, gate: KernelSplitGate | None, pin_dir: str
 ) -> tuple[int, int]:
-    spec = None if gate is None else (gate.map_fd, gate.min_payload, gate.max_payload)
+    spec = None
+    if gate is not None:
+        spec = (gate.map_fd, gate.min_payload, gate.max_payload, gate.chunk, gate.max_seg_payload)
     return _core.prefilter_load(family, max_age_ns, pin_dir, spec)
 
 

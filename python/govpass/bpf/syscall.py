@@ -21,19 +21,12 @@ _SYSCALL_NR = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280, "riscv
 
 # commands
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM = 0, 1, 2
-_PROG_LOAD, _OBJ_PIN, _OBJ_GET, _PROG_TEST_RUN = 5, 6, 7, 10
-_LINK_CREATE = 28
+_OBJ_PIN, _OBJ_GET, _PROG_TEST_RUN = 6, 7, 10
 
 # types
 MAP_TYPE_ARRAY = 2
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_LRU_HASH = 9
-PROG_TYPE_SOCKET_FILTER = 1
-PROG_TYPE_SCHED_CLS = 3
-ATTACH_TCX_EGRESS = 47  # kernel 6.6 and later
 
 _ATTR_SIZE = 160  # larger than every layout below; the tail stays zero
-_LOG_SIZE = 1 << 20
 
 
 class BpfError(GovpassError, OSError):
@@ -77,45 +70,6 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int) 
     return _call(_MAP_CREATE, attr, "map create")
 
 
-def prog_load(prog_type: int, code: bytes, license: str = "GPL", name: str = "") -> int:
-    """Load (and verify) a program; returns its file descriptor.
-
-    On a verifier rejection the call is repeated with the log on, so the error
-    carries the verifier's explanation."""
-    insns = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(license.encode() + b"\0")
-    fmt = "=IIQQIIQII16s"
-    tag = name.encode()[:15]
-
-    def attempt(log: ctypes.Array[ctypes.c_char] | None) -> int:
-        attr = _attr(
-            fmt,
-            prog_type,
-            len(code) // 8,
-            _addr(insns),
-            _addr(lic),
-            1 if log is not None else 0,
-            len(log) if log is not None else 0,
-            _addr(log),
-            0,
-            0,
-            tag,
-        )
-        return _call(_PROG_LOAD, attr, "program load")
-
-    try:
-        return attempt(None)
-    except BpfError as e:
-        if e.errno not in (errno.EINVAL, errno.EACCES):
-            raise
-        log = ctypes.create_string_buffer(_LOG_SIZE)
-        try:
-            return attempt(log)
-        except BpfError as again:
-            again.log = log.value.decode(errors="replace")
-            raise again from None
-
-
 def obj_pin(fd: int, path: str) -> None:
     """Pin the object behind ``fd`` at ``path`` (on a mounted bpf file system)."""
     name = ctypes.create_string_buffer(os.fsencode(path) + b"\0")
@@ -145,27 +99,6 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
     _call(_MAP_UPDATE_ELEM, _attr("=IIQQQ", map_fd, 0, _addr(k), _addr(v), 0), "map update")
-
-
-def link_create(prog_fd: int, target: int, attach_type: int) -> int:
-    """A bpf link attaching ``prog_fd`` to ``target`` (for tcx: an interface
-    index). The attachment lasts as long as the returned file descriptor (and
-    its duplicates) stays open, so it ends with the process on any exit."""
-    attr = _attr("=IIII", prog_fd, target, attach_type, 0)
-    return _call(_LINK_CREATE, attr, "link create")
-
-
-def possible_cpus() -> int:
-    """How many CPUs a per-CPU map holds a value for (``/sys/.../cpu/possible``)."""
-    try:
-        with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
-            text = f.read().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    highest = 0
-    for part in text.split(","):
-        highest = max(highest, int(part.split("-")[-1]))
-    return highest + 1
 
 
 @dataclass(frozen=True)

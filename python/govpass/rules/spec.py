@@ -40,13 +40,17 @@ _IFNAME = re.compile(r"^[^\s/\"'+*\\]{1,15}\+?$")
 @dataclass(frozen=True)
 class KernelSplitGate:
     """Leave whole one-packet ClientHello records (payload ``min_payload`` to
-    ``max_payload`` bytes) out of the queue while the u32 at key 0 of the bpf
-    array map ``map_fd`` is non-zero: the kernel split takes them then (see
+    ``max_payload`` bytes, and no more than the engine would cut into two
+    segments at ``chunk`` with ``max_seg_payload``: the packet's headers over 40
+    bytes take their size off it) out of the queue while the u32 at key 0 of the
+    bpf array map ``map_fd`` is non-zero: the kernel split takes them then (see
     govpass.bpf.ksplit). Only the eBPF pre-filter can carry it."""
 
     map_fd: int
     min_payload: int
     max_payload: int
+    chunk: int
+    max_seg_payload: int
 
 
 class RuleSpecError(FirewallError, ValueError):

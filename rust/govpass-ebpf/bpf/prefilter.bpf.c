@@ -11,9 +11,9 @@
  *   max_age_ns old; the first one that does not drops the entry.
  * - Everything else (pure ACKs, bulk data) does not match.
  *
- * With the kernel split gate (gate_on), a record whole in one packet does not
- * match while the gate map says "on": the kernel split program on the egress
- * interface cuts it instead.
+ * With the kernel split gate (gate_on), a record whole in one packet that the
+ * kernel split takes (common.h) does not match while the gate map says "on":
+ * the kernel split program on the egress interface cuts it instead.
  *
  * One object, one program and one flow map per address family; the loader
  * loads the family it needs and shrinks the other family's map.
@@ -33,6 +33,8 @@ const volatile __u64 max_age_ns = 1;
 const volatile __u32 gate_on = 0;
 const volatile __u32 gate_min = 0;
 const volatile __u32 gate_max = 0;
+const volatile __u32 gate_chunk = 0; /* the kernel split's split-chunk */
+const volatile __u32 gate_seg = 0; /* and the engine's max-seg-payload (common.h) */
 
 struct key_ipv4 {
 	__be32 saddr;
@@ -85,15 +87,17 @@ struct tcp_head {
 	__u8 rest[7];
 };
 
-/* The gate is on and the record is whole in this packet: the kernel split
- * takes it. */
+/* The gate is on and the record is whole in this packet, whose IP and TCP
+ * headers are hdr_len bytes: the kernel split takes it. */
 static __always_inline bool left_to_kernel_split(struct __sk_buff *skb,
-						 const __u8 head[GP_HELLO_HEAD], __u64 len)
+						 const __u8 head[GP_HELLO_HEAD], __u64 len,
+						 __u32 hdr_len)
 {
+	__u32 max = gp_split_max(gate_chunk, gate_max, gate_seg, hdr_len);
 	__u32 zero = 0;
 	__u32 *on;
 
-	if (!gate_on || !gp_whole_record(head, len, gate_min, gate_max, skb->gso_segs))
+	if (!gate_on || !gp_whole_record(head, len, gate_min, max, skb->gso_segs))
 		return false;
 	on = bpf_map_lookup_elem(&gp_gate, &zero);
 	return on && *on;
@@ -127,7 +131,7 @@ static __always_inline int decide(struct __sk_buff *skb, void *flows, void *key,
 		if (bpf_skb_load_bytes(skb, payload_off, head, sizeof(head)))
 			return 0;
 		if (gp_hello_start(head)) {
-			if (left_to_kernel_split(skb, head, len))
+			if (left_to_kernel_split(skb, head, len, payload_off))
 				return 0;
 			/* Remembered even when the whole record is in this packet: the
 			 * kernel may send part of it again (a tail loss probe) while

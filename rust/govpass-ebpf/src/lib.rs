@@ -6,6 +6,8 @@
 #![cfg(target_os = "linux")]
 
 mod error;
+pub mod ksplit;
+mod object;
 pub mod prefilter;
 
 pub use error::LoadError;

@@ -8,14 +8,14 @@
 //! program keeps its own reference). Without a gate the loader creates an
 //! empty one there (it reads "off") and removes that pin the same way.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use aya::maps::{Map, MapData};
 use aya::programs::SocketFilter;
 use aya::{include_bytes_aligned, EbpfLoader};
 
-use crate::LoadError;
+use crate::{object, LoadError};
 
 static OBJECT: &[u8] = include_bytes_aligned!("../bpf/prefilter.bpf.o");
 
@@ -52,12 +52,16 @@ impl Family {
 }
 
 /// The kernel split's gate: whole one-packet ClientHello records of a payload
-/// size within `[min_payload, max_payload]` do not match while it reads "on".
+/// size within `[min_payload, max_payload]`, and that the engine would cut
+/// into two segments at `chunk` with `max_seg_payload` (`gp_split_max` in
+/// common.h), do not match while it reads "on".
 #[derive(Debug)]
 pub struct Gate {
     pub map: OwnedFd,
     pub min_payload: u32,
     pub max_payload: u32,
+    pub chunk: u32,
+    pub max_seg_payload: u32,
 }
 
 /// A loaded (verified) program and its flow map, as file descriptors the
@@ -80,15 +84,21 @@ pub fn load(
 ) -> Result<Prefilter, LoadError> {
     let pin = pin_dir.join(GATE_MAP);
     remove_pin(&pin)?; // left by a load that died half-way
-    let (gate_on, gate_min, gate_max) = match &gate {
-        Some(g) => (1u32, g.min_payload, g.max_payload),
-        None => (0, 0, 0),
+    let globals = match &gate {
+        Some(g) => [
+            1u32,
+            g.min_payload,
+            g.max_payload,
+            g.chunk,
+            g.max_seg_payload,
+        ],
+        None => [0; 5],
     };
     if let Some(g) = gate {
         let map = MapData::from_fd(g.map).map_err(|e| LoadError::new("gate map", &e))?;
         map.pin(&pin).map_err(|e| LoadError::new("gate pin", &e))?;
     }
-    let loaded = load_pinned(family, max_age_ns, (gate_on, gate_min, gate_max), pin_dir);
+    let loaded = load_pinned(family, max_age_ns, globals, pin_dir);
     let removed = remove_pin(&pin);
     let loaded = loaded?;
     removed?;
@@ -98,7 +108,7 @@ pub fn load(
 fn load_pinned(
     family: Family,
     max_age_ns: u64,
-    (gate_on, gate_min, gate_max): (u32, u32, u32),
+    [gate_on, gate_min, gate_max, gate_chunk, gate_seg]: [u32; 5],
     pin_dir: &Path,
 ) -> Result<Prefilter, LoadError> {
     let mut ebpf = EbpfLoader::new()
@@ -107,41 +117,22 @@ fn load_pinned(
         .set_global("gate_on", &gate_on, true)
         .set_global("gate_min", &gate_min, true)
         .set_global("gate_max", &gate_max, true)
+        .set_global("gate_chunk", &gate_chunk, true)
+        .set_global("gate_seg", &gate_seg, true)
         // The other family's program is not loaded: its map need not hold anything.
         .set_max_entries(family.other().flows(), 1)
         .load(OBJECT)
         .map_err(|e| LoadError::new("object load", &e))?;
-    let program: &mut SocketFilter = ebpf
-        .program_mut(family.program())
-        .ok_or_else(|| missing(family.program()))?
-        .try_into()
-        .map_err(|e| LoadError::new("program type", &e))?;
+    let program: &mut SocketFilter = object::program(&mut ebpf, family.program())?;
     program
         .load()
         .map_err(|e| LoadError::new("program load", &e))?;
-    let program = program
-        .fd()
-        .map_err(|e| LoadError::new("program load", &e))?
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::io("program fd", &e))?;
+    let program = object::program_fd(program.fd())?;
     let flows = match ebpf.map(family.flows()) {
-        Some(Map::LruHashMap(data)) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| LoadError::io("flow map fd", &e))?,
-        _ => return Err(missing(family.flows())),
+        Some(Map::LruHashMap(data)) => object::map_fd(data)?,
+        _ => return Err(object::missing(family.flows())),
     };
     Ok(Prefilter { program, flows })
-}
-
-fn missing(name: &str) -> LoadError {
-    let err = std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!("{name} is not in the embedded object"),
-    );
-    LoadError::new("object", &err)
 }
 
 fn remove_pin(pin: &Path) -> Result<(), LoadError> {

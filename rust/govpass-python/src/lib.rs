@@ -26,6 +26,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quic::quic_long_header, m)?)?;
     m.add_function(wrap_pyfunction!(quic::quic_initial_sni, m)?)?;
     m.add_function(wrap_pyfunction!(bpf::prefilter_load, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_load, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_attach, m)?)?;
+    m.add_function(wrap_pyfunction!(bpf::ksplit_counters, m)?)?;
     m.add("RELEASE", engine::RELEASE)?;
     m.add("DROP", engine::DROP)?;
     m.add("SEND", engine::SEND)?;
