@@ -52,6 +52,9 @@ class Scripted:
     def status_line(self, stats: dict[str, Any]) -> str:
         return f"splits={stats['splits']}"
 
+    def healthy(self) -> bool:
+        return True
+
 
 def test_state_is_written_before_the_service_says_it_runs() -> None:
     svc = Scripted(ticks=0)
