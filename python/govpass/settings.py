@@ -536,8 +536,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "metrics",
         "",
-        "Serve the counters of `govpass stats` in the Prometheus text format on "
-        "http://ADDR:PORT/metrics (a port alone: on 127.0.0.1; empty: off)",
+        "Serve the `govpass stats` counters to Prometheus on http://ADDR:PORT/metrics "
+        "(a port alone: 127.0.0.1)",
         "address",
     ),
     # Targeting shortcuts (govpass.targeting): any list given makes the profiles

@@ -19,13 +19,14 @@ up the stop.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any, BinaryIO
+from typing import Any
 
 from govpass.errors import GovpassError
 from govpass.runtime.status import MAIN_KEYS, TARGETING_KEYS
@@ -100,7 +101,9 @@ def render(stats: dict[str, Any]) -> str:
     if isinstance(fails, dict):
         for reason in sorted(fails, key=str)[:MAX_SERIES]:
             if (value := _number(fails[reason])) is not None:
-                samples.append(f'govpass_fail_open_total{{reason="{escape_label(str(reason))}"}} {value}')
+                samples.append(
+                    f'govpass_fail_open_total{{reason="{escape_label(str(reason))}"}} {value}'
+                )
     lines += _family("govpass_fail_open_total", "counter", "flows failed open, by reason", samples)
     counts = stats.get("strategy_counts")
     if isinstance(counts, dict):
@@ -125,7 +128,7 @@ def render(stats: dict[str, Any]) -> str:
 class _Bounded:
     """A request's input, cut off after `limit` bytes (an end of input after that)."""
 
-    def __init__(self, raw: BinaryIO, limit: int) -> None:
+    def __init__(self, raw: io.BufferedIOBase, limit: int) -> None:
         self.raw = raw
         self.left = limit
 
@@ -149,15 +152,29 @@ class _Bounded:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    raw_requestline: bytes  # set by http.server before parse_request
     timeout = CLIENT_TIMEOUT
     server_version = "govpass"
-    sys_version = ""
+    default_request_version = "HTTP/1.0"  # an error answer has a status line too
 
     def setup(self) -> None:
         super().setup()
         self.rfile = _Bounded(self.rfile, MAX_REQUEST)  # type: ignore[assignment]
 
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+    def parse_request(self) -> bool:
+        line = self.raw_requestline
+        # Cut at MAX_REQUEST (or the client's end), or HTTP/0.9 (no version: no headers).
+        if not line.endswith(b"\n") or len(line.split()) == 2:
+            self.command, self.requestline = "", ""
+            self.request_version = self.default_request_version
+            self.send_error(414 if not line.endswith(b"\n") else 400)
+            return False
+        return super().parse_request()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != PATH:
             self._answer(404, b"not found\n", "text/plain; charset=utf-8")
             return
@@ -170,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # what a client sent never reaches the log
 
 
@@ -188,6 +205,9 @@ class _Server(ThreadingHTTPServer):
         TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # socketserver's prints a traceback to stderr: a client's doing stays out of it
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
