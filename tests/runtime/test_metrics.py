@@ -4,6 +4,7 @@ a real server on loopback."""
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import socket
 import time
@@ -242,6 +243,21 @@ def test_a_client_that_sends_nothing_does_not_block_the_stop() -> None:
             socket.create_connection(srv.address, timeout=1).close()
     finally:
         idle.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_does_not_keep_the_listening_socket(server: MetricsServer) -> None:
+    fd = server._server.socket.fileno()
+    pid = os.fork()
+    if pid == 0:  # the child: is the listening socket's descriptor still open?
+        try:
+            os.fstat(fd)
+        except OSError:
+            os._exit(0)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _get(server, "/metrics")[0] == 200  # the parent's still serves
 
 
 def test_ipv6_loopback() -> None:

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import socket
 import threading
+import weakref
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
@@ -230,6 +233,14 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+def _close_in_child(ref: weakref.ref[_Server]) -> None:
+    """A forked worker does not keep the listening socket (the port stays the parent's)."""
+    server = ref()
+    if server is not None:
+        with suppress(OSError):
+            server.socket.close()
+
+
 class MetricsServer:
     """``GET /metrics`` on a thread, serving the stats last given to :meth:`update`."""
 
@@ -238,6 +249,9 @@ class MetricsServer:
         self._stats: dict[str, Any] = dict(stats or {})
         cls = _Server6 if ":" in host else _Server
         self._server = cls((host, port), self)
+        if hasattr(os, "register_at_fork"):  # the NFQUEUE daemon forks its workers
+            ref = weakref.ref(self._server)
+            os.register_at_fork(after_in_child=lambda: _close_in_child(ref))
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
