@@ -8,8 +8,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from govpass.config import load
@@ -18,6 +17,7 @@ from govpass.runtime import metrics
 from govpass.runtime.metrics import MetricsServer, escape_label, render
 from govpass.runtime.service import run
 from govpass.settings import listen_address
+from scripted import Scripted
 
 # One sample line of the text format: name, optional labels, value.
 SAMPLE = re.compile(r'[a-z_0-9]+(\{([a-z]+="([^"\\\n]|\\\\|\\"|\\n)*",?)+\})? -?[0-9.e+]+\Z')
@@ -54,18 +54,20 @@ def test_counters_gauges_and_fail_open_reasons() -> None:
     body = render(stats)
     assert body.endswith("\n")
     samples = _samples(body)
-    assert samples["govpass_splits_total"] == "3"
-    assert samples["govpass_kernel_split_total"] == "5"
-    assert samples["govpass_bypassed_total"] == "1"
-    assert samples["govpass_queue_dropped_total"] == "0"
-    assert samples["govpass_flows_now"] == "2"
-    assert samples["govpass_held_bytes_peak"] == "700"
-    assert samples["govpass_workers"] == "2"
-    assert samples['govpass_fail_open_total{reason="not a hello"}'] == "4"
-    assert samples['govpass_fail_open_total{reason="timeout"}'] == "1"
-    assert samples['govpass_strategy_counts{profile="p",strategy="1"}'] == "3"
-    assert samples['govpass_strategy_counts{profile="",strategy="2,midsld"}'] == "1"
-    assert samples['govpass_kernel_split_info{state="on (veth0)"}'] == "1"
+    assert samples == {
+        "govpass_splits_total": "3",
+        "govpass_kernel_split_total": "5",
+        "govpass_bypassed_total": "1",
+        "govpass_queue_dropped_total": "0",
+        "govpass_flows_now": "2",
+        "govpass_held_bytes_peak": "700",
+        "govpass_workers": "2",
+        'govpass_fail_open_total{reason="not a hello"}': "4",
+        'govpass_fail_open_total{reason="timeout"}': "1",
+        'govpass_strategy_counts{profile="p",strategy="1"}': "3",
+        'govpass_strategy_counts{profile="",strategy="2,midsld"}': "1",
+        'govpass_kernel_split_info{state="on (veth0)"}': "1",
+    }
     assert "# TYPE govpass_splits_total counter" in body
     assert "# TYPE govpass_flows_now gauge" in body
     assert "# TYPE govpass_workers gauge" in body
@@ -289,42 +291,6 @@ def test_a_port_in_use_is_one_line() -> None:
 # ---------------------------------------------------------------- in the runtime's loop
 
 
-class Counting:
-    """A service whose splits grow by one a tick, scraped from inside its loop."""
-
-    def __init__(self, scrape: Callable[[], None], ticks: int = 3) -> None:
-        self.splits = 0
-        self.ticks = ticks
-        self.scrape = scrape
-
-    def reloader(self) -> Callable[[], None] | None:
-        return None
-
-    def start(self) -> None:
-        pass
-
-    def running_line(self) -> str:
-        return "running: counting"
-
-    def serve(self, stopped: Callable[[], bool], tick: Callable[[], None]) -> None:
-        for _ in range(self.ticks):
-            self.splits += 1
-            tick()
-            self.scrape()
-
-    def stats(self) -> dict[str, Any]:
-        return {"splits": self.splits, "workers": 1}
-
-    def stop(self) -> dict[str, Any]:
-        return self.stats()
-
-    def status_line(self, stats: dict[str, Any]) -> str:
-        return f"splits={stats['splits']}"
-
-    def healthy(self) -> bool:
-        return True
-
-
 def test_the_loop_serves_its_latest_stats_and_stops_the_server() -> None:
     with socket.socket() as probe:  # a free port (the setting takes no port 0)
         probe.bind(("127.0.0.1", 0))
@@ -338,7 +304,9 @@ def test_the_loop_serves_its_latest_stats_and_stops_the_server() -> None:
         conn.close()
 
     log: list[str] = []
-    run(Counting(scrape), log.append, 0.0, interactive=False, metrics=f"127.0.0.1:{port}")
+    run(
+        Scripted(after_tick=scrape), log.append, 0.0, interactive=False, metrics=f"127.0.0.1:{port}"
+    )
     assert seen == ["1", "2", "3"]
     assert f"metrics: http://127.0.0.1:{port}/metrics" in log
     with pytest.raises(OSError):

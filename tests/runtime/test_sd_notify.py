@@ -6,13 +6,13 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from govpass.runtime.sd_notify import Notifier, safe_status, socket_address, watchdog_period
 from govpass.runtime.service import run
+from scripted import Scripted
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX")
 
@@ -154,47 +154,12 @@ def test_a_listener_that_does_not_read_cannot_stall_the_sender(
 # ---------------------------------------------------------------- from the runtime's loop
 
 
-class Ticking:
-    def __init__(self, ticks: int, healthy: Callable[[], bool]) -> None:
-        self.ticks = ticks
-        self.splits = 0
-        self._healthy = healthy
-
-    def reloader(self) -> Callable[[], None] | None:
-        return None
-
-    def start(self) -> None:
-        pass
-
-    def running_line(self) -> str:
-        return "running: ticking"
-
-    def serve(self, stopped: Callable[[], bool], tick: Callable[[], None]) -> None:
-        for _ in range(self.ticks):
-            if stopped():
-                break
-            self.splits += 1
-            tick()
-
-    def stats(self) -> dict[str, Any]:
-        return {"splits": self.splits}
-
-    def stop(self) -> dict[str, Any]:
-        return self.stats()
-
-    def status_line(self, stats: dict[str, Any]) -> str:
-        return f"splits={stats['splits']}"
-
-    def healthy(self) -> bool:
-        return self._healthy()
-
-
 def test_the_loop_says_ready_status_watchdog_and_stopping(
     listener: tuple[socket.socket, str],
 ) -> None:
     sock, path = listener
     n = Notifier(path, watchdog=0.0)  # a pet due at every poll
-    run(Ticking(2, lambda: True), lambda _m: None, 0.0, interactive=False, notifier=n)
+    run(Scripted(ticks=2), lambda _m: None, 0.0, interactive=False, notifier=n)
     got = _messages(sock)
     assert got[0] == "READY=1\nSTATUS=splits=0"
     assert got[-1] == "STOPPING=1"
@@ -206,6 +171,6 @@ def test_the_loop_says_ready_status_watchdog_and_stopping(
 def test_an_unhealthy_service_gets_no_pets(listener: tuple[socket.socket, str]) -> None:
     sock, path = listener
     n = Notifier(path, watchdog=0.0)
-    run(Ticking(3, lambda: False), lambda _m: None, 0.0, interactive=False, notifier=n)
+    run(Scripted(healthy=lambda: False), lambda _m: None, 0.0, interactive=False, notifier=n)
     got = _messages(sock)
     assert "WATCHDOG=1" not in got and got[0].startswith("READY=1") and got[-1] == "STOPPING=1"

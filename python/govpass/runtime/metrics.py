@@ -26,6 +26,7 @@ import re
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -136,16 +137,15 @@ class _Bounded:
         self.left = limit
 
     def readline(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        data = self.raw.readline(self.left if size < 0 else min(size, self.left))
-        self.left -= len(data)
-        return data
+        return self._take(self.raw.readline, size)
 
     def read(self, size: int = -1) -> bytes:
+        return self._take(self.raw.read, size)
+
+    def _take(self, reader: Callable[[int], bytes], size: int) -> bytes:
         if self.left <= 0:
             return b""
-        data = self.raw.read(self.left if size < 0 else min(size, self.left))
+        data = reader(self.left if size < 0 else min(size, self.left))
         self.left -= len(data)
         return data
 
