@@ -137,6 +137,8 @@ def _good_value(s: Setting) -> tuple[str, Any]:
         return ", ".join(value), value
     if s.kind == "str":
         return "something", "something"
+    if s.kind == "address":
+        return " [::1]:9100", "[::1]:9100"
     lo = s.minimum if s.minimum is not None else 0
     hi = s.maximum if s.maximum is not None else lo + 1000
     number = int(hi) if s.default != int(hi) else int(lo)
@@ -192,6 +194,8 @@ def _bad_values(s: Setting) -> list[Any]:
         return bad
     if s.kind == "str":
         return [True, 5, [1], {"a": 1}]
+    if s.kind == "address":
+        return ["on", "host:80", "1.2.3.4:0", "[::1]", "::1:80", "9100x", 0, True, 1.5, [1]]
     bad = ["abc", "", True, [1]]
     if s.minimum is not None:
         bad.append(str(s.minimum - 1))

@@ -142,3 +142,22 @@ def test_worker_timeout_0_leaves_a_hung_worker_running(
         assert json.loads((tmp_path / RETIRED).read_text())["watchdog_restarts"] == 0
     finally:
         r.close()
+
+
+def test_healthy_while_every_worker_is_alive_and_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = Restarts(tmp_path, monkeypatch, "0.5")
+    try:
+        assert not r.daemon.healthy()  # no workers yet
+        r.daemon.workers = [r.start(0)]
+        assert r.daemon.healthy()
+        time.sleep(0.6)  # its loop has not run for longer than worker-timeout
+        assert not r.daemon.healthy()
+        r.daemon.check_workers()  # replaced
+        assert len(r.started) == 2 and r.daemon.healthy()
+        r.daemon.workers[0].process.kill()
+        r.daemon.workers[0].process.join(5)
+        assert not r.daemon.healthy()  # dead
+    finally:
+        r.close()

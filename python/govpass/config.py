@@ -99,6 +99,7 @@ class Config:
     block_quic: QuicBlock = _default("block-quic")
     prefilter: PrefilterChoice = _default("prefilter")
     stats_interval: float = _default("stats-interval")
+    metrics: str = _default("metrics")
     hostlist: tuple[str, ...] = _default("hostlist")
     hosts: tuple[str, ...] = _default("hosts")
     hostlist_exclude: tuple[str, ...] = _default("hostlist-exclude")

@@ -8,6 +8,7 @@ combine into a :class:`govpass.config.Config` is :func:`govpass.config.load`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ class Setting:
     name: str
     default: Any
     help: str
-    kind: str  # "int" | "float" | "str" | "list" | "bool" | "choice"
+    kind: str  # "int" | "float" | "str" | "list" | "bool" | "choice" | "address"
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
@@ -77,6 +78,11 @@ class Setting:
             return "a comma-separated list"
         if self.kind == "str":
             return "a string"
+        if self.kind == "address":
+            return (
+                "HOST:PORT (HOST an IPv4 address or localhost), [IPV6]:PORT, "
+                "a port alone (127.0.0.1:PORT), or off"
+            )
         lo = "" if self.minimum is None else _num(self.minimum)
         hi = "" if self.maximum is None else _num(self.maximum)
         what = "an integer" if self.kind == "int" else "a number"
@@ -128,6 +134,13 @@ class Setting:
                 raise bad
             _check_text((value,), what, self.name)
             return value
+        if self.kind == "address":
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise bad
+            try:
+                return listen_text(str(value))
+            except ValueError:
+                raise bad from None
         return self._number(value, bad)
 
     def _number(self, value: Any, bad: ConfigError) -> float:
@@ -166,6 +179,45 @@ def _check_text(values: tuple[str, ...], what: str, field: str) -> None:
                 f"invalid {what}: {quote(v)} holds a control character (accepted: printable text)",
                 field=field,
             )
+
+
+def listen_address(text: str) -> tuple[str, int] | None:
+    """An "address" setting's value as (host, port) to bind; None for off.
+
+    Accepted: ``HOST:PORT`` with an IPv4 address (or ``localhost``, 127.0.0.1),
+    ``[IPV6]:PORT``, a port alone (loopback: 127.0.0.1), and ``""``/``off``.
+    Host names other than localhost are refused: binding to one would depend on
+    the resolver at start. Raises ValueError for anything else."""
+    t = text.strip()
+    if t.lower() in ("", "off"):
+        return None
+    if len(t) > 64 or not t.isascii() or not t.isprintable():
+        raise ValueError(t)
+    if t.isdigit():
+        host, port = "127.0.0.1", t
+    elif t.startswith("["):
+        inner, sep, port = t[1:].partition("]:")
+        if not sep or "%" in inner:  # no zone index: the bind needs no interface name
+            raise ValueError(t)
+        host = ipaddress.IPv6Address(inner).compressed
+    else:
+        name, sep, port = t.rpartition(":")
+        if not sep:
+            raise ValueError(t)
+        host = "127.0.0.1" if name.lower() == "localhost" else str(ipaddress.IPv4Address(name))
+    if not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValueError(t)
+    return host, int(port)
+
+
+def listen_text(text: str) -> str:
+    """The canonical spelling of an "address" setting ("" for off): ``HOST:PORT``
+    or ``[IPV6]:PORT``. Raises ValueError (see :func:`listen_address`)."""
+    address = listen_address(text)
+    if address is None:
+        return ""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _num(x: float) -> str:
@@ -480,6 +532,13 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         minimum=0.1,
         maximum=3600,
+    ),
+    Setting(
+        "metrics",
+        "",
+        "Serve the `govpass stats` counters to Prometheus on http://ADDR:PORT/metrics "
+        "(a port alone: 127.0.0.1)",
+        "address",
     ),
     # Targeting shortcuts (govpass.targeting): any list given makes the profiles
     # [listed: split, other: pass]; [[profile]] tables in the config file say more.

@@ -241,8 +241,10 @@ class Govpass:
         *,
         wrapper: Sequence[str] = (),
         run_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.lab = lab
+        self.env = dict(env or {})  # more environment for the daemon
         self.launcher = list(launcher)  # python arguments before the subcommand
         self.role = role
         self.args = ["run", "--workers", "1", "--stats-interval", "0.5", *args]
@@ -254,7 +256,7 @@ class Govpass:
         self.returncode: int | None = None
 
     def start(self, timeout: float = 20.0) -> Govpass:
-        env = {"GOVPASS_RUN_DIR": str(self.run_dir)}
+        env = {**self.env, "GOVPASS_RUN_DIR": str(self.run_dir)}
         if self.wrapper:
             env["PYTHONPATH"] = str(PACKAGE_ROOT)
             argv = [*self.wrapper, sys.executable, *self.launcher, *self.args]

@@ -4,53 +4,11 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from govpass.errors import BackendError
 from govpass.runtime.service import run
-
-
-class Scripted:
-    """A service that records what the runtime asks of it."""
-
-    def __init__(self, ticks: int = 3, fail_start: bool = False, reloads: bool = False) -> None:
-        self.calls: list[str] = []
-        self.ticks = ticks
-        self.fail_start = fail_start
-        self.reloads = reloads
-        self.counter = 0
-
-    def reloader(self) -> Callable[[], None] | None:
-        return (lambda: self.calls.append("reload")) if self.reloads else None
-
-    def start(self) -> None:
-        self.calls.append("start")
-        if self.fail_start:
-            raise BackendError("cannot open the capture")
-
-    def running_line(self) -> str:
-        return "running: scripted"
-
-    def serve(self, stopped: Callable[[], bool], tick: Callable[[], None]) -> None:
-        self.calls.append("serve")
-        for _ in range(self.ticks):
-            if stopped():
-                break
-            self.counter += 1
-            tick()
-
-    def stats(self) -> dict[str, Any]:
-        self.calls.append("stats")
-        return {"splits": self.counter}
-
-    def stop(self) -> dict[str, Any]:
-        self.calls.append("stop")
-        return {"splits": self.counter}
-
-    def status_line(self, stats: dict[str, Any]) -> str:
-        return f"splits={stats['splits']}"
+from scripted import Scripted
 
 
 def test_state_is_written_before_the_service_says_it_runs() -> None:

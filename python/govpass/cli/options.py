@@ -52,7 +52,7 @@ PANELS: dict[str, tuple[str, ...]] = {
                "max-list-bytes"),
     "Divert backend (Windows, Linux eBPF)": ("queue-time", "queue-size"),
     "FreeBSD": ("divert-port", "bsd-firewall", "ipfw-rule", "pf-anchor"),
-    "Output": ("stats-interval",),
+    "Output": ("stats-interval", "metrics"),
 }  # fmt: skip
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
@@ -110,9 +110,8 @@ def _option(s: Setting) -> tuple[Any, Any]:
 
 
 def _metavar(s: Setting) -> str:
-    return {"int": "INT", "float": "NUM", "list": "LIST", "str": "TEXT", "choice": "CHOICE"}.get(
-        s.kind, "TEXT"
-    )
+    metavars = {"int": "INT", "float": "NUM", "list": "LIST", "str": "TEXT", "choice": "CHOICE"}
+    return {**metavars, "address": "ADDR:PORT"}.get(s.kind, "TEXT")
 
 
 def with_settings(names: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Any]:

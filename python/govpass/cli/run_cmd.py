@@ -63,4 +63,4 @@ def run_command(flags: dict[str, Any], config_file: Path | None) -> None:
     from govpass.interfaces import check_listed
 
     check_listed(config.iface)
-    run(NfqueueService(config, _log), _log, config.stats_interval)
+    run(NfqueueService(config, _log), _log, config.stats_interval, metrics=config.metrics)

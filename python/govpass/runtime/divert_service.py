@@ -181,6 +181,9 @@ class DivertService:
             self._lock = None
         return self._final
 
+    def healthy(self) -> bool:
+        return True  # no workers of its own: healthy while its loop runs (it asks)
+
     def status_line(self, stats: dict[str, Any]) -> str:
         return status_line(stats)
 
@@ -220,4 +223,6 @@ def run_divert(
     divert.check_privileges()
     if config.workers > 1:
         log(f"workers={config.workers} ignored: the divert backend runs one worker")
-    service.run(DivertService(config, log), log, config.stats_interval, should_stop)
+    service.run(
+        DivertService(config, log), log, config.stats_interval, should_stop, metrics=config.metrics
+    )

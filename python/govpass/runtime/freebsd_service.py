@@ -122,6 +122,9 @@ class FreeBSDService:
             raise GovpassError("; ".join(errors))
         return self._final
 
+    def healthy(self) -> bool:
+        return True  # no workers of its own: healthy while its loop runs (it asks)
+
     def status_line(self, stats: dict[str, Any]) -> str:
         extra = [f"{k}={int(stats.get(k, 0))}" for k in ("divert_received", "inject_errors")]
         return " ".join([line(stats), *extra])
@@ -137,4 +140,4 @@ def run_freebsd(
 ) -> dict[str, Any]:
     """Bind, install rules, run, clean up; returns the final counters."""
     run = FreeBSDService(config, options or options_from(config), log, sock, runner)
-    return service.run(run, log, config.stats_interval, should_stop)
+    return service.run(run, log, config.stats_interval, should_stop, metrics=config.metrics)

@@ -399,6 +399,14 @@ class NfqueueService:
             replacement.restarts = w.restarts + 1
             self.workers[n] = replacement
 
+    def healthy(self) -> bool:
+        """Every worker alive and its packet loop run within `worker-timeout` (what
+        :meth:`check_workers` restarts otherwise): systemd's watchdog waits meanwhile."""
+        if not self.workers or not all(w.process.is_alive() for w in self.workers):
+            return False
+        indexes = [w.index for w in self.workers]
+        return not self.heartbeats.hung(indexes, self.config.worker_timeout)
+
     def _retire(self, index: int) -> None:
         """Moves a replaced worker's last counters into the retired total, so that
         `govpass stats` keeps counting what it did."""

@@ -9,6 +9,11 @@ live table on a terminal, a changed-counters line in a log otherwise). Whatever
 ends the run (a signal, the caller's ``should_stop``, an error), the service's
 ``stop`` runs and the last counters go to the log.
 
+Around that: with ``metrics`` set (the ``--metrics`` setting), a thread serves the
+latest counters to Prometheus (:mod:`.metrics`); under systemd's ``Type=notify``
+the loop says when it is ready, its counters line, when it stops, and pets the
+watchdog while :meth:`Service.healthy` (:mod:`.sd_notify`).
+
 A stop signal only sets a flag the service polls: an exception raised at a
 random point (in the middle of a state file's rename, a rule re-install or a
 worker's restart) would leave that half done and the clean-up to trip over it.
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Protocol
 
+from govpass.runtime import metrics as metrics_mod
+from govpass.runtime.sd_notify import Notifier
 from govpass.runtime.signals import stop_on_signals
 from govpass.runtime.status import ChangeLog, table
 
@@ -52,6 +59,10 @@ class Service(Protocol):
     def status_line(self, stats: dict[str, Any]) -> str:
         """The counters as one key=value line."""
 
+    def healthy(self) -> bool:
+        """Whether the service does its work now (systemd's watchdog is petted only
+        then): its workers alive and running; True for a service without workers."""
+
 
 def run(
     service: Service,
@@ -59,20 +70,32 @@ def run(
     stats_interval: float,
     should_stop: Callable[[], bool] | None = None,
     interactive: bool | None = None,
+    metrics: str = "",
+    notifier: Notifier | None = None,
 ) -> dict[str, Any]:
     """Runs ``service`` until a stop signal or ``should_stop()`` (a Windows service's
-    stop request); returns its last counters, which are also logged."""
+    stop request); returns its last counters, which are also logged. ``metrics``:
+    the ``metrics`` setting's value ("": no server); ``notifier``: systemd's socket
+    (default: from the environment)."""
     if interactive is None:
         interactive = sys.stdout.isatty()
+    notify = Notifier.from_env() if notifier is None else notifier
+    exporter: metrics_mod.MetricsServer | None = None
     try:
         with stop_on_signals(service.reloader()) as signalled:
 
             def stopped() -> bool:
+                # Polled often by every service's loop: a loop that polls is alive.
+                notify.pet(service.healthy)
                 return signalled() or (should_stop is not None and should_stop())
 
             service.start()
             stats = service.stats()
+            exporter = metrics_mod.serve(metrics, stats)
+            if exporter is not None:
+                log(f"metrics: {exporter.url}")
             log(service.running_line())
+            notify.ready(service.status_line(stats))
             live: Any
             if interactive:
                 from rich.live import Live
@@ -85,11 +108,15 @@ def run(
 
             def tick() -> None:
                 nonlocal due
+                notify.pet(service.healthy)
                 now = time.monotonic()
                 if now < due:
                     return
                 due = now + stats_interval
                 current = service.stats()
+                if exporter is not None:
+                    exporter.update(current)
+                notify.status(service.status_line(current))
                 if interactive:
                     live.update(table(current))
                 elif text := changes.due(current):
@@ -102,6 +129,12 @@ def run(
     except KeyboardInterrupt:  # only before the handlers are in place
         log("stopping")
     finally:
-        final = service.stop()
+        notify.stopping()
+        if exporter is not None:
+            exporter.close()
+        try:
+            final = service.stop()
+        finally:
+            notify.close()
     log(service.status_line(final))
     return final
