@@ -140,3 +140,34 @@ def test_an_error_quoting_a_hostile_path_is_one_escaped_line(tmp_path: Path) -> 
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     assert "run\\x1b]0;pwned\\x07\\x0aforged line" in proc.stderr
+
+
+def test_rules_that_cannot_be_read_are_said_once_and_recovery_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule check cannot read the rules (no CAP_NET_ADMIN, say): one line, not one
+    a check, and one more when it can read them again."""
+    from govpass.errors import FirewallError
+    from govpass.runtime import nfqueue_service
+
+    monkeypatch.setenv("GOVPASS_RUN_DIR", str(tmp_path))
+    log: list[str] = []
+    daemon = NfqueueService(load(env={}, flags={"firewall": "none"}), log.append)
+    installed = (("ip mangle", ("-A GOVPASS",)),)
+    daemon._rules_seen = installed
+    answers: list[object] = [FirewallError("Permission denied (you must be root)")] * 3
+    answers.append(installed)
+
+    def rules_now() -> object:
+        got = answers.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    monkeypatch.setattr(nfqueue_service, "_rules_now", rules_now)
+    for _ in range(4):
+        daemon._check_rules()
+    assert log == [
+        "cannot read the installed rules to check them: Permission denied (you must be root)",
+        "the installed rules can be read again",
+    ]

@@ -148,6 +148,7 @@ class NfqueueService:
         self._instance: Any = None  # the namespace's daemon socket (govpass.instance)
         self._rules_seen: Any = None  # the rules as installed, to notice changes by hand
         self._rules_broken = False  # a reinstall after such a change failed (logged once)
+        self._rules_unreadable = False  # the rules could not be read (logged once)
         self._installed: Any = None  # the rules' InstallResult, to read their counters
         # Packets the queues passed by (no worker bound, or the queue full).
         self.bypass = BypassCount(range(config.queue_num, config.queue_num + config.worker_count))
@@ -459,8 +460,14 @@ class NfqueueService:
         event (a failing reinstall is retried quietly until it works)."""
         try:
             now = _rules_now()
-        except GovpassError:
-            return  # cannot look now; the next check will
+        except GovpassError as e:  # cannot look now; the next check will
+            if not self._rules_unreadable:
+                self.log(f"cannot read the installed rules to check them: {e}")
+            self._rules_unreadable = True
+            return
+        if self._rules_unreadable:
+            self.log("the installed rules can be read again")
+        self._rules_unreadable = False
         if now == self._rules_seen:
             self._rules_broken = False
             return
@@ -609,12 +616,18 @@ class NfqueueService:
                 errors.append(str(e))
         for w in self.workers:
             if w.process.is_alive():
-                os.kill(w.process.pid, signal.SIGTERM)
+                try:
+                    os.kill(w.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass  # gone meanwhile
+                except OSError as e:  # e.g. EPERM: killed below, as a stuck worker is
+                    errors.append(f"cannot signal worker {w.index} (pid {w.process.pid}): {e}")
         deadline = time.monotonic() + 5
         for w in self.workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
-                w.process.kill()
+                with suppress(OSError):  # refused: said above
+                    w.process.kill()
                 w.process.join(1)
         with suppress(OSError):
             self.final_stats = self.stats()
@@ -626,7 +639,10 @@ class NfqueueService:
                 *(self.directory / WORKERS).glob("worker-*.json"),
                 *(self.directory / n for n in state),
             ]:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:
+                    errors.append(f"cannot remove {path}: {e.strerror}")
         if self._events is not None:
             with suppress(OSError):  # verdicts the workers sent while stopping
                 while select.select([self._events[0]], [], [], 0)[0]:
