@@ -85,7 +85,8 @@ def run(
         with stop_on_signals(service.reloader()) as signalled:
 
             def stopped() -> bool:
-                # Polled often by every service's loop: a loop that polls is alive.
+                # Polled often by every service's loop (at least every 0.25 s, so also
+                # between ticks a stats interval apart): a loop that polls is alive.
                 notify.pet(service.healthy)
                 return signalled() or (should_stop is not None and should_stop())
 
@@ -108,7 +109,6 @@ def run(
 
             def tick() -> None:
                 nonlocal due
-                notify.pet(service.healthy)
                 now = time.monotonic()
                 if now < due:
                     return
