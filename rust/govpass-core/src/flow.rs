@@ -84,7 +84,9 @@ pub struct SplitMemo {
 /// by a watching profile, watched for signs that it was blocked.
 #[derive(Debug)]
 pub struct WatchMemo {
-    pub profile: usize,
+    /// Name of the profile the flow was watched for, kept with the flow: the
+    /// profiles may be replaced before the verdict comes.
+    pub profile: Box<str>,
     pub host: Box<[u8]>,
     /// Sequence number of the ClientHello's first byte.
     pub base: Seq,
@@ -101,7 +103,7 @@ pub struct WatchMemo {
 }
 
 impl WatchMemo {
-    pub fn new(profile: usize, host: Box<[u8]>, base: Seq, window: u32) -> Self {
+    pub fn new(profile: Box<str>, host: Box<[u8]>, base: Seq, window: u32) -> Self {
         WatchMemo {
             profile,
             host,

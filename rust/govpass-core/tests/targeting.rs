@@ -224,6 +224,28 @@ fn watching_profile_reports_verdicts_for_flows_it_splits() {
 }
 
 #[test]
+fn a_verdict_names_the_profile_the_flow_started_under() {
+    // The learner swaps the profiles while flows of the old ones are still
+    // watched (Chromium opens two connections at once): a verdict about one
+    // of them names the old profile, not whichever now sits at its index.
+    let mut d = driver(watching(split(1, vec![])));
+    let hello = fixture("openssl_default.bin");
+    let old = V4::port(7050);
+    d.take(&old.packet(ISN, PSH, &hello), 1);
+    let mut moved = Profile::catch_all("strategy:2,midsld", split(2, vec![SplitPos::MidSld(0)]));
+    moved.watch = true;
+    d.engine.set_profiles(vec![moved]).unwrap();
+    d.pass(&reply(&old).packet(900, RST, b""), 2);
+    let events = d.engine.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].profile, "strategy:1");
+    let new = V4::port(7051);
+    d.take(&new.packet(ISN, PSH, &hello), 3);
+    d.pass(&reply(&new).packet(900, RST, b""), 4);
+    assert_eq!(d.engine.take_events()[0].profile, "strategy:2,midsld");
+}
+
+#[test]
 fn watching_pass_profile_watches_unsplit_flows() {
     let mut d = driver(watching(ProfileAction::Pass));
     let hello = fixture("openssl_default.bin");

@@ -14,12 +14,13 @@ use crate::targeting::{select, Choice, FlowFacts, ProfileAction};
 
 /// What to do with a flow whose first record is complete.
 pub(super) enum Outcome {
-    /// With the profile and host name to watch for, when the profile watches.
-    Split(SplitPlan, Option<(usize, Box<[u8]>)>),
+    /// With the profile's name and the host name to watch for, when the
+    /// profile watches.
+    Split(SplitPlan, Option<(Box<str>, Box<[u8]>)>),
     NoCut,
     Pass,
     Watch {
-        profile: usize,
+        profile: Box<str>,
         host: Box<[u8]>,
     },
 }
@@ -121,7 +122,9 @@ impl<T: Send + 'static> Engine<T> {
                 let cuts =
                     plan::cut_points(strategy.chunk, &strategy.positions, span, window as u32);
                 let watch = match host {
-                    Some(h) if self.profiles[i].watch => Some((i, h.into())),
+                    Some(h) if self.profiles[i].watch => {
+                        Some((self.profiles[i].name.as_str().into(), h.into()))
+                    }
                     _ => None,
                 };
                 match self.plan_split(facts.key, held, stream, window, max_payload, cuts) {
@@ -131,7 +134,7 @@ impl<T: Send + 'static> Engine<T> {
             }
             Choice::Pass => Outcome::Pass,
             Choice::Watch(profile) => Outcome::Watch {
-                profile,
+                profile: self.profiles[profile].name.as_str().into(),
                 host: host.unwrap_or_default().into(),
             },
         }
@@ -188,10 +191,7 @@ impl<T: Send + 'static> Engine<T> {
             self.stats.auto_successes += 1;
         }
         self.events.push(AutoEvent {
-            profile: self
-                .profiles
-                .get(w.profile)
-                .map_or_else(String::new, |p| p.name.clone()),
+            profile: w.profile.into_string(),
             host: String::from_utf8_lossy(&w.host).into_owned(),
             failed,
         });
