@@ -88,6 +88,32 @@ def test_a_host_that_worked_unsplit_goes_back_to_no_split_when_a_split_fails() -
     assert lr.profile_of("b.example") == "strategy:none"
 
 
+def test_a_lucky_unsplit_pass_does_not_trap_the_host_between_none_and_one_split() -> None:
+    """A name that straddled a packet boundary passed unsplit once; from then on no
+    split fails as well: the host goes on up the ladder, not back and forth."""
+    lr, _, _ = learner()
+    fail(lr, "d.example")  # 5 -> none
+    ok(lr, "d.example")  # a lucky pass unsplit
+    fail(lr, "d.example")  # none -> 1
+    assert lr.profile_of("d.example") == "strategy:1"
+    assert fail(lr, "d.example")  # 1 -> 2: no split failed since the pass
+    assert lr.profile_of("d.example") == "strategy:2"
+    assert lr.hosts["d.example"].plain_ok is False
+
+
+def test_back_at_no_split_a_failure_resumes_after_the_split_it_left() -> None:
+    lr, _, _ = learner()
+    fail(lr, "e.example")  # -> none
+    ok(lr, "e.example")  # works unsplit
+    lr.hosts["e.example"].step = 2  # later at "1" (e.g. a restart's state)
+    fail(lr, "e.example")  # "1" fails: back to none
+    assert lr.profile_of("e.example") == "strategy:none"
+    fail(lr, "e.example")  # none fails as well: on after "1", not "1" again
+    assert lr.profile_of("e.example") == "strategy:2"
+    fail(lr, "e.example")
+    assert lr.profile_of("e.example") == UNFIXABLE
+
+
 def test_a_host_failing_everywhere_is_unfixable_for_a_while_and_logged_once() -> None:
     lr, logs, clock = learner()
     for _ in range(len(STEPS)):

@@ -8,9 +8,11 @@ data within ``auto-silence``) or worked (server data). On a
 failure the host moves one step along its steps: the configured split, no
 split, then the ``strategy-ladder`` (cheapest to heaviest). A success keeps
 the step; a host that once worked unsplit goes back to no split when a split
-fails (some servers break on splits). A host that fails at every step is
-unfixable for ``strategy-unfixable-time`` seconds: it gets the configured
-split, is no longer watched (no thrashing), and is logged once.
+fails (some servers break on splits), and when no split then fails as well it
+is no longer taken to work unsplit and goes on after the split it left. A
+host that fails at every step is unfixable for ``strategy-unfixable-time``
+seconds: it gets the configured split, is no longer watched (no thrashing),
+and is logged once.
 
 The learner writes what it knows to the state file (atomically, only valid
 host names and known strategies); the workers' :class:`StrategyFeed` reloads
@@ -96,6 +98,7 @@ class HostState:
     step: int  # index into the steps
     plain_ok: bool = False  # it worked once without a split
     unfixable_until: float | None = None  # wall clock
+    resume: int | None = None  # the step after the split that sent it back to no split
 
 
 class StrategyLearner:
@@ -158,9 +161,20 @@ class StrategyLearner:
             self._put(name, st)
         current = self.steps[st.step]
         if current is not None and st.plain_ok:
+            # It worked unsplit once: try that again, and come back after this split.
+            st.resume = st.step + 1
             st.step = self.steps.index(None)
-        elif st.step + 1 < len(self.steps):
-            st.step += 1
+            self.changes += 1
+            return True
+        following = st.step + 1
+        if current is None and st.plain_ok:
+            # No split fails now too: it no longer counts as working unsplit (else a
+            # lucky pass would send the host between "none" and one split for ever).
+            st.plain_ok = False
+            following = st.resume if st.resume is not None else following
+            st.resume = None
+        if following < len(self.steps):
+            st.step = following
         else:
             st.unfixable_until = self.clock() + self.unfixable_time
             self._log(
