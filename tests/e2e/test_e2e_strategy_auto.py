@@ -209,21 +209,42 @@ def test_chromium_converges_against_tspu(host_lab: Lab) -> None:
         assert stats["splits"] >= 3, stats
 
 
+def learned_midsld(state: Path) -> bool:
+    label = state_of(state).get(BLOCKED, {}).get("strategy") if state.exists() else None
+    if label in (None, "none"):
+        return False
+    return any(p.startswith("midsld") for p in Strategy.from_text(label).positions)
+
+
 @pytest.mark.parametrize("kind", ["curl", "chromium"])
 def test_converges_against_the_string_censor(host_lab: Lab, kind: str) -> None:
-    """A per-packet match on the name: only a cut inside the name beats it, so the
-    ladder's SNI-relative step is where the host ends up (Chromium: whichever of its
-    two segments holds the name)."""
+    """A per-packet match on the name: only a cut inside the name beats it for sure, so
+    the ladder's SNI-relative step is where the host ends up (Chromium: whichever of its
+    two segments holds the name).
+
+    Chromium shuffles its extensions: now and then the name straddles a segment
+    boundary of the configured split, of no split (its own two packets) or of "1", and
+    that connection passes without the name cut. Such a pass is a true success and
+    keeps the step, so the test connects until the host has learned the SNI-relative
+    step and a connection passed with it (curl's name never straddles one: at most 4
+    failures, then the first pass)."""
     if kind == "chromium" and "chromium" not in host_lab.clients_available():
         pytest.skip("chromium is not installed (ci/lab-deps.sh installs it)")
     state = fresh_state(host_lab, f"{kind}-string")
     args = auto_args(state, ladder="1;2,midsld")
+    attempts = 5 if kind == "curl" else 12
+    timeout = BLOCKED_TIMEOUT if kind != "chromium" else PASS_TIMEOUT
     with censoring(host_lab, "string"), running(host_lab, args, name=f"{kind}-string") as gp:
-        results = curl_until_ok(host_lab, BLOCKED, 6, kind=kind)
-        where = f"{results}: {state.read_text()} {gp.log()[-3000:]}"
-        assert results[-1], f"no convergence in {where}"
-        learned = Strategy.from_text(state_of(state)[BLOCKED]["strategy"])
-        assert any(p.startswith("midsld") for p in learned.positions), where
+        results: list[bool] = []
+        for _ in range(attempts):
+            ok, _detail = host_lab.client(kind, BLOCKED, 4, timeout=timeout)
+            results.append(ok)
+            if ok and learned_midsld(state):
+                break
+            time.sleep(0.5)  # the verdict travels worker -> parent -> state file -> worker
+        where = f"{results}: {state.read_text() if state.exists() else '-'} {gp.log()[-3000:]}"
+        assert results[-1] and learned_midsld(state), f"no convergence in {where}"
+        assert "unfixable" not in state.read_text(), where
         for i in range(3):
             ok, detail = host_lab.client(kind, BLOCKED, 4, timeout=PASS_TIMEOUT)
             assert ok, f"{kind} connection {i} after convergence: {detail}"
