@@ -160,18 +160,15 @@ class StrategyLearner:
             st = HostState(0)
             self._put(name, st)
         current = self.steps[st.step]
-        if current is not None and st.plain_ok:
-            # It worked unsplit once: try that again, and come back after this split.
-            st.resume = st.step + 1
-            st.step = self.steps.index(None)
-            self.changes += 1
-            return True
         following = st.step + 1
-        if current is None and st.plain_ok:
+        if st.plain_ok and current is not None:
+            # It worked unsplit once: try that again, and come back after this split.
+            st.resume, following = following, self.steps.index(None)
+        elif st.plain_ok:
             # No split fails now too: it no longer counts as working unsplit (else a
             # lucky pass would send the host between "none" and one split for ever).
             st.plain_ok = False
-            following = st.resume if st.resume is not None else following
+            following = following if st.resume is None else st.resume
             st.resume = None
         if following < len(self.steps):
             st.step = following
